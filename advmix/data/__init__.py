@@ -1,0 +1,22 @@
+"""Dataset builders and the on-disk dataset format."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from advmix.data.store import Dataset, DatasetError, load_dataset, save_dataset
+from advmix.params import Params
+
+__all__ = ["Dataset", "DatasetError", "build_dataset", "load_dataset", "save_dataset"]
+
+
+def build_dataset(params: Params, progress: Callable[[int], None] | None = None) -> Dataset:
+    """The dataset named by `data.name`, deterministic in `seed`."""
+    name = params.data.name
+    if name == "synthfaces":
+        from advmix.data import synthfaces as builder
+    elif name == "colordigits":
+        from advmix.data import colordigits as builder
+    else:
+        from advmix.data import celeba as builder
+    return builder.build(params.data, params.seed, progress)

@@ -1,0 +1,123 @@
+"""The on-disk dataset format: images.npy (uint8, N x H x W x 3), manifest.csv, info.json.
+
+Row i of images.npy is the image of manifest row i. info.json says what the columns mean
+(classes, attributes, which attribute is spurious) so later stages need no dataset-specific code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from advmix.params import SPLITS
+
+BASE_COLUMNS = ("id", "split", "label", "group")
+
+
+class DatasetError(ValueError):
+    """A dataset folder that cannot be read; the message names the file and what was expected."""
+
+
+@dataclass
+class Dataset:
+    images: np.ndarray  # uint8, N x H x W x 3
+    manifest: pd.DataFrame
+    info: dict[str, Any]  # name, n_classes, attributes {name: [values]}, spurious, resolution, rho
+
+    def split(self, name: str) -> "Dataset":
+        mask = (self.manifest["split"] == name).to_numpy()
+        return Dataset(self.images[mask], self.manifest[mask].reset_index(drop=True), self.info)
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+
+def group_of(label: np.ndarray, spurious: np.ndarray, n_spurious: int) -> np.ndarray:
+    """Group id of (label, spurious value): the unit of worst-group accuracy."""
+    return np.asarray(label) * n_spurious + np.asarray(spurious)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def save_dataset(folder: Path, ds: Dataset) -> None:
+    """Write the three files into a temp folder beside `folder`, then swap it in."""
+    folder = Path(folder)
+    check_consistent(ds, folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        np.save(tmp / "images.npy", np.ascontiguousarray(ds.images))
+        ds.manifest.to_csv(tmp / "manifest.csv", index=False)
+        (tmp / "info.json").write_text(json.dumps(ds.info, indent=2) + "\n")
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_dataset(folder: Path) -> Dataset:
+    folder = Path(folder)
+    paths = {n: folder / n for n in ("images.npy", "manifest.csv", "info.json")}
+    for name, path in paths.items():
+        if not path.is_file():
+            raise DatasetError(f"{path}: missing; a dataset folder holds images.npy, manifest.csv and info.json "
+                               "(run `advmix prepare`)")
+    try:
+        images = np.load(paths["images.npy"], allow_pickle=False)
+    except ValueError as exc:
+        raise DatasetError(f"{paths['images.npy']}: not a numpy array file ({exc})") from None
+    try:
+        manifest = pd.read_csv(paths["manifest.csv"])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DatasetError(f"{paths['manifest.csv']}: not a readable CSV ({exc})") from None
+    try:
+        info = json.loads(paths["info.json"].read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{paths['info.json']}: not valid JSON ({exc})") from None
+    ds = Dataset(images, manifest, info)
+    check_consistent(ds, folder)
+    return ds
+
+
+def check_consistent(ds: Dataset, where: Path) -> None:
+    """Shape-level checks that every reader relies on. Content checks belong to `advmix validate`."""
+    imgs = ds.images
+    if imgs.dtype != np.uint8 or imgs.ndim != 4 or imgs.shape[-1] != 3:
+        raise DatasetError(f"{where}/images.npy: expected uint8 N x H x W x 3, got {imgs.dtype} {imgs.shape}")
+    if len(imgs) != len(ds.manifest):
+        raise DatasetError(f"{where}: images.npy has {len(imgs)} rows but manifest.csv has {len(ds.manifest)}")
+    missing = [c for c in ("id", "split") if c not in ds.manifest.columns]
+    if missing:
+        raise DatasetError(f"{where}/manifest.csv: missing column(s) {missing}")
+    unknown = sorted(set(ds.manifest["split"]) - set(SPLITS))
+    if unknown:
+        raise DatasetError(f"{where}/manifest.csv: unknown split(s) {unknown}; expected {list(SPLITS)}")

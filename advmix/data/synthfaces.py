@@ -1,0 +1,167 @@
+"""Procedural faces. Label: smiling. Nuisances: skin tone, hair, background, lighting, glasses, make-up.
+
+Each face is drawn with PIL at 4x the target resolution and downsampled with a box filter
+(anti-aliased). The mouth is wide and thick on purpose: a mouth of a few pixels is lost by GAN
+inversion (see shared/notes/data-and-gan.md), and then no mix can keep the label.
+"""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+import pandas as pd
+
+from advmix.data.splits import draw_cells, plan
+from advmix.data.store import Dataset, group_of
+from advmix.params import SPLITS, DataParams
+
+SUPERSAMPLE = 4
+
+# Eight skin tones from light to dark; levels 4-7 form the "dark" bin.
+SKIN = np.array([[255, 224, 196], [241, 194, 160], [224, 172, 130], [198, 144, 105],
+                 [160, 108, 72], [128, 82, 54], [96, 60, 40], [66, 42, 30]], dtype=float)
+HAIR = np.array([[20, 16, 14], [92, 56, 32], [180, 130, 70], [230, 200, 120], [150, 50, 30], [200, 200, 205]],
+                dtype=float)
+MAKEUP = {  # lip colour, cheek tint (None: no blush)
+    0: ((110, 40, 40), None),
+    1: ((200, 20, 40), (235, 90, 100)),
+    2: ((235, 110, 160), (245, 150, 180)),
+    3: ((120, 40, 140), (190, 120, 200)),
+}
+ATTRIBUTES = {
+    "skin_tone": list(range(len(SKIN))),
+    "skin_dark": [0, 1],
+    "hair": list(range(len(HAIR))),
+    "background": list(range(8)),
+    "lighting": list(range(5)),  # 0 even, 1 from the left, 2 right, 3 top, 4 bottom
+    "glasses": [0, 1],
+    "makeup": list(MAKEUP),
+}
+
+
+def _sample_attributes(rng: np.random.Generator, label: np.ndarray, spurious: np.ndarray, spurious_name: str
+                       ) -> pd.DataFrame:
+    n = len(label)
+    skin_dark = rng.integers(0, 2, n) if spurious_name != "skin_dark" else spurious
+    glasses = (rng.random(n) < 0.3).astype(int) if spurious_name != "glasses" else spurious
+    return pd.DataFrame({
+        "label": label,
+        "skin_tone": skin_dark * 4 + rng.integers(0, 4, n),
+        "skin_dark": skin_dark,
+        "hair": rng.integers(0, len(HAIR), n),
+        "background": rng.integers(0, 8, n),
+        "lighting": rng.integers(0, 5, n),
+        "glasses": glasses,
+        "makeup": rng.integers(0, len(MAKEUP), n),
+    })
+
+
+def _mouth_curve(cx: float, y0: float, half_width: float, bend: float, k: int = 24) -> list[tuple[float, float]]:
+    """Parabola through the mouth corners; bend > 0 lowers the centre (a smile, y points down)."""
+    u = np.linspace(-1.0, 1.0, k)
+    return [(cx + half_width * x, y0 + bend * (1 - x * x)) for x in u]
+
+
+def render_face(row: pd.Series, rng: np.random.Generator, resolution: int) -> np.ndarray:
+    """One face as uint8 H x W x 3. `rng` draws the per-image jitter (shape, pose, light strength)."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    big = resolution * SUPERSAMPLE
+
+    def px(v: float) -> float:
+        return v * big
+
+    hue = (row["background"] + rng.uniform(-0.3, 0.3)) / 8.0
+    bg = np.array(colorsys.hsv_to_rgb(hue % 1.0, rng.uniform(0.35, 0.7), rng.uniform(0.55, 0.9))) * 255
+    img = Image.new("RGB", (big, big), tuple(int(c) for c in bg))
+    draw = ImageDraw.Draw(img)
+
+    cx, cy = 0.5 + rng.uniform(-0.04, 0.04), 0.52 + rng.uniform(-0.04, 0.04)
+    scale = rng.uniform(0.92, 1.06)
+    rx, ry = 0.34 * scale, 0.40 * scale
+    skin = SKIN[row["skin_tone"]] + rng.normal(0, 4, 3)
+    hair = HAIR[row["hair"]] + rng.normal(0, 6, 3)
+
+    def rgb(c) -> tuple[int, int, int]:
+        return tuple(int(np.clip(v, 0, 255)) for v in c)
+
+    # hair behind the head, face, eyes
+    draw.ellipse([px(cx - rx * 1.08), px(cy - ry * 1.18), px(cx + rx * 1.08), px(cy + ry * 0.35)], fill=rgb(hair))
+    draw.ellipse([px(cx - rx), px(cy - ry), px(cx + rx), px(cy + ry)], fill=rgb(skin))
+    eye_y, eye_dx, eye_r = cy - 0.10 * scale, 0.13 * scale, 0.04 * scale
+    for sx in (-1, 1):
+        ex = cx + sx * eye_dx
+        draw.ellipse([px(ex - eye_r), px(eye_y - eye_r), px(ex + eye_r), px(eye_y + eye_r)], fill=(25, 20, 20))
+
+    lip, cheek = MAKEUP[int(row["makeup"])]
+    if cheek is not None:  # blush: a soft tint on both cheeks
+        layer = Image.new("RGB", (big, big), (0, 0, 0))
+        mask = Image.new("L", (big, big), 0)
+        mdraw = ImageDraw.Draw(mask)
+        for sx in (-1, 1):
+            kx, ky, kr = cx + sx * 0.2 * scale, cy + 0.06 * scale, 0.07 * scale
+            mdraw.ellipse([px(kx - kr), px(ky - kr), px(kx + kr), px(ky + kr)], fill=120)
+        layer.paste(cheek, (0, 0, big, big))
+        img = Image.composite(layer, img, mask.filter(ImageFilter.GaussianBlur(big * 0.015)))
+        draw = ImageDraw.Draw(img)
+
+    # the mouth: the label. |smile| in [0.6, 1] keeps it away from the flat, ambiguous middle.
+    smile = rng.uniform(0.6, 1.0) * (1 if row["label"] == 1 else -1)
+    half_width = rng.uniform(0.17, 0.23) * scale
+    bend = smile * rng.uniform(0.09, 0.12) * scale
+    mouth_y = cy + 0.20 * scale - bend / 2
+    thick = max(1, int(px(rng.uniform(0.04, 0.05))))
+    upper = _mouth_curve(cx, mouth_y, half_width, bend)
+    if rng.random() < 0.5:  # open mouth: a dark opening under (or above) the upper lip
+        gap = abs(bend) * rng.uniform(0.5, 0.9) * np.sign(bend)
+        lower = _mouth_curve(cx, mouth_y, half_width, bend + gap)
+        draw.polygon([(px(x), px(y)) for x, y in upper + lower[::-1]], fill=(60, 15, 20))
+        draw.line([(px(x), px(y)) for x, y in lower], fill=rgb(lip), width=thick, joint="curve")
+    draw.line([(px(x), px(y)) for x, y in upper], fill=rgb(lip), width=thick, joint="curve")
+
+    if row["glasses"]:
+        gr, width = 0.075 * scale, max(1, int(px(0.022)))
+        for sx in (-1, 1):
+            ex = cx + sx * eye_dx
+            draw.ellipse([px(ex - gr), px(eye_y - gr), px(ex + gr), px(eye_y + gr)], outline=(15, 15, 15),
+                         width=width)
+        draw.line([(px(cx - eye_dx + gr), px(eye_y)), (px(cx + eye_dx - gr), px(eye_y))], fill=(15, 15, 15),
+                  width=width)
+
+    img = img.rotate(rng.uniform(-10, 10), resample=Image.BICUBIC, fillcolor=tuple(int(c) for c in bg))
+    small = np.asarray(img.resize((resolution, resolution), Image.BOX), dtype=float)
+
+    lighting = int(row["lighting"])
+    if lighting:  # a linear light gradient across the whole picture
+        t = np.linspace(-1.0, 1.0, resolution)
+        ramp = {1: -t[None, :], 2: t[None, :], 3: -t[:, None], 4: t[:, None]}[lighting]
+        small = small * (1.0 + rng.uniform(0.25, 0.45) * np.broadcast_to(ramp, (resolution, resolution)))[..., None]
+    return np.clip(small + rng.normal(0, 1.5, small.shape), 0, 255).round().astype(np.uint8)
+
+
+def build(params: DataParams, seed: int, progress=None) -> Dataset:
+    """All splits, deterministic in `seed`. `progress(n)` is called as images are drawn."""
+    rng = np.random.default_rng([seed, 1])
+    cells = plan(params.sizes.as_dict(), params.rho, n_classes=2, n_spurious=2)
+    frames = []
+    for split in SPLITS:
+        label, spurious = draw_cells(cells[split], rng)
+        frame = _sample_attributes(rng, label, spurious, params.spurious)
+        frame.insert(0, "split", split)
+        frames.append(frame)
+    manifest = pd.concat(frames, ignore_index=True)
+    manifest.insert(0, "id", [f"face-{i:06d}" for i in range(len(manifest))])
+    manifest["group"] = group_of(manifest["label"], manifest[params.spurious], 2)
+
+    images = np.empty((len(manifest), params.resolution, params.resolution, 3), dtype=np.uint8)
+    for i, row in enumerate(manifest.itertuples(index=False)):
+        images[i] = render_face(row._asdict(), np.random.default_rng([seed, 2, i]), params.resolution)
+        if progress is not None:
+            progress(1)
+    info = {
+        "name": "synthfaces", "resolution": params.resolution, "rho": params.rho, "n_classes": 2,
+        "classes": ["not_smiling", "smiling"], "spurious": params.spurious,
+        "attributes": {k: v for k, v in ATTRIBUTES.items()},
+    }
+    return Dataset(images, manifest, info)

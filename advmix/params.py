@@ -1,0 +1,128 @@
+"""The params.yaml schema. `load_params` is the only reader of params.yaml.
+
+Every knob of every stage lives here, one pydantic model per section, so a typo or a
+wrong type fails before any work starts, with the dotted key that is wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SPLITS = ("train", "val", "test_iid", "test_balanced", "test_flipped")
+
+
+class ParamsError(ValueError):
+    """A params file that cannot be used; the message names the file and the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitSizes(Section):
+    train: int = Field(3000, ge=4)
+    val: int = Field(400, ge=4)
+    test_iid: int = Field(400, ge=4)
+    test_balanced: int = Field(800, ge=4)
+    test_flipped: int = Field(400, ge=4)
+
+    def as_dict(self) -> dict[str, int]:
+        return {s: getattr(self, s) for s in SPLITS}
+
+
+class CelebAParams(Section):
+    root: Path | None = None  # folder holding celeba/ (torchvision layout) or the files themselves
+    target: str = "Smiling"
+    spurious: str = "Male"
+
+
+class DataParams(Section):
+    name: Literal["synthfaces", "colordigits", "celeba"] = "synthfaces"
+    resolution: int = 32
+    rho: float = Field(0.95, ge=0.0, le=1.0)  # label/spurious agreement in train, val and test_iid
+    spurious: Literal["skin_dark", "glasses"] = "skin_dark"  # synthfaces only
+    sizes: SplitSizes = SplitSizes()
+    celeba: CelebAParams = CelebAParams()
+
+    @field_validator("resolution")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v < 16 or v > 1024 or v & (v - 1):
+            raise ValueError("expected a power of two from 16 to 1024")
+        return v
+
+
+class ValidateParams(Section):
+    rho_tolerance: float = Field(0.02, ge=0.0, le=1.0)
+    balance_tolerance: float = Field(0.02, ge=0.0, le=1.0)  # group share in test_balanced
+    min_pixel_std: float = Field(0.02, ge=0.0)  # per image, pixels in [0, 1]
+    mean_range: tuple[float, float] = (0.02, 0.98)
+    max_saturated: float = Field(0.5, ge=0.0, le=1.0)  # fraction of pixels at 0 or 255
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ValidateParams":
+        lo, hi = self.mean_range
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError("validate.mean_range must be [lo, hi] with 0 <= lo < hi <= 1")
+        return self
+
+
+class Params(Section):
+    seed: int = 0
+    data: DataParams = DataParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "<root>"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key"
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) else f", got {value!r}"
+    return f"{key}: {err['msg'].lower()}{shown}"
+
+
+def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
+    """Validate a params mapping; raise ParamsError naming every bad key."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as exc:
+        lines = "\n".join(f"  {_describe(e)}" for e in exc.errors())
+        raise ParamsError(f"{source}: invalid params\n{lines}") from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+    """Read and validate params.yaml; `overrides` maps dotted keys to values (like `dvc exp run -S`)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    for key, value in (overrides or {}).items():
+        set_dotted(raw, key, value)
+    return parse_params(raw, str(path))
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ParamsError(f"override {key}: {part} is not a section")
+    node[leaf] = value
