@@ -26,13 +26,15 @@ def _even(n: int, k: int) -> np.ndarray:
 def cell_counts(n: int, n_classes: int, n_spurious: int, agreement: float | None) -> np.ndarray:
     """counts[label, spurious] summing to n, with balanced labels."""
     counts = np.zeros((n_classes, n_spurious), dtype=int)
+    # the agreeing total is rounded once, not per class, so small splits still hit the target
+    agreeing = _even(int(round((agreement or 0.0) * n)), n_classes)
     for c, n_c in enumerate(_even(n, n_classes)):
         if agreement is None:
             counts[c] = _even(int(n_c), n_spurious)
             continue
         if n_spurious != n_classes:
             raise ValueError("agreement needs as many spurious values as classes")
-        agree = int(round(agreement * n_c))
+        agree = int(agreeing[c])
         others = [s for s in range(n_spurious) if s != c]
         counts[c, others] = _even(int(n_c) - agree, len(others))
         counts[c, c] = agree

@@ -1,0 +1,28 @@
+"""Shared fixtures. Analytics are off and Prefect gets a temporary home for the whole session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="advmix-prefect-")
+
+import pytest  # noqa: E402
+
+from advmix.params import Params, parse_params  # noqa: E402
+
+TINY_SIZES = {"train": 40, "val": 8, "test_iid": 8, "test_balanced": 16, "test_flipped": 8}
+
+
+def tiny_params(**data) -> Params:
+    """Default params with tiny splits; keyword arguments override `data.*`."""
+    return parse_params({"data": {"sizes": TINY_SIZES, **data}})
+
+
+@pytest.fixture
+def tiny() -> Params:
+    return tiny_params()

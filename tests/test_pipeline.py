@@ -1,0 +1,84 @@
+"""`dvc repro` of the real dvc.yaml in a temporary git repo, and the CLI's import discipline."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_validate import (
+    duplicate_across_splits,
+    label_outside_set,
+    missing_column,
+    wrong_rho,
+    zero_image,
+)
+
+from advmix.data import load_dataset, save_dataset
+from advmix.params import parse_params
+
+ROOT = Path(__file__).parents[1]
+SIZES = {"train": 60, "val": 12, "test_iid": 12, "test_balanced": 24, "test_flipped": 12}
+
+
+def make_project(tmp: Path, params: dict) -> dict:
+    """A git repo holding the code, dvc.yaml and `params`; returns the env to run dvc in it."""
+    shutil.copytree(ROOT / "advmix", tmp / "advmix", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", tmp / "dvc.yaml")
+    # the full resolved params: dvc.yaml templates read keys such as data.name from the file
+    (tmp / "params.yaml").write_text(yaml.safe_dump(parse_params(params).to_dict(), sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false"}
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@t"], ["git", "config", "user.name", "t"],
+                ["dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=tmp, env=env, check=True)
+    return env
+
+
+def dvc(tmp: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["dvc", *args], cwd=tmp, env=env, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_repro_then_noop_then_validation_gate(tmp_path):
+    env = make_project(tmp_path, {"data": {"sizes": SIZES}})
+    spec = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
+    spec["stages"]["downstream"] = {"cmd": "python -c \"open('downstream.txt', 'w').write('ran')\"",
+                                    "deps": ["metrics/validation.json"], "outs": ["downstream.txt"]}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(spec))
+
+    first = dvc(tmp_path, env, "repro")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert (tmp_path / "downstream.txt").exists()
+    second = dvc(tmp_path, env, "repro")
+    assert second.returncode == 0 and "Running stage" not in second.stdout, second.stdout
+
+    # Corrupt the prepared data (with prepare frozen so DVC does not rebuild it): validation fails,
+    # names the expectation, and the downstream stage does not run.
+    spec["stages"]["prepare"]["frozen"] = True  # `dvc freeze` cannot rewrite a templated stage
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(spec))
+    folder = tmp_path / "data" / "synthfaces"
+    good = load_dataset(folder)
+    for corrupt, expected in [(zero_image, "image_contrast"), (duplicate_across_splits, "no_image_in_two_splits"),
+                              (label_outside_set, "label_set"), (wrong_rho, "spurious_agreement_rho"),
+                              (missing_column, "required_columns")]:
+        bad = type(good)(good.images.copy(), good.manifest.copy(), dict(good.info))
+        corrupt(bad)
+        save_dataset(folder, bad)
+        (tmp_path / "downstream.txt").unlink(missing_ok=True)
+        res = dvc(tmp_path, env, "repro")
+        assert res.returncode != 0, corrupt.__name__
+        assert f"FAILED {expected}" in res.stdout + res.stderr, (corrupt.__name__, res.stderr[-2000:])
+        assert not (tmp_path / "downstream.txt").exists(), corrupt.__name__
+
+
+def test_cli_help_imports_no_heavy_library():
+    code = ("import sys; from typer.testing import CliRunner; from advmix.cli import app; "
+            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+            "heavy = [m for m in ('torch', 'torchvision', 'great_expectations', 'prefect', 'dvc', 'pandas', 'sklearn')"
+            " if m in sys.modules]; print(heavy); assert not heavy; "
+            "assert all(s in r.output for s in ('prepare', 'validate', 'params'))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
