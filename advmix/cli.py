@@ -6,6 +6,7 @@ Progress goes to stderr, results to stdout; any failure exits non-zero so DVC st
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -47,12 +48,31 @@ def _load(params_path: Path, overrides: list[str] | None = None):
         raise _fail(str(exc), 2) from None
 
 
-def _progress():
+@contextmanager
+def _progress(description: str, total: int):
+    """A rich progress bar on a terminal; a line every 30 s in logs (DVC, Prefect, CI)."""
+    import time
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=_console())
+    console = _console()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task(description, total=total)
+        last = time.time()
+
+        def step(n: int = 1, completed: int | None = None, info: str = "") -> None:
+            nonlocal last
+            bar.update(task, advance=None if completed is not None else n, completed=completed,
+                       description=f"{description} {info}".strip())
+            done = bar.tasks[0].completed
+            if not console.is_terminal and (done >= total or time.time() - last > 30):
+                console.print(f"{description}: {done:.0f}/{total} {info}", highlight=False)
+                last = time.time()
+
+        yield step
 
 
 @app.command("params")
@@ -71,10 +91,9 @@ def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> Non
 
     p = _load(params, set_)
     out = paths.dataset_dir(p.data.name)
-    with _progress() as bar:
-        task = bar.add_task(f"prepare {p.data.name}", total=sum(p.data.sizes.as_dict().values()))
+    with _progress(f"prepare {p.data.name}", sum(p.data.sizes.as_dict().values())) as step:
         try:
-            ds = build_dataset(p, progress=lambda n: bar.advance(task, n))
+            ds = build_dataset(p, progress=step)
         except DatasetError as exc:
             raise _fail(str(exc)) from None
     save_dataset(out, ds)
@@ -86,14 +105,10 @@ def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> Non
 def validate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Run the Great Expectations suites on the prepared dataset; exit 1 on any failed expectation."""
     from advmix import paths
-    from advmix.data import DatasetError, load_dataset
     from advmix.validate import run_suites, write_outputs
 
     p = _load(params, set_)
-    try:
-        ds = load_dataset(paths.dataset_dir(p.data.name))
-    except DatasetError as exc:
-        raise _fail(str(exc)) from None
+    ds = _dataset(p)
     report = run_suites(ds, p)
     write_outputs(report, ds.info, paths.validation_dir(), paths.validation_metrics())
     for split, value in report.agreement.items():
@@ -105,6 +120,148 @@ def validate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> No
         raise _fail(f"data validation failed: {len(report.failures)} of {report.evaluated} expectations; "
                     f"see {paths.validation_dir() / 'index.html'}")
     typer.echo(f"validation passed: {report.evaluated} expectations")
+
+
+def _dataset(p):
+    from advmix import paths
+    from advmix.data import DatasetError, load_dataset
+
+    try:
+        return load_dataset(paths.dataset_dir(p.data.name))
+    except DatasetError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def probe(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Train the attribute probe (label + every attribute) that measures generated and mixed images."""
+    from advmix import paths
+    from advmix.data.store import atomic_write_json
+    from advmix.probes import save_probe, train_probe
+
+    p = _load(params, set_)
+    ds = _dataset(p)
+    with _progress("probe", p.probe.epochs * max(1, p.data.sizes.train // p.probe.batch)) as step:
+        model, metrics, _ = train_probe(ds.split("train"), ds.split("val"), p.probe.epochs, p.probe.batch,
+                                        p.probe.lr, p.probe.width, p.seed, progress=step)
+    save_probe(paths.PROBE, model, ds.images.shape[1], p.probe.width)
+    atomic_write_json(paths.PROBE_METRICS, metrics)
+    for k, v in metrics.items():
+        typer.echo(f"  {k:34s} {v:.4f}")
+
+
+@app.command("train-gan")
+def train_gan_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Train StyleGAN2 on the train split (or load gan.pretrained); write samples, mixing grid and quality."""
+    import time
+
+    from advmix import paths
+    from advmix.data.store import atomic_write_json
+    from advmix.figures import grid, save_png
+    from advmix.gan import checkpoints
+    from advmix.gan.train import mixing_grid, quality_metrics, sample_images, train_gan
+    from advmix.mixing import layer_groups
+    from advmix.probes import load_probe
+
+    p = _load(params, set_)
+    ds = _dataset(p)
+    train = ds.split("train")
+    t0 = time.time()
+    if p.gan.pretrained is not None:
+        try:
+            G, w_avg, info = checkpoints.load_generator(p.gan.pretrained)
+        except (checkpoints.CheckpointError, FileNotFoundError) as exc:
+            raise _fail(str(exc)) from None
+        if G.size != ds.images.shape[1]:
+            raise _fail(f"gan.pretrained: {p.gan.pretrained} makes {G.size} px images but data.resolution is "
+                        f"{ds.images.shape[1]}")
+        run = {"iterations": 0, "seconds": 0.0, "images_per_s": 0.0, "pretrained": str(p.gan.pretrained)}
+        config = info.get("config", {})
+    else:
+        paths.GAN_DIR.mkdir(parents=True, exist_ok=True)
+        with _progress("train-gan", p.gan.iterations) as step:
+            run = train_gan(train.images, p.gan, p.seed, paths.GAN_STATE, progress=lambda done, stats: step(
+                completed=done, info=" ".join(f"{k} {v:.3f}" for k, v in stats.items())))
+        if run["rank"] != 0:
+            return
+        G, w_avg, config = run.pop("G_ema"), run.pop("w_avg"), run.pop("config")
+        checkpoints.save_generator(paths.GENERATOR, G, config, w_avg)
+        run = {k: v for k, v in run.items() if k in ("iterations", "seconds", "images_per_s", "resumed_from")}
+    save_png(grid(sample_images(G, 64, p.seed), ncol=8, scale=max(1, 96 // G.size)),
+             paths.GAN_REPORTS / "samples.png")
+    save_png(mixing_grid(G, layer_groups(G.size)["coarse"], 6, p.seed), paths.GAN_REPORTS / "mixing.png")
+    quality = quality_metrics(G, load_probe(paths.PROBE), train, p.gan.eval_samples, p.seed)
+    atomic_write_json(paths.GAN_METRICS, {"gan_" + k: v for k, v in run.items()} | quality)
+    typer.echo(f"generator {paths.GENERATOR}: probe Fréchet distance {quality['probe_frechet_distance']:.3f} "
+               f"(real halves {quality['probe_frechet_distance_real_halves']:.3f}), "
+               f"mean attribute TV {quality['attribute_tv_mean']:.3f}, {time.time() - t0:.0f} s")
+
+
+@app.command("run")
+def run_cmd(
+    stage: Annotated[list[str] | None, typer.Option(
+        "--stage", help="a stage to run (repeatable; default: all); `train` means every train@<mode>")] = None,
+    force: Annotated[bool, typer.Option("--force", help="run the stages even when DVC sees no change")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Run the pipeline once as a Prefect flow: one task per DVC stage, in order. Run it from the project folder.
+
+    -S overrides are checked, then written into params.yaml and left applied, like `dvc exp run -S`.
+    Without PREFECT_API_URL, Prefect starts a temporary local server for the run.
+    """
+    import json
+    import sys
+
+    import yaml
+
+    root = Path.cwd()
+    _load(root / "params.yaml", set_)  # a bad key exits 2 before Prefect starts
+    overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in set_ or [])}
+    if not (root / "flows" / "pipeline.py").is_file():
+        raise _fail(f"{root}: no flows/pipeline.py; run `advmix run` from the project folder", 2)
+    if str(root) not in sys.path:  # flows/ sits next to advmix/ in the project folder
+        sys.path.insert(0, str(root))
+    from flows.pipeline import advmix_pipeline
+
+    state = advmix_pipeline(stages=stage or None, force=force, params_overrides=overrides or None, root=str(root),
+                            return_state=True)
+    if not state.is_completed():
+        raise _fail(f"pipeline {state.name.lower()}: {state.message}")
+    typer.echo(json.dumps(state.result(), indent=2, default=str))
+
+
+@app.command("analyze-layers")
+def analyze_layers(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Swap each W+ layer between random pairs; measure label change and nuisance transfer; pick `auto`."""
+    import torch
+
+    from advmix import paths
+    from advmix.data.store import atomic_write_json
+    from advmix.figures import save_figure
+    from advmix.gan import checkpoints
+    from advmix.gan.layers import analyze, candidate_sets, heatmap
+    from advmix.mixing import layer_groups
+    from advmix.probes import load_probe
+
+    p = _load(params, set_)
+    ds = _dataset(p)
+    G, _, _ = checkpoints.load_generator(paths.GENERATOR)
+    probe_model = load_probe(paths.PROBE)
+    gen = torch.Generator().manual_seed(p.seed)
+    with torch.no_grad():
+        ws = G.make_ws(torch.randn(p.mixing.analysis_pairs, G.style_dim, generator=gen))
+    total = G.n_latent + len(layer_groups(G.size)) + len(candidate_sets(G.n_latent))
+    with _progress("analyze-layers", total) as step:
+        result = analyze(G, probe_model, ws, ds.info["spurious"], p.mixing.layers, p.mixing.partners,
+                         p.mixing.max_label_change, p.seed, progress=step)
+    result["source"] = "generated samples"
+    atomic_write_json(paths.LAYERS_METRICS, result)
+    save_figure(heatmap(result), paths.LAYERS_FIGURE)
+    pert = result["perturbation"]
+    typer.echo(f"auto layers {result['auto']}; perturbation set {pert['layers']} with partners={pert['partners']}: "
+               f"label change {pert['label_change']:.3f}, {pert['spurious']} transfer {pert['spurious_transfer']:.3f} "
+               f"(any partner: {pert['any_partner']['label_change']:.3f} / "
+               f"{pert['any_partner']['spurious_transfer']:.3f})")
 
 
 if __name__ == "__main__":

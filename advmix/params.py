@@ -63,17 +63,55 @@ class ValidateParams(Section):
     max_saturated: float = Field(0.5, ge=0.0, le=1.0)  # fraction of pixels at 0 or 255
 
     @model_validator(mode="after")
-    def _ordered(self) -> "ValidateParams":
+    def _ordered(self) -> ValidateParams:
         lo, hi = self.mean_range
         if not 0.0 <= lo < hi <= 1.0:
             raise ValueError("validate.mean_range must be [lo, hi] with 0 <= lo < hi <= 1")
         return self
 
 
+class ProbeParams(Section):
+    """The attribute probe that measures generated and mixed images (not a model under study)."""
+
+    epochs: int = Field(8, ge=1)
+    batch: int = Field(64, ge=2)
+    lr: float = Field(3e-3, gt=0)
+    width: int = Field(32, ge=4)
+
+
+class GanParams(Section):
+    pretrained: Path | None = None  # a generator checkpoint to use instead of training one
+    style_dim: int = Field(128, ge=8)
+    n_mlp: int = Field(4, ge=1)
+    channel_base: int = Field(1024, ge=16)  # channels at resolution r: min(channel_base // r, channel_max)
+    channel_max: int = Field(128, ge=8)
+    batch: int = Field(32, ge=2)
+    iterations: int = Field(4400, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    r1_gamma: float = Field(0.2, ge=0)
+    r1_every: int = Field(16, ge=1)
+    style_mixing: float = Field(0.9, ge=0, le=1)  # probability of a two-latent batch (style-mixing regulariser)
+    ema_half_life_images: int = Field(10_000, ge=1)
+    augment: list[Literal["flip", "translation", "color", "cutout"]] = ["flip", "translation"]
+    checkpoint_minutes: float = Field(3.0, gt=0)
+    eval_samples: int = Field(1000, ge=16)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class MixingParams(Section):
+    layers: Literal["auto", "coarse", "middle", "fine", "middle+fine"] | list[int] = "auto"
+    partners: Literal["any", "same_label"] = "any"  # who may donate nuisance layers (the paper: anyone)
+    max_label_change: float = Field(0.1, ge=0, le=1)  # for `auto`: the label may change in at most this share
+    analysis_pairs: int = Field(512, ge=8)
+
+
 class Params(Section):
     seed: int = 0
     data: DataParams = DataParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    probe: ProbeParams = ProbeParams()
+    gan: GanParams = GanParams()
+    mixing: MixingParams = MixingParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -25,3 +25,14 @@ def validation_dir(root: Path = Path(".")) -> Path:
 
 def validation_metrics(root: Path = Path(".")) -> Path:
     return root / METRICS / "validation.json"
+
+
+PROBE = MODELS / "probe.pt"
+PROBE_METRICS = METRICS / "probe.json"
+GAN_DIR = MODELS / "gan"
+GENERATOR = GAN_DIR / "generator.pt"
+GAN_STATE = GAN_DIR / "state.pt"
+GAN_REPORTS = REPORTS / "gan"
+GAN_METRICS = METRICS / "gan.json"
+LAYERS_METRICS = METRICS / "layers.json"
+LAYERS_FIGURE = REPORTS / "layers.png"

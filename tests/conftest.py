@@ -26,3 +26,12 @@ def tiny_params(**data) -> Params:
 @pytest.fixture
 def tiny() -> Params:
     return tiny_params()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server (temporary SQLite) for the whole session; it runs no scheduler."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield

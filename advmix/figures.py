@@ -1,0 +1,44 @@
+"""Image grids and small plots, written atomically as PNG."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from advmix.data.store import atomic_write_bytes
+
+
+def to_uint8(images) -> np.ndarray:
+    """A [-1, 1] tensor N x 3 x H x W, or uint8 N x H x W x 3, as uint8 N x H x W x 3."""
+    if isinstance(images, np.ndarray) and images.dtype == np.uint8:
+        return images
+    x = images.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().byte()
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def grid(images, ncol: int, pad: int = 1, scale: int = 1) -> np.ndarray:
+    """Tile images row by row; blank cells are white."""
+    imgs = to_uint8(images)
+    n, h, w, _ = imgs.shape
+    nrow = -(-n // ncol)
+    out = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i, im in enumerate(imgs):
+        r, c = divmod(i, ncol)
+        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = im
+    return out.repeat(scale, 0).repeat(scale, 1) if scale > 1 else out
+
+
+def save_png(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def save_figure(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(Path(path), buf.getvalue())

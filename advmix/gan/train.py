@@ -1,0 +1,362 @@
+"""StyleGAN2 training: non-saturating logistic loss, lazy R1, EMA generator, style-mixing regularisation.
+
+Small datasets get two augmentations: x-flips of the reals, and DiffAugment-style differentiable
+translation / colour / cutout applied to every image the discriminator sees, real or fake, so the
+generator never learns the augmentation. Style mixing at a high probability is what separates the
+layers that carry the label from the ones that carry nuisances (shared/notes/data-and-gan.md).
+
+The loop writes its whole state atomically every few minutes; a rerun with the same params and
+data continues from it. Under `torchrun` each rank draws its own batches and gradients are
+averaged by hand (as in stylegan2-ada-pytorch), which keeps the double-backward R1 simple.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from advmix.data.store import atomic_write_bytes
+from advmix.params import GanParams
+
+STATE_VERSION = 1
+
+
+def generator_config(p: GanParams, resolution: int) -> dict[str, Any]:
+    return {"size": resolution, "style_dim": p.style_dim, "n_mlp": p.n_mlp, "channel_base": p.channel_base,
+            "channel_max": p.channel_max}
+
+
+def fingerprint(p: GanParams, images: np.ndarray, seed: int) -> str:
+    """What a resumable state must match: the training params, the seed and the data."""
+    keep = p.model_dump(mode="json", exclude={"checkpoint_minutes", "eval_samples", "device", "pretrained"})
+    h = hashlib.sha1(json.dumps([keep, seed, list(images.shape)], sort_keys=True).encode())
+    h.update(hashlib.sha1(images.tobytes()).digest())
+    return h.hexdigest()
+
+
+def pick_device(choice: str):
+    import torch
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("gan.device is 'cuda' but no CUDA device is available")
+    return torch.device("cuda" if choice in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+def diff_augment(x, policy: list[str], gen):
+    """Differentiable augmentations applied identically in kind (not in draw) to reals and fakes."""
+    import torch
+    import torch.nn.functional as F
+
+    n, _, h, w = x.shape
+    dev = x.device
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen).to(dev)
+
+    if "color" in policy:
+        x = x + (rand(n, 1, 1, 1) - 0.5) * 0.5  # brightness
+        mean = x.mean(1, keepdim=True)
+        x = (x - mean) * (rand(n, 1, 1, 1) * 2) + mean  # saturation
+        mean = x.mean([1, 2, 3], keepdim=True)
+        x = (x - mean) * (rand(n, 1, 1, 1) + 0.5) + mean  # contrast
+    if "translation" in policy:
+        shift = max(1, h // 8)
+        pad = F.pad(x, (shift, shift, shift, shift), mode="reflect")
+        dx = (rand(n) * (2 * shift + 1)).long().clamp(max=2 * shift)
+        dy = (rand(n) * (2 * shift + 1)).long().clamp(max=2 * shift)
+        x = _shift(pad, dy, dx, h, w)
+    if "cutout" in policy:
+        size = h // 2
+        cy = (rand(n) * (h - size + 1)).long()
+        cx = (rand(n) * (w - size + 1)).long()
+        yy = torch.arange(h, device=dev)[None, :, None]
+        xx = torch.arange(w, device=dev)[None, None, :]
+        hole = ((yy >= cy[:, None, None]) & (yy < (cy + size)[:, None, None])
+                & (xx >= cx[:, None, None]) & (xx < (cx + size)[:, None, None]))
+        x = x * (~hole)[:, None].to(x.dtype)
+    return x
+
+
+def _shift(padded, dy, dx, h: int, w: int):
+    """Crop an h x w window at offset (dy, dx) per sample from a padded batch (differentiable)."""
+    import torch
+
+    n, c = padded.shape[:2]
+    rows = (torch.arange(h, device=padded.device)[None, :] + dy[:, None])  # n x h
+    cols = (torch.arange(w, device=padded.device)[None, :] + dx[:, None])  # n x w
+    out = padded.gather(2, rows[:, None, :, None].expand(n, c, h, padded.shape[3]))
+    return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+
+
+def _distributed():
+    """(rank, world size) under torchrun, initialising the process group once; (0, 1) otherwise."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def _average_grads(module, world: int) -> None:
+    """All-reduce the gradients of `module` (one flat buffer) and divide by the world size."""
+    import torch
+    import torch.distributed as dist
+
+    if world <= 1:
+        return
+    params = [p for p in module.parameters() if p.grad is not None]
+    if not params:
+        return
+    flat = torch.cat([p.grad.flatten() for p in params])
+    dist.all_reduce(flat)
+    flat /= world
+    for p, g in zip(params, flat.split([p.numel() for p in params])):
+        p.grad.copy_(g.view_as(p))
+
+
+def _save_state(path: Path, state: dict) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
+              progress: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+    """Train on uint8 N x H x W x 3 images. Returns the EMA generator, its w_avg and run statistics.
+
+    `progress(done, stats)` is called after every iteration. The training state is saved to
+    `state_path` every `p.checkpoint_minutes` and at the end; a matching state there is resumed.
+    """
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from advmix.gan.networks import Discriminator, Generator
+    from advmix.probes import to_tensor
+
+    rank, world = _distributed()
+    device = pick_device(p.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+    torch.manual_seed(seed * 1000)  # the same initial weights on every rank
+    gen = torch.Generator().manual_seed(seed * 1000 + rank + 1)  # each rank its own batches and latents
+    resolution = images.shape[1]
+    cfg = generator_config(p, resolution)
+    G = Generator(**cfg).to(device)
+    D = Discriminator(resolution, channel_base=p.channel_base, channel_max=p.channel_max).to(device)
+    if world > 1:
+        torch.manual_seed(seed * 1000 + rank)  # and its own noise inputs
+    if device.type == "cuda":
+        G = G.to(memory_format=torch.channels_last)
+        D = D.to(memory_format=torch.channels_last)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    # lazy regularisation: the R1 step runs every r1_every steps, so D's Adam is adjusted as in StyleGAN2
+    c = p.r1_every / (p.r1_every + 1)
+    g_opt = torch.optim.Adam(G.parameters(), lr=p.lr, betas=(0.0, 0.99))
+    d_opt = torch.optim.Adam(D.parameters(), lr=p.lr * c, betas=(0.0, 0.99**c))
+
+    fp = fingerprint(p, images, seed)
+    start, elapsed = 0, 0.0
+    if state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        if state.get("fingerprint") == fp and state.get("version") == STATE_VERSION and state["world"] == world:
+            G.load_state_dict(state["G"])
+            D.load_state_dict(state["D"])
+            G_ema.load_state_dict(state["G_ema"])
+            g_opt.load_state_dict(state["g_opt"])
+            d_opt.load_state_dict(state["d_opt"])
+            gen.set_state(state["rng"][rank])
+            torch.set_rng_state(state["torch_rng"][rank])
+            start, elapsed = int(state["iteration"]), float(state["seconds"])
+
+    reals = to_tensor(images)
+    beta = 0.5 ** (p.batch * world / p.ema_half_life_images)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
+                                                                                                       enabled=False)
+
+    def latents(n: int):
+        z = torch.randn(n, p.style_dim, generator=gen).to(device)
+        if torch.rand((), generator=gen).item() < p.style_mixing:
+            z2 = torch.randn(n, p.style_dim, generator=gen).to(device)
+            cut = int(torch.randint(1, G.n_latent, (), generator=gen))
+            return G.make_ws(z, mix_z=z2, mix_index=cut)
+        return G.make_ws(z)
+
+    def real_batch():
+        idx = torch.randint(0, len(reals), (p.batch,), generator=gen)
+        x = reals[idx]
+        if "flip" in p.augment:
+            flip = torch.rand(p.batch, generator=gen) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        return x.to(device)
+
+    def d_input(x):
+        x = diff_augment(x, [a for a in p.augment if a != "flip"], gen)
+        return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+    stats: dict[str, float] = {}
+    last_save = time.time()
+    t0 = time.time() - elapsed
+    for it in range(start, p.iterations):
+        # discriminator: fakes down, reals up
+        with amp:
+            fake = G.synthesis(latents(p.batch), noise_mode="random").detach()
+            real = real_batch()
+            d_loss = F.softplus(D(d_input(fake))).mean() + F.softplus(-D(d_input(real))).mean()
+        d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        _average_grads(D, world)
+        d_opt.step()
+        stats["d_loss"] = d_loss.item()
+
+        if p.r1_gamma > 0 and it % p.r1_every == 0:  # lazy R1 on the reals
+            real = real_batch().requires_grad_(True)
+            with amp:
+                score = D(d_input(real)).float().sum()
+            (grad,) = torch.autograd.grad(score, real, create_graph=True)
+            r1 = grad.float().pow(2).sum([1, 2, 3]).mean()
+            d_opt.zero_grad(set_to_none=True)
+            (p.r1_gamma / 2 * r1 * p.r1_every).backward()
+            _average_grads(D, world)
+            d_opt.step()
+            stats["r1"] = r1.item()
+
+        # generator: make D call fakes real
+        with amp:
+            g_loss = F.softplus(-D(d_input(G.synthesis(latents(p.batch), noise_mode="random")))).mean()
+        g_opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+        _average_grads(G, world)
+        g_opt.step()
+        stats["g_loss"] = g_loss.item()
+
+        with torch.no_grad():
+            for pe, pg in zip(G_ema.parameters(), G.parameters()):
+                pe.lerp_(pg, 1.0 - beta)
+            for be, bg in zip(G_ema.buffers(), G.buffers()):
+                be.copy_(bg)
+
+        done = it + 1
+        if progress is not None and rank == 0:
+            progress(done, stats)
+        if done == p.iterations or time.time() - last_save > p.checkpoint_minutes * 60:
+            rngs, trngs = _gather_rng(gen, world)
+            if rank == 0:
+                _save_state(state_path, {
+                    "version": STATE_VERSION, "fingerprint": fp, "world": world, "iteration": done,
+                    "seconds": time.time() - t0, "G": G.state_dict(), "D": D.state_dict(),
+                    "G_ema": G_ema.state_dict(), "g_opt": g_opt.state_dict(), "d_opt": d_opt.state_dict(),
+                    "rng": rngs, "torch_rng": trngs})
+            last_save = time.time()
+
+    G_ema = G_ema.cpu().float()
+    w_avg = G_ema.mean_latent(4096, torch.Generator().manual_seed(seed))
+    seconds = time.time() - t0
+    return {"G_ema": G_ema, "w_avg": w_avg, "config": cfg, "iterations": p.iterations, "seconds": seconds,
+            "images_per_s": (p.iterations - start) * p.batch * world / max(1e-9, seconds - elapsed),
+            "resumed_from": start, "rank": rank, "world": world, "last": stats}
+
+
+def _gather_rng(gen, world: int):
+    """Every rank's RNG states, so a resumed multi-process run continues each rank's stream."""
+    import torch
+    import torch.distributed as dist
+
+    mine = [gen.get_state(), torch.get_rng_state()]
+    if world <= 1:
+        return [mine[0]], [mine[1]]
+    everyone: list = [None] * world
+    dist.all_gather_object(everyone, mine)
+    return [e[0] for e in everyone], [e[1] for e in everyone]
+
+
+def sample_images(G, n: int, seed: int, noise_mode: str = "const", batch: int = 256):
+    """n samples of G at truncation 1, deterministic in `seed`."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            z = torch.randn(min(batch, n - start), G.style_dim, generator=gen)
+            out.append(G.synthesis(G.make_ws(z), noise_mode=noise_mode))
+    return torch.cat(out)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance of Gaussians fitted to two feature sets (the formula behind FID)."""
+    from scipy import linalg
+
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    covmean = covmean.real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
+
+
+def quality_metrics(G, probe, real, n: int, seed: int) -> dict[str, Any]:
+    """Download-free quality: Fréchet distance in the probe's feature space, attribute distributions."""
+    import torch
+
+    from advmix.probes import predict, targets_of, to_tensor
+
+    fake = sample_images(G, n, seed)
+    real_x = to_tensor(real.images[:n])
+    with torch.no_grad():
+        feats = [torch.cat([probe.embed(c) for c in x.split(256)]).numpy() for x in (real_x, fake)]
+    half = len(real_x) // 2
+    out: dict[str, Any] = {
+        "probe_frechet_distance": frechet_distance(feats[0], feats[1]),
+        "probe_frechet_distance_real_halves": frechet_distance(feats[0][:half], feats[0][half:]),
+        "attributes": {},
+    }
+    pred = predict(probe, fake)
+    truth = targets_of(real, probe.heads_spec)
+    for head, k in probe.heads_spec.items():
+        gen_dist = np.bincount(pred[head].argmax(1), minlength=k) / len(fake)
+        real_dist = np.bincount(truth[head], minlength=k) / len(truth[head])
+        out["attributes"][head] = {"real": [round(float(v), 4) for v in real_dist],
+                                   "generated": [round(float(v), 4) for v in gen_dist],
+                                   "total_variation": round(float(0.5 * np.abs(gen_dist - real_dist).sum()), 4)}
+    out["attribute_tv_mean"] = float(np.mean([v["total_variation"] for v in out["attributes"].values()]))
+    return out
+
+
+def mixing_grid(G, keep: list[int], n: int, seed: int) -> np.ndarray:
+    """Row i keeps sample i's layers outside `keep`'s complement; column j donates its other layers.
+
+    The top row shows the donors, the left column the sources; cell (i, j) is source i with the
+    layers not in `keep` taken from donor j.
+    """
+    import torch
+
+    from advmix.figures import grid, to_uint8
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        ws = G.make_ws(torch.randn(2 * n, G.style_dim, generator=gen))
+        src, don = ws[:n], ws[n:]
+        cells = [torch.ones(1, 3, G.size, G.size)]
+        cells += [G.synthesis(don[j:j + 1]) for j in range(n)]
+        donate = [i for i in range(G.n_latent) if i not in keep]
+        for i in range(n):
+            cells.append(G.synthesis(src[i:i + 1]))
+            mixed = src[i:i + 1].repeat(n, 1, 1)
+            mixed[:, donate] = don[:, donate]
+            cells.append(G.synthesis(mixed))
+    return grid(to_uint8(torch.cat(cells)), ncol=n + 1, scale=max(1, 96 // G.size))

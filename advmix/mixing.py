@@ -1,0 +1,66 @@
+"""The mixing operator and the W+ layer groups. The one place that says what "mixing" means.
+
+`mix(w_a, w_b, alpha, layers)` keeps every layer of `w_a` outside `layers` and moves the layers in
+`layers` towards `w_b` by `alpha` (alpha = 1 is a hard swap, the paper's composition).
+
+Layer groups follow the StyleGAN paper's style-mixing figure, scaled to the resolution: at 1024 px
+coarse = 4-8 px (W+ 0-3), middle = 16-32 px (4-7), fine = 64-1024 px (8-17). With n resolutions
+4..size, coarse and middle each take ceil(2n/9) of them and fine the rest; at 32 px that is
+coarse 0-1, middle 2-3, fine 4-7. Resolution r = 2^k owns W+ indices 2k-4 and 2k-3 (the second
+is shared with the next block's first conv, as in the public layout).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+PRESETS = ("coarse", "middle", "fine", "middle+fine")
+
+
+def layer_groups(resolution: int) -> dict[str, list[int]]:
+    n_res = int(math.log2(resolution)) - 1  # resolutions 4 .. resolution
+    per = math.ceil(2 * n_res / 9)
+    coarse = list(range(0, 2 * per))
+    middle = list(range(2 * per, min(4 * per, 2 * n_res)))
+    fine = list(range(4 * per, 2 * n_res))
+    return {"coarse": coarse, "middle": middle, "fine": fine, "middle+fine": middle + fine}
+
+
+def resolve_layers(spec: str | list[int], resolution: int, layers_json: Path | None = None) -> list[int]:
+    """Indices for a `mixing.layers` value: a preset, an explicit list, or `auto` from analyze-layers."""
+    n_latent = 2 * int(math.log2(resolution)) - 2
+    if isinstance(spec, list):
+        bad = [i for i in spec if not 0 <= i < n_latent]
+        if bad or not spec:
+            raise ValueError(f"mixing.layers: indices {bad or spec} outside 0..{n_latent - 1} for {resolution} px")
+        return sorted(set(spec))
+    if spec == "auto":
+        import json
+
+        if layers_json is None or not Path(layers_json).is_file():
+            raise FileNotFoundError(f"mixing.layers is 'auto' but {layers_json} is missing (run `advmix analyze-layers`)")
+        return list(json.loads(Path(layers_json).read_text())["auto"])
+    return layer_groups(resolution)[spec]
+
+
+def mix(w_a, w_b, alpha, layers: list[int]):
+    """W+ codes [N, L, D]: the layers in `layers` move from w_a towards w_b by alpha.
+
+    alpha is a scalar, one value per sample [N], or one per sample and layer [N, |layers|];
+    the result is differentiable in alpha (AdvMix ascends it).
+    """
+    import torch
+
+    alpha = torch.as_tensor(alpha, dtype=w_a.dtype, device=w_a.device)
+    if alpha.ndim == 1:
+        alpha = alpha[:, None]
+    weight = torch.zeros(w_a.shape[:2], dtype=w_a.dtype, device=w_a.device)
+    weight[:, layers] = alpha.expand(w_a.shape[0], len(layers))
+    return w_a + weight[..., None] * (w_b - w_a)
+
+
+def describe(layers: list[int], resolution: int) -> dict[str, Any]:
+    groups = {k: v for k, v in layer_groups(resolution).items() if k != "middle+fine"}
+    return {"layers": layers, "groups": {k: sorted(set(v) & set(layers)) for k, v in groups.items()}}

@@ -1,0 +1,1 @@
+"""Prefect orchestration of the advmix DVC pipeline."""

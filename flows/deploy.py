@@ -1,0 +1,55 @@
+"""Serve the advmix pipeline from this checkout with a weekly cron schedule (one host, no work pool).
+
+    prefect server start                                      # terminal 1: API, UI and the scheduler
+    PREFECT_API_URL=http://127.0.0.1:4200/api python flows/deploy.py [--cron "0 3 * * 1"]   # terminal 2
+
+`serve()` registers the deployment `advmix-pipeline/weekly` and runs its scheduled runs in
+subprocesses until stopped. Schedules need a persistent server: Prefect's ephemeral mode (no
+PREFECT_API_URL) never fires them. For workers on other hosts use prefect.yaml and a work pool
+(README: "Running the pipeline").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]  # the project folder: dvc.yaml, params.yaml, flows/
+if str(ROOT) not in sys.path:  # `python flows/deploy.py` puts flows/, not the project, on sys.path
+    sys.path.insert(0, str(ROOT))
+
+from prefect.schedules import Cron
+
+from flows.pipeline import advmix_pipeline
+
+DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00
+TIMEZONE = "UTC"
+DEPLOYMENT_NAME = "weekly"
+
+
+def build_deployment(cron: str = DEFAULT_CRON, root: str | Path = ROOT, parameters: dict[str, Any] | None = None):
+    """The `advmix-pipeline/weekly` RunnerDeployment: every stage, no force, params.yaml as committed."""
+    return advmix_pipeline.to_deployment(
+        name=DEPLOYMENT_NAME,
+        schedules=[Cron(cron, timezone=TIMEZONE)],
+        parameters={"root": str(root), "force": False, **(parameters or {})},
+        description="advmix DVC pipeline (dvc repro, one task per stage) on a schedule",
+        tags=["advmix"],
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    from prefect import serve
+
+    parser = argparse.ArgumentParser(description="Serve the advmix pipeline on a cron schedule (UTC).")
+    parser.add_argument("--cron", default=DEFAULT_CRON, help=f"cron expression, UTC (default: {DEFAULT_CRON!r})")
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)  # the deployment's entrypoint flows/pipeline.py is relative to the project folder
+    serve(build_deployment(args.cron))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""The Prefect flow over the DVC stages, its deployment (flows/deploy.py, prefect.yaml) and `advmix run`."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from advmix.cli import app
+from advmix.params import parse_params
+
+ROOT = Path(__file__).parents[1]
+SIZES = {"train": 40, "val": 8, "test_iid": 8, "test_balanced": 16, "test_flipped": 8}
+BIN = Path(sys.executable).parent  # the stage commands call `advmix` and the test calls `dvc` from here
+
+
+def make_project(tmp: Path) -> Path:
+    """A git + DVC repo with the code, flows, dvc.yaml and full params.yaml with tiny splits."""
+    for folder in ("advmix", "flows"):
+        shutil.copytree(ROOT / folder, tmp / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp / name)
+    # the full resolved params: dvc.yaml templates and stage `params:` read keys from the file
+    (tmp / "params.yaml").write_text(yaml.safe_dump(parse_params({"data": {"sizes": SIZES}}).to_dict(),
+                                                    sort_keys=False))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@t"], ["git", "config", "user.name", "t"],
+                [str(BIN / "dvc"), "init", "-q"]):
+        subprocess.run(cmd, cwd=tmp, env=env, check=True)
+    return tmp
+
+
+# ---------------------------------------------------------------- reading a run back from the API
+
+
+def _run_id(state):
+    return state.state_details.flow_run_id
+
+
+def _task_runs(state) -> dict:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[_run_id(state)])))
+    return {run.name: run for run in runs}
+
+
+def _log_text(state, expected: str, wait: float = 10.0) -> str:
+    """The flow run's log as one string, polled until it contains `expected` (logs are shipped in batches)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    deadline = time.monotonic() + wait
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[_run_id(state)])),
+                                    limit=200, sort=LogSort.TIMESTAMP_ASC)
+        text = "\n".join(log.message for log in logs)
+        if expected in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.2)
+
+
+def _artifacts(state) -> dict:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+            any_=[_run_id(state)])))
+    return {a.key: a for a in found}
+
+
+# ---------------------------------------------------------------- the flow, end to end
+
+
+@pytest.fixture(scope="module")
+def flow_run(prefect_harness, tmp_path_factory):
+    """prepare + validate of the real dvc.yaml on tiny data, through the flow; (project folder, final state)."""
+    from flows.pipeline import advmix_pipeline
+
+    root = make_project(tmp_path_factory.mktemp("flow"))
+    state = advmix_pipeline(stages=["prepare", "validate"], root=str(root), return_state=True)
+    return root, state
+
+
+@pytest.mark.slow
+def test_flow_runs_each_stage_as_a_task_and_publishes_metrics(flow_run):
+    root, state = flow_run
+    assert state.is_completed(), state.message
+    metrics = state.result()
+    assert metrics["success"] is True and metrics["evaluated"] > 0
+
+    runs = _task_runs(state)
+    assert {"prepare", "validate"} <= set(runs), sorted(runs)
+    assert all(runs[s].state.is_completed() and runs[s].run_count == 1 for s in ("prepare", "validate"))
+    assert runs["prepare"].start_time < runs["validate"].start_time  # one after another, in DAG order
+    assert {"prepare", "validate"} <= set(yaml.safe_load((root / "dvc.lock").read_text())["stages"])
+
+    # DVC's own messages and the stage commands' stdout/stderr are in the Prefect log
+    log = _log_text(state, "validation passed")
+    for line in ("Running stage 'prepare'", "> advmix prepare", "wrote data/synthfaces", "> advmix validate",
+                 "validation passed"):
+        assert line in log, line
+
+    artifacts = _artifacts(state)
+    table = artifacts["advmix-metrics"]
+    assert table.type == "markdown" and "| metric | value |" in table.data and "| success | True |" in table.data
+    report = artifacts["advmix-report"]
+    assert f"{(root / 'reports' / 'validation' / 'index.html').as_uri()}" in report.data
+
+
+@pytest.mark.slow
+def test_failed_validation_fails_the_flow_at_once(flow_run, tmp_path):
+    from flows.pipeline import advmix_pipeline
+
+    root = tmp_path / "project"
+    shutil.copytree(flow_run[0], root, symlinks=True)
+    spec = yaml.safe_load((root / "dvc.yaml").read_text())
+    spec["stages"]["after-validate"] = {"cmd": "python -c \"open('marker.txt', 'w').write('ran')\"",
+                                        "deps": ["metrics/validation.json"], "outs": ["marker.txt"]}
+    (root / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    # every stage of the project; the override is applied like `dvc exp run -S` and makes validation fail
+    state = advmix_pipeline(params_overrides={"validate.min_pixel_std": 0.9}, root=str(root), return_state=True)
+    assert state.is_failed()
+    assert "data validation failed" in state.message and "image_contrast" in state.message, state.message
+
+    runs = _task_runs(state)
+    assert runs["validate"].state.is_failed() and runs["validate"].run_count == 1  # no retry
+    assert runs["prepare"].state.is_completed()
+    assert "after-validate" not in runs and not (root / "marker.txt").exists()
+    assert set(runs) == {"prepare", "validate"} | {n for n in runs if n.startswith("apply-params")}
+    assert yaml.safe_load((root / "params.yaml").read_text())["validate"]["min_pixel_std"] == 0.9  # left applied
+
+    assert "FAILED image_contrast" in _log_text(state, "FAILED image_contrast")
+    summary = _artifacts(state)["advmix-validation"]
+    assert "image_contrast" in summary.data and "nothing after the validate stage ran" in summary.data
+
+
+def test_bad_override_fails_before_any_stage(flow_run, tmp_path):
+    from flows.pipeline import advmix_pipeline
+
+    state = advmix_pipeline(params_overrides={"data.nosuchkey": 1}, root=str(flow_run[0]), return_state=True)
+    assert state.is_failed() and "data.nosuchkey: unknown key" in state.message
+    assert set(_task_runs(state)) <= {n for n in _task_runs(state) if n.startswith("apply-params")}
+
+
+def test_transient_errors_are_retried_and_command_failures_are_not(prefect_harness, monkeypatch):
+    from dvc.lock import LockError
+    from dvc.stage.exceptions import StageCmdFailedError
+    from prefect import flow
+
+    from flows import pipeline
+
+    calls: list[str] = []
+    errors: list[Exception] = []
+
+    class FakeRepo:
+        def __init__(self, root):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def reproduce(self, stage, **kwargs):
+            calls.append(stage)
+            if errors:
+                raise errors.pop(0)
+            return []
+
+    monkeypatch.setattr("dvc.repo.Repo", FakeRepo)
+    quick = pipeline.run_stage.with_options(retry_delay_seconds=0)
+
+    @flow
+    def one_stage(stage: str):
+        return quick(stage, ".", False)
+
+    errors[:] = [LockError("busy")]
+    assert one_stage("train@nominal") == [] and calls == ["train@nominal"] * 2
+    calls.clear()
+    errors[:] = [StageCmdFailedError("advmix train", 1)]
+    assert one_stage("train@nominal", return_state=True).is_failed() and calls == ["train@nominal"]
+
+
+def test_stage_selection_and_transient_errors():
+    from dvc.exceptions import ReproductionError
+    from dvc.lock import LockError
+    from dvc.stage.exceptions import StageCmdFailedError
+
+    from flows.pipeline import is_transient, select_stages
+
+    stages = ["prepare", "validate", "train@nominal", "train@advmix", "report"]
+    assert select_stages(stages, None) == stages
+    assert select_stages(stages, ["report", "train"]) == ["train@nominal", "train@advmix", "report"]
+    with pytest.raises(ValueError, match="unknown stage 'trian'"):
+        select_stages(stages, ["trian"])
+
+    def wrapped(cause):
+        try:
+            raise ReproductionError("failed to reproduce 'x'") from cause
+        except ReproductionError as exc:
+            return exc
+
+    assert is_transient(wrapped(LockError("busy"))) and is_transient(wrapped(TimeoutError()))
+    assert not is_transient(wrapped(StageCmdFailedError("advmix train", 1)))
+    assert not is_transient(wrapped(FileNotFoundError("data/x"))) and not is_transient(ValueError())
+
+
+def test_metrics_table_prefers_the_summary_modes():
+    from flows.pipeline import metrics_markdown
+
+    flat = metrics_markdown({"success": True, "rho_realised": {"train": 0.95}})
+    assert "| success | True |" in flat and "| rho_realised/train | 0.95 |" in flat
+    summary = {"modes": {"nominal": {"acc": 0.91234, "worst_group_acc": 0.5}, "advmix": {"acc": 0.9}}}
+    table = metrics_markdown({"success": True}, summary)
+    assert "| mode | acc | worst_group_acc |" in table
+    assert "| nominal | 0.9123 | 0.5 |" in table and "| advmix | 0.9 | — |" in table
+    listed = metrics_markdown({}, {"modes": [{"mode": "linf", "acc": 0.8}]})
+    assert "| linf | 0.8 |" in listed
+
+
+def test_stage_list_follows_the_dag_with_validation_first(tmp_path):
+    from flows.pipeline import list_stages
+
+    spec = {"stages": {  # listed out of order; `probe` does not need validation, yet validation runs first
+        "summary": {"cmd": "echo", "deps": ["out-nominal.txt", "out-advmix.txt"]},
+        "probe": {"cmd": "echo", "deps": ["data"], "outs": ["probe.txt"]},
+        "prepare": {"cmd": "echo", "outs": ["data"]},
+        "validate": {"cmd": "echo", "deps": ["data"], "outs": ["validation.json"]},
+        "train": {"foreach": ["nominal", "advmix"],
+                  "do": {"cmd": "echo", "deps": ["validation.json", "probe.txt"], "outs": ["out-${item}.txt"]}},
+    }}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=tmp_path, check=True)
+    assert list_stages(tmp_path) == ["prepare", "validate", "probe", "train@nominal", "train@advmix", "summary"]
+
+
+# ---------------------------------------------------------------- the deployment
+
+
+def test_deployment_schedule_without_a_server():
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.server.schemas.schedules import CronSchedule as ServerCron
+
+    from flows.deploy import DEFAULT_CRON, build_deployment
+
+    dep = build_deployment()
+    schedule = dep.schedules[0].schedule
+    assert isinstance(schedule, CronSchedule) and schedule.cron == DEFAULT_CRON == "0 3 * * 1"
+    assert schedule.timezone == "UTC" and dep.schedules[0].active
+    assert dep.name == "weekly" and dep.parameters["root"] == str(ROOT)
+    fires = asyncio.run(ServerCron(cron=DEFAULT_CRON, timezone="UTC").get_dates(
+        n=2, start=dt.datetime(2026, 1, 1, tzinfo=dt.UTC)))
+    assert [d.isoformat() for d in fires] == ["2026-01-05T03:00:00+00:00", "2026-01-12T03:00:00+00:00"]  # Mondays
+
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    [deployment] = config["deployments"]
+    assert deployment["entrypoint"] == "flows/pipeline.py:advmix_pipeline"
+    assert deployment["work_pool"]["name"] == "advmix-local"
+    assert deployment["schedules"] == [{"cron": DEFAULT_CRON, "timezone": "UTC", "active": True}]
+    [step] = config["pull"]
+    assert step == {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $ADVMIX_ROOT }}"}}
+
+
+def test_deployment_registers_with_an_active_schedule(prefect_harness):
+    from prefect.client.orchestration import get_client
+
+    from flows.deploy import DEFAULT_CRON, build_deployment
+
+    dep_id = build_deployment().apply()
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment(dep_id)
+        assert dep.name == "weekly" and dep.schedules[0].schedule.cron == DEFAULT_CRON and dep.schedules[0].active
+        run = client.create_flow_run_from_deployment(dep_id)
+        assert run.state.is_scheduled()
+
+
+def test_prefect_yaml_pull_step_goes_to_advmix_root(prefect_harness, tmp_path, monkeypatch):
+    from prefect.deployments.steps.core import run_steps
+
+    monkeypatch.chdir(ROOT)  # restored after the test
+    monkeypatch.setenv("ADVMIX_ROOT", str(tmp_path))
+    pull = yaml.safe_load((ROOT / "prefect.yaml").read_text())["pull"]
+    asyncio.run(run_steps(pull, print_function=lambda *a, **k: None))
+    assert Path.cwd() == tmp_path.resolve()
+
+
+# ---------------------------------------------------------------- advmix run
+
+
+def test_run_help_and_bad_override(tmp_path, monkeypatch):
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", "--help"])
+    assert result.exit_code == 0 and "--stage" in result.output and "--force" in result.output
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(parse_params({}).to_dict()))
+    result = runner.invoke(app, ["run", "-S", "data.nosuchkey=1"])
+    assert result.exit_code == 2 and "data.nosuchkey" in result.output, result.output
+
+
+def test_run_once_from_the_project_folder(flow_run, monkeypatch):
+    import json
+
+    monkeypatch.chdir(flow_run[0])
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", "--stage", "prepare"])  # unchanged: DVC skips it
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["success"] is True
+    result = runner.invoke(app, ["run", "--stage", "nosuch"])
+    assert result.exit_code == 1 and "unknown stage 'nosuch'" in " ".join(result.output.split()), result.output

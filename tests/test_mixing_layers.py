@@ -1,0 +1,87 @@
+"""The mixing operator, the layer presets and the swap analysis, on a small real generator."""
+
+import numpy as np
+import pytest
+import torch
+
+from advmix.gan.layers import analyze, pick_partners, swap_scores
+from advmix.gan.networks import Generator
+from advmix.mixing import layer_groups, mix, resolve_layers
+from advmix.probes import build_probe
+
+
+def test_mix_hard_swap_and_soft():
+    a, b = torch.zeros(2, 6, 3), torch.ones(2, 6, 3)
+    hard = mix(a, b, 1.0, [2, 3])
+    assert hard[:, [2, 3]].eq(1).all() and hard[:, [0, 1, 4, 5]].eq(0).all()
+    soft = mix(a, b, torch.tensor([[0.25, 0.5], [1.0, 0.0]]), [0, 5])
+    assert soft[0, 0, 0] == 0.25 and soft[0, 5, 0] == 0.5 and soft[1, 0, 0] == 1 and soft[1, 5, 0] == 0
+    alpha = torch.full((2,), 0.5, requires_grad=True)
+    mix(a, b, alpha, [1]).sum().backward()
+    assert alpha.grad.tolist() == [3.0, 3.0]
+
+
+@pytest.mark.parametrize("res,n", [(16, 6), (32, 8), (64, 10), (1024, 18)])
+def test_presets_partition_wplus(res, n):
+    g = layer_groups(res)
+    assert sorted(g["coarse"] + g["middle"] + g["fine"]) == list(range(n))
+    assert g["middle+fine"] == g["middle"] + g["fine"]
+    if res == 1024:  # the StyleGAN paper's figure: 4-8 px coarse, 16-32 px middle, 64-1024 px fine
+        assert g["coarse"] == [0, 1, 2, 3] and g["middle"] == [4, 5, 6, 7] and g["fine"] == list(range(8, 18))
+
+
+def test_resolve_layers_errors(tmp_path):
+    assert resolve_layers([3, 2, 3], 32) == [2, 3]
+    with pytest.raises(ValueError, match="outside 0..7"):
+        resolve_layers([8], 32)
+    with pytest.raises(FileNotFoundError, match="analyze-layers"):
+        resolve_layers("auto", 32, tmp_path / "layers.json")
+    (tmp_path / "layers.json").write_text('{"auto": [2, 3, 4]}')
+    assert resolve_layers("auto", 32, tmp_path / "layers.json") == [2, 3, 4]
+
+
+def test_partner_rule():
+    labels = np.array([0, 0, 1, 1, 1, 0])
+    same = pick_partners(labels, "same_label", np.random.default_rng(0))
+    assert (labels[same] == labels).all() and (same != np.arange(6)).all()
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    G = Generator(16, style_dim=32, n_mlp=2, channel_base=256, channel_max=32).eval()
+    heads = {"label": 2, "skin_dark": 2, "hair": 3}
+    probe = build_probe(16, heads, width=8).eval()
+    with torch.no_grad():
+        ws = G.make_ws(torch.randn(32, 32))
+    return G, probe, ws
+
+
+def test_swapping_every_layer_is_the_partner(small):
+    """A mix that takes every layer from b is b: every attribute moves, the label moves where labels differ."""
+    from advmix.gan.layers import read
+
+    G, probe, ws = small
+    reading = read(G, probe, ws)
+    partners = pick_partners(reading["label"], "any", np.random.default_rng(0))
+    scores = swap_scores(G, probe, ws, reading, partners, list(range(G.n_latent)))
+    assert scores["label_change"] == pytest.approx(np.mean(reading["label"] != reading["label"][partners]))
+    for head in ("skin_dark", "hair"):
+        if not np.isnan(scores[f"{head}_transfer"]):
+            assert scores[f"{head}_transfer"] == 1.0
+
+
+def test_analysis_schema_and_auto_respects_threshold(small):
+    G, probe, ws = small
+    res = analyze(G, probe, ws, "skin_dark", "auto", "same_label", 0.2, seed=0)
+    assert set(res["layers"]) >= {str(i) for i in range(G.n_latent)} | {"coarse", "middle", "fine"}
+    assert {"label_change", "skin_dark_transfer", "hair_transfer"} <= set(res["layers"]["0"])
+    pert = res["perturbation"]
+    assert pert["layers"] == res["auto"] and pert["partners"] == "same_label"
+    assert set(pert["any_partner"]) == {"label_change", "spurious_transfer"}
+    best = "-".join(str(i) for i in (res["auto"][0], res["auto"][-1]))
+    within = [v for v in res["auto_candidates"].values() if v["label_change"] <= 0.2]
+    if within:
+        assert res["auto_candidates"][best]["label_change"] <= 0.2
+    fixed = analyze(G, probe, ws[:12], "skin_dark", "fine", "any", 0.2, seed=0)
+    assert fixed["perturbation"]["layers"] == layer_groups(16)["fine"]
