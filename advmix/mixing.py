@@ -22,7 +22,7 @@ PRESETS = ("coarse", "middle", "fine", "middle+fine")
 def layer_groups(resolution: int) -> dict[str, list[int]]:
     n_res = int(math.log2(resolution)) - 1  # resolutions 4 .. resolution
     per = math.ceil(2 * n_res / 9)
-    coarse = list(range(0, 2 * per))
+    coarse = list(range(2 * per))
     middle = list(range(2 * per, min(4 * per, 2 * n_res)))
     fine = list(range(4 * per, 2 * n_res))
     return {"coarse": coarse, "middle": middle, "fine": fine, "middle+fine": middle + fine}

@@ -105,6 +105,66 @@ class MixingParams(Section):
     analysis_pairs: int = Field(512, ge=8)
 
 
+class ExtractParams(Section):
+    """Inversion of real images into W+ (owned by advmix/gan/invert.py)."""
+
+    mode: Literal["encoder", "refine"] = "refine"  # encoder only (fast) or encoder + per-image optimisation
+    encoder_steps: int = Field(1500, ge=0)  # on generator samples (w+, G(w+)): latent loss, no backward through G
+    encoder_real_steps: int = Field(500, ge=0)  # then on real training images, reconstruction loss
+    batch: int = Field(32, ge=2)  # encoder training batch
+    lr: float = Field(1e-3, gt=0)
+    width: int = Field(32, ge=4)  # encoder channels at full resolution (x2 per octave, at most x4)
+    refine_steps: int = Field(100, ge=0)
+    refine_lr: float = Field(0.05, gt=0)
+    refine_batch: int = Field(256, ge=1)  # images optimised together (independent codes; larger = faster per image)
+    feature_weight: float = Field(0.1, ge=0)  # probe-feature loss beside the pixel loss
+
+
+class AdvMixParams(Section):
+    """The AdvMix inner maximisation (the layers and the partner rule come from `mixing`)."""
+
+    partners_k: int = Field(4, ge=1)  # partners tried per example (hard swaps, one batched generator pass)
+    steps: int = Field(5, ge=0)  # projected signed-gradient steps on alpha in [0, 1]^|layers|
+    step_size: float = Field(0.25, gt=0, le=1)
+
+
+class LinfParams(Section):
+    """Pixel-space l-inf PGD, in [0, 1] pixel units (doubled for the [-1, 1] images)."""
+
+    epsilon: float = Field(8 / 255, ge=0, le=1)
+    steps: int = Field(5, ge=1)
+    step_size: float = Field(2 / 255, gt=0, le=1)
+
+
+class TrainParams(Section):
+    """Classifier training for every mode (owned by advmix/train.py)."""
+
+    modes: list[Literal["nominal", "randmix", "advmix", "linf"]] = ["nominal", "randmix", "advmix", "linf"]
+    model: Literal["smallcnn", "resnet18"] = "smallcnn"
+    width: int = Field(32, ge=4)  # channels of the first stage (64 = the standard ResNet-18)
+    epochs: int = Field(8, ge=1)
+    batch: int = Field(64, ge=2)  # global batch, split evenly across torchrun ranks
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    optimizer: Literal["adam", "sgd"] = "adam"  # adam = AdamW (decoupled decay); sgd = Nesterov, momentum 0.9
+    schedule: Literal["cosine", "constant"] = "cosine"  # after a linear warmup
+    warmup_epochs: float = Field(1.0, ge=0)
+    clean_ratio: float = Field(0.5, ge=0, le=1)  # share of each batch kept clean; the rest is replaced (not nominal)
+    residual: bool = False  # randmix/advmix: add back what inversion lost, x - G(E(x))
+    advmix: AdvMixParams = AdvMixParams()
+    linf: LinfParams = LinfParams()
+    eval_batch: int = Field(256, ge=1)
+    checkpoint_minutes: float = Field(2.0, gt=0)  # mid-epoch training state; one is written every epoch too
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("modes")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("modes must not repeat")
+        return v
+
+
 class Params(Section):
     seed: int = 0
     data: DataParams = DataParams()
@@ -112,6 +172,8 @@ class Params(Section):
     probe: ProbeParams = ProbeParams()
     gan: GanParams = GanParams()
     mixing: MixingParams = MixingParams()
+    extract: ExtractParams = ExtractParams()
+    train: TrainParams = TrainParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -36,3 +36,18 @@ GAN_REPORTS = REPORTS / "gan"
 GAN_METRICS = METRICS / "gan.json"
 LAYERS_METRICS = METRICS / "layers.json"
 LAYERS_FIGURE = REPORTS / "layers.png"
+LATENTS_DIR = DATA / "latents"
+TRAIN_RESULTS = Path("results") / "train"
+
+
+def classifier(mode: str) -> Path:
+    return MODELS / f"classifier-{mode}.pt"
+
+
+def train_live_dir(mode: str) -> Path:
+    """The dvclive folder of train@<mode>; its mid-training state (state.pt) lives there too."""
+    return TRAIN_RESULTS / mode
+
+
+def train_metrics(mode: str) -> Path:
+    return METRICS / f"train-{mode}.json"

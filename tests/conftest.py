@@ -11,9 +11,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="advmix-prefect-")
 
-import pytest  # noqa: E402
+import pytest
 
-from advmix.params import Params, parse_params  # noqa: E402
+from advmix.params import Params, parse_params
 
 TINY_SIZES = {"train": 40, "val": 8, "test_iid": 8, "test_balanced": 16, "test_flipped": 8}
 

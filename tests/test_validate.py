@@ -80,7 +80,7 @@ def test_wrong_split_size_fails(good):
 
 
 def test_cli_exit_codes_and_outputs(good, tmp_path, monkeypatch):
-    params, ds = good
+    _, ds = good
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(f"data:\n  sizes: {SIZES}\n")
     save_dataset(tmp_path / "data" / "synthfaces", ds)

@@ -27,7 +27,7 @@ def cell_counts(n: int, n_classes: int, n_spurious: int, agreement: float | None
     """counts[label, spurious] summing to n, with balanced labels."""
     counts = np.zeros((n_classes, n_spurious), dtype=int)
     # the agreeing total is rounded once, not per class, so small splits still hit the target
-    agreeing = _even(int(round((agreement or 0.0) * n)), n_classes)
+    agreeing = _even(round((agreement or 0.0) * n), n_classes)
     for c, n_c in enumerate(_even(n, n_classes)):
         if agreement is None:
             counts[c] = _even(int(n_c), n_spurious)

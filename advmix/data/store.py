@@ -32,7 +32,7 @@ class Dataset:
     manifest: pd.DataFrame
     info: dict[str, Any]  # name, n_classes, attributes {name: [values]}, spurious, resolution, rho
 
-    def split(self, name: str) -> "Dataset":
+    def split(self, name: str) -> Dataset:
         mask = (self.manifest["split"] == name).to_numpy()
         return Dataset(self.images[mask], self.manifest[mask].reset_index(drop=True), self.info)
 
@@ -87,7 +87,7 @@ def save_dataset(folder: Path, ds: Dataset) -> None:
 def load_dataset(folder: Path) -> Dataset:
     folder = Path(folder)
     paths = {n: folder / n for n in ("images.npy", "manifest.csv", "info.json")}
-    for name, path in paths.items():
+    for path in paths.values():
         if not path.is_file():
             raise DatasetError(f"{path}: missing; a dataset folder holds images.npy, manifest.csv and info.json "
                                "(run `advmix prepare`)")

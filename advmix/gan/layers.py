@@ -47,11 +47,11 @@ def swap_scores(G, probe, ws, reading: dict[str, np.ndarray], partners: np.ndarr
     """Label change and per-attribute transfer of swapping `layers` from partners into ws."""
     mixed = read(G, probe, mix(ws, ws[partners], 1.0, layers))
     out = {"label_change": float(np.mean(mixed["label"] != reading["label"]))}
-    for head in reading:
+    for head, values in reading.items():
         if head == "label":
             continue
-        differs = reading[head] != reading[head][partners]
-        moved = mixed[head][differs] == reading[head][partners][differs]
+        differs = values != values[partners]
+        moved = mixed[head][differs] == values[partners][differs]
         out[f"{head}_transfer"] = float(moved.mean()) if differs.any() else float("nan")
     return out
 
@@ -113,7 +113,7 @@ def analyze(G, probe, ws, spurious: str, layers_spec, partners_rule: str, max_la
             "any_partner": {"label_change": any_scores["label_change"], "spurious_transfer": any_scores[key]},
             "all": rule_scores,
         },
-        "n_pairs": int(len(ws)),
+        "n_pairs": len(ws),
     }
 
 

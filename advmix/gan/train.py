@@ -299,14 +299,17 @@ def sample_images(G, n: int, seed: int, noise_mode: str = "const", batch: int = 
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance of Gaussians fitted to two feature sets (the formula behind FID)."""
-    from scipy import linalg
+    """Fréchet distance of Gaussians fitted to two feature sets (the formula behind FID).
 
+    tr sqrt(Ca Cb) is taken as the sum of square roots of the eigenvalues of sqrt(Ca) Cb sqrt(Ca),
+    which is symmetric, so it stays real and stable when the covariances are singular.
+    """
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    covmean = covmean.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
+    vals, vecs = np.linalg.eigh(cov_a)
+    root_a = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_covmean)
 
 
 def quality_metrics(G, probe, real, n: int, seed: int) -> dict[str, Any]:

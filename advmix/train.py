@@ -1,0 +1,419 @@
+"""One training loop for every mode: nominal (ERM), randmix, advmix and linf (pixel PGD).
+
+Each batch of the train split is drawn from a per-epoch permutation fixed by (seed, epoch). In every mode but
+nominal, a share `1 - train.clean_ratio` of the batch (chosen at random) is replaced by its adversarial or
+random-mix version, with the label unchanged, and the model takes one step on the mixed batch.
+
+Model selection follows the paper's setting, in which no group labels are available: the weights kept are
+those of the epoch with the best accuracy on the val split, which has the same spurious correlation as train.
+No group label is read during training or selection.
+
+Checkpoint and resume: the whole training state (model, optimiser, scheduler, epoch, step within the epoch,
+the epoch's running sums, every RNG state, the history and the best weights so far) is written atomically at
+the end of every epoch and every `train.checkpoint_minutes` within one. A rerun with the same params and data
+continues from it, through the same batches, and on CPU ends with bitwise the same weights as a run that was
+never interrupted. The dvclive folder is rebuilt from the saved history on every start, so its metrics have
+one row per epoch with no gap and no duplicate. The state file is deleted when training completes.
+
+Under `torchrun` (WORLD_SIZE > 1) every rank takes its share of each global batch (`train.batch` is the global
+batch), gradients are all-reduced by hand and rank 0's BatchNorm buffers are broadcast after every step, so
+every rank holds the same model (as DistributedDataParallel with broadcast_buffers does). On CUDA the forward
+passes run under bf16 autocast with channels_last activations.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from advmix.data.store import Dataset, atomic_write_bytes
+
+STATE_VERSION = 1
+MODES = ("nominal", "randmix", "advmix", "linf")
+MIXING_MODES = ("randmix", "advmix")
+STATE_FILE = "state.pt"
+
+
+class LatentsError(ValueError):
+    """A latent bank that cannot be used; the message names the file and what was expected."""
+
+
+def load_latents(folder: str | Path, split: str, n_rows: int, n_latent: int, style_dim: int) -> np.ndarray:
+    """data/latents/<split>.npy as float32 [n_rows, n_latent, style_dim] (row i = manifest row i of the split)."""
+    path = Path(folder) / f"{split}.npy"
+    if not path.is_file():
+        raise LatentsError(f"{path}: missing; the latent bank is written by `advmix extract`")
+    try:
+        w = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise LatentsError(f"{path}: not a numpy array file ({exc})") from None
+    if w.ndim != 3 or w.shape[1:] != (n_latent, style_dim):
+        raise LatentsError(f"{path}: expected W+ codes [N, {n_latent}, {style_dim}] for this generator, "
+                           f"got {list(w.shape)}")
+    if len(w) != n_rows:
+        raise LatentsError(f"{path}: {len(w)} rows but the {split} split has {n_rows} images; the bank is stale "
+                           "(rerun `advmix extract`)")
+    if not np.isfinite(w).all():
+        raise LatentsError(f"{path}: holds non-finite values")
+    return np.ascontiguousarray(w, dtype=np.float32)
+
+
+def pick_device(choice: str):
+    import torch
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+    return torch.device("cuda" if choice in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+def distributed():
+    """(rank, world size) under torchrun, initialising the process group once; (0, 1) otherwise."""
+    from advmix.gan.train import _distributed
+
+    return _distributed()
+
+
+def model_config(p, n_classes: int, resolution: int) -> dict[str, Any]:
+    return {"model": p.train.model, "n_classes": int(n_classes), "resolution": int(resolution),
+            "width": p.train.width}
+
+
+def fingerprint(mode: str, p, attack_cfg, train: Dataset, val: Dataset, latents: np.ndarray | None) -> str:
+    """What a resumable state must match: mode, training params, attack, seed, and the data it sees."""
+    keep = p.train.model_dump(mode="json", exclude={"modes", "checkpoint_minutes", "device", "eval_batch"})
+    h = hashlib.sha1(json.dumps([mode, keep, attack_cfg.__dict__ if mode != "nominal" else None, p.seed,
+                                 list(train.images.shape), list(val.images.shape)], sort_keys=True).encode())
+    h.update(hashlib.sha1(np.ascontiguousarray(train.images).tobytes()).digest())
+    h.update(train.manifest["label"].to_numpy().astype(np.int64).tobytes())
+    if latents is not None and mode in MIXING_MODES:
+        h.update(hashlib.sha1(np.ascontiguousarray(latents).tobytes()).digest())
+    return h.hexdigest()
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warmup over `warmup` steps, then cosine to zero or constant."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def build_optimizer(model, p):
+    import torch
+
+    t = p.train
+    if t.optimizer == "adam":
+        return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=0.9, nesterov=True, weight_decay=t.weight_decay)
+
+
+def labels_of(ds: Dataset):
+    import torch
+
+    return torch.as_tensor(ds.manifest["label"].to_numpy(), dtype=torch.long)
+
+
+def evaluate(model, ds: Dataset, batch: int, device, rank: int = 0, world: int = 1) -> dict[str, float]:
+    """Loss, accuracy and error on a split (sharded over ranks, summed); worst-group accuracy when the split
+    has a `group` column (single process only; never used for model selection)."""
+    import torch
+    import torch.nn.functional as F
+
+    from advmix.attacks import eval_mode
+    from advmix.probes import to_tensor
+
+    y_all = labels_of(ds)
+    rows = torch.arange(rank, len(ds), world)
+    sums = torch.zeros(3, dtype=torch.float64)
+    correct_all = torch.zeros(len(ds), dtype=torch.bool)
+    with eval_mode(model), torch.no_grad(), _amp(device):
+        for chunk in rows.split(batch):
+            x = _to_device(to_tensor(ds.images[chunk.numpy()]), device)
+            y = y_all[chunk].to(device)
+            logits = model(x).float()
+            sums[0] += F.cross_entropy(logits, y, reduction="sum").item()
+            ok = (logits.argmax(1) == y).cpu()
+            sums[1] += ok.sum().item()
+            sums[2] += len(chunk)
+            correct_all[chunk] = ok
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(sums)
+    out = {"loss": float(sums[0] / sums[2]), "acc": float(sums[1] / sums[2])}
+    out["error"] = 1.0 - out["acc"]
+    if world == 1 and "group" in ds.manifest.columns:
+        groups = ds.manifest["group"].to_numpy()
+        ok = correct_all.numpy()
+        out["worst_group_acc"] = float(min(ok[groups == g].mean() for g in np.unique(groups)))
+    return out
+
+
+def _amp(device):
+    import torch
+
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def _to_device(x, device):
+    import torch
+
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def _average_grads(model, world: int) -> None:
+    from advmix.gan.train import _average_grads as average
+
+    average(model, world)
+
+
+def _broadcast_buffers(model, world: int) -> None:
+    """Rank 0's BatchNorm statistics on every rank (one flat broadcast)."""
+    import torch
+    import torch.distributed as dist
+
+    if world <= 1:
+        return
+    bufs = [b for b in model.buffers() if b.is_floating_point()]
+    if not bufs:
+        return
+    flat = torch.cat([b.flatten() for b in bufs])
+    dist.broadcast(flat, 0)
+    for b, v in zip(bufs, flat.split([b.numel() for b in bufs])):
+        b.copy_(v.view_as(b))
+
+
+def _all_ranks(obj, world: int) -> list:
+    if world <= 1:
+        return [obj]
+    import torch.distributed as dist
+
+    everyone: list = [None] * world
+    dist.all_gather_object(everyone, obj)
+    return everyone
+
+
+def _save_state(path: Path, state: dict) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _open_live(live_dir: Path, history: list[dict[str, float]]):
+    """A fresh dvclive folder holding one row per completed epoch of `history` (step = epoch index)."""
+    from dvclive import Live
+
+    live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None)  # plain Live() would rewrite dvc.yaml
+    for record in history:
+        _log_epoch(live, record)
+    return live
+
+
+def _log_epoch(live, record: dict[str, float]) -> None:
+    for key, value in record.items():
+        if key != "epoch":
+            live.log_metric(key, value)
+    live.next_step()
+
+
+def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Path, live_dir: Path | None, *,
+                     G=None, latents: np.ndarray | None = None, layers: list[int] | None = None,
+                     progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Train the classifier of one mode. Returns the model of the best val epoch (CPU, eval mode) and the run.
+
+    `latents`: W+ codes of the train split, row i = train image i (randmix/advmix). `G`: the frozen generator
+    (randmix/advmix). `layers`: resolved mixing layers. `progress(done, total, stats)` is called after every
+    step (rank 0 only); an exception raised from it stops training like a kill would. The training state lives
+    at `state_path`; the dvclive folder at `live_dir` (rank 0 only; None: no logging).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from advmix.attacks import ATTACKS, AttackConfig, Batch, LatentBank
+    from advmix.models import build_model
+    from advmix.probes import to_tensor
+
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    t = p.train
+    cfg = AttackConfig.from_params(p, layers or [])
+    if mode in MIXING_MODES:
+        if G is None or latents is None or not layers:
+            raise ValueError(f"mode {mode} needs the generator, the train latents and the mixing layers")
+        if len(latents) != len(train):
+            raise LatentsError(f"train latents have {len(latents)} rows but the train split has {len(train)}")
+
+    rank, world = distributed()
+    device = pick_device(t.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+    if t.batch % world:
+        raise ValueError(f"train.batch {t.batch} must be a multiple of the number of ranks {world}")
+    steps_per_epoch = len(train) // t.batch
+    if steps_per_epoch < 1:
+        raise ValueError(f"the train split has {len(train)} images, fewer than one batch of {t.batch}")
+    total = t.epochs * steps_per_epoch
+
+    n_classes = int(train.info.get("n_classes", int(labels_of(train).max()) + 1))
+    config = model_config(p, n_classes, train.images.shape[1])
+    torch.manual_seed(p.seed)  # the same initial weights on every rank
+    model = build_model(config["model"], n_classes, config["resolution"], config["width"]).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, p)
+    warmup = round(t.warmup_epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, t.schedule))
+    rng = torch.Generator().manual_seed(p.seed * 1000 + 17 + rank)  # attack draws, per rank
+
+    bank = None
+    if mode in MIXING_MODES:
+        bank = LatentBank(torch.from_numpy(latents), labels_of(train)).to(device)
+        G = G.to(device).eval().requires_grad_(False)
+        if device.type == "cuda":
+            G = G.to(memory_format=torch.channels_last)
+    attack = ATTACKS.get(mode)
+
+    fp = fingerprint(mode, p, cfg, train, val, latents)
+    start_epoch, start_step, elapsed = 0, 0, 0.0
+    history: list[dict[str, float]] = []
+    best: dict[str, Any] = {"epoch": -1, "acc": -1.0, "state": None}
+    sums = torch.zeros(5, dtype=torch.float64)  # loss*n, correct, n, adversarial correct, adversarial n
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") == fp and state.get("version") == STATE_VERSION and state["world"] == world:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            mine = state["ranks"][rank]
+            rng.set_state(mine["rng"])
+            torch.set_rng_state(mine["torch_rng"])
+            sums = mine["sums"].clone()
+            start_epoch, start_step, elapsed = int(state["epoch"]), int(state["step"]), float(state["seconds"])
+            history = list(state["history"])
+            best = {"epoch": int(state["best_epoch"]), "acc": float(state["best_acc"]), "state": state["best_state"]}
+    resumed_from = {"epoch": start_epoch, "step": start_step}
+
+    live = _open_live(live_dir, history) if live_dir is not None and rank == 0 else None
+    amp = _amp(device)
+    images = torch.from_numpy(np.ascontiguousarray(train.images))  # uint8, N x H x W x 3, converted per batch
+    labels = labels_of(train)
+    t0 = time.time() - elapsed
+    last_save = time.time()
+
+    def save(epoch: int, step: int) -> None:
+        mine = {"rng": rng.get_state(), "torch_rng": torch.get_rng_state(), "sums": sums.clone()}
+        ranks = _all_ranks(mine, world)
+        if rank == 0:
+            _save_state(state_path, {
+                "version": STATE_VERSION, "fingerprint": fp, "world": world, "mode": mode, "epoch": epoch,
+                "step": step, "seconds": time.time() - t0, "model": model.state_dict(), "opt": opt.state_dict(),
+                "sched": sched.state_dict(), "ranks": ranks, "history": history, "best_epoch": best["epoch"],
+                "best_acc": best["acc"], "best_state": best["state"]})
+
+    def checkpoint_due() -> bool:
+        due = time.time() - last_save > t.checkpoint_minutes * 60
+        if world > 1:
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(due)], device=device if device.type == "cuda" else "cpu")
+            dist.broadcast(flag, 0)
+            due = bool(flag.item())
+        return due
+
+    for epoch in range(start_epoch, t.epochs):
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(p.seed * 1000 + epoch))
+        model.train()
+        for step in range(start_step if epoch == start_epoch else 0, steps_per_epoch):
+            idx = perm[step * t.batch:(step + 1) * t.batch][rank::world]
+            x = _to_device(to_tensor(images[idx].numpy()), device)
+            y = labels[idx].to(device)
+            n_adv = 0 if attack is None else round((1.0 - t.clean_ratio) * len(idx))
+            sel = torch.randperm(len(idx), generator=rng)[:n_adv] if n_adv else None
+            if sel is not None:
+                sel_dev = sel.to(device)
+                batch = Batch(x[sel_dev], y[sel_dev], w=None if bank is None else bank.w[idx[sel].to(device)],
+                              index=idx[sel])
+                with amp:
+                    x_adv, _ = attack(model, batch, bank, G, cfg, rng)
+                x = x.clone()
+                x[sel_dev] = x_adv.to(x.dtype)
+            model.train()
+            with amp:
+                logits = model(x).float()
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            _average_grads(model, world)
+            opt.step()
+            sched.step()
+            _broadcast_buffers(model, world)
+
+            with torch.no_grad():
+                ok = (logits.argmax(1) == y).cpu()
+                sums[0] += loss.item() * len(idx)
+                sums[1] += ok.sum().item()
+                sums[2] += len(idx)
+                if sel is not None:
+                    sums[3] += ok[sel].sum().item()
+                    sums[4] += len(sel)
+            done = epoch * steps_per_epoch + step + 1
+            if progress is not None and rank == 0:
+                progress(done, total, {"epoch": epoch + 1, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
+            if step + 1 < steps_per_epoch and checkpoint_due():
+                save(epoch, step + 1)
+                last_save = time.time()
+
+        # end of epoch: totals over ranks, validation, model selection, state, then the log
+        totals = sums.clone()
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(totals)
+        val_metrics = evaluate(model, val, t.eval_batch, device, rank, world)
+        record = {"epoch": epoch, "train/loss": float(totals[0] / totals[2]), "train/acc": float(totals[1] / totals[2])}
+        if totals[4] > 0:
+            record["train/adv_acc"] = float(totals[3] / totals[4])
+        record |= {"val/loss": val_metrics["loss"], "val/acc": val_metrics["acc"], "lr": sched.get_last_lr()[0]}
+        history.append(record)
+        if val_metrics["acc"] > best["acc"]:
+            best = {"epoch": epoch, "acc": val_metrics["acc"],
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        sums.zero_()
+        save(epoch + 1, 0)
+        last_save = time.time()
+        if live is not None:
+            _log_epoch(live, record)
+
+    if live is not None:
+        live.end()
+    seconds = time.time() - t0
+    final = build_model(config["model"], n_classes, config["resolution"], config["width"])
+    final.load_state_dict(best["state"] if best["state"] is not None else
+                          {k: v.cpu() for k, v in model.state_dict().items()})
+    last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    if rank == 0 and state_path.is_file():
+        state_path.unlink()
+    return {"model": final.eval(), "last_state": last_state, "config": config, "history": copy.deepcopy(history),
+            "best_epoch": best["epoch"], "best_val_acc": best["acc"], "epochs": t.epochs,
+            "steps_per_epoch": steps_per_epoch, "seconds": seconds, "resumed_from": resumed_from,
+            "images_per_s": (total - start_epoch * steps_per_epoch - start_step) * t.batch / max(1e-9, seconds - elapsed),
+            "rank": rank, "world": world, "device": str(device)}

@@ -1,0 +1,62 @@
+"""probe -> train-gan -> analyze-layers through the CLI on a tiny dataset, and loading a pretrained generator."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_params
+from typer.testing import CliRunner
+
+from advmix.cli import app
+from advmix.data import build_dataset, save_dataset
+
+TINY_GAN = ["-S", "gan.style_dim=32", "-S", "gan.n_mlp=2", "-S", "gan.channel_base=256", "-S", "gan.channel_max=32",
+            "-S", "gan.batch=8", "-S", "gan.iterations=4", "-S", "gan.eval_samples=32", "-S", "data.resolution=16",
+            "-S", "mixing.analysis_pairs=16", "-S", "probe.epochs=1", "-S", "probe.width=8"]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("{}\n")
+    save_dataset(tmp_path / "data" / "synthfaces", build_dataset(tiny_params(resolution=16)))
+    return tmp_path
+
+
+def run(*args):
+    res = CliRunner().invoke(app, [*args, *TINY_GAN])
+    assert res.exit_code == 0, res.output
+    return res
+
+
+@pytest.mark.slow
+def test_probe_train_gan_analyze_layers(project):
+    run("probe")
+    assert "probe_label_acc" in json.loads((project / "metrics" / "probe.json").read_text())
+    run("train-gan")
+    for f in ("models/gan/generator.pt", "models/gan/state.pt", "reports/gan/samples.png", "reports/gan/mixing.png"):
+        assert (project / f).is_file(), f
+    gan = json.loads((project / "metrics" / "gan.json").read_text())
+    assert gan["gan_iterations"] == 4 and gan["probe_frechet_distance"] > 0
+    assert set(gan["attributes"]) >= {"label", "skin_dark", "hair"}
+    assert abs(sum(gan["attributes"]["hair"]["generated"]) - 1) < 1e-3
+
+    res = run("analyze-layers")
+    assert "auto layers" in res.output
+    layers = json.loads((project / "metrics" / "layers.json").read_text())
+    assert set(layers) >= {"layers", "auto", "perturbation"}
+    pert = layers["perturbation"]
+    assert pert["spurious"] == "skin_dark" and pert["partners"] == "any" and pert["layers"] == layers["auto"]
+    assert (project / "reports" / "layers.png").stat().st_size > 1000
+
+    # the same generator as gan.pretrained: nothing is trained, the outputs are rewritten
+    (project / "models" / "gan" / "generator.pt").rename(project / "g.pt")
+    run("train-gan", "-S", f"gan.pretrained={project / 'g.pt'}")
+    assert json.loads((project / "metrics" / "gan.json").read_text())["gan_iterations"] == 0
+
+
+def test_pretrained_errors_are_clear(project):
+    (project / "bad.pt").write_bytes(b"not a checkpoint")
+    res = CliRunner().invoke(app, ["train-gan", *TINY_GAN, "-S", f"gan.pretrained={project / 'bad.pt'}"])
+    assert res.exit_code == 1 and "bad.pt" in res.output
