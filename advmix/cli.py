@@ -270,5 +270,76 @@ def analyze_layers(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None)
                f"{pert['any_partner']['spurious_transfer']:.3f})")
 
 
+@app.command("train")
+def train_cmd(
+    mode: Annotated[str, typer.Option("--mode", help="nominal | randmix | advmix | linf")] = "nominal",
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Train the classifier of one mode (the best val epoch is kept); a killed run resumes where it stopped.
+
+    Writes models/classifier-<mode>.pt, the dvclive folder results/train/<mode>/ and metrics/train-<mode>.json.
+    Several GPUs: `torchrun --nproc_per_node N $(which advmix) train --mode advmix`.
+    """
+    import time
+
+    from advmix import paths
+    from advmix.data.store import atomic_write_json
+    from advmix.gan.invert import LatentsError
+    from advmix.models import save_classifier
+    from advmix.train import MIXING_MODES, MODES, STATE_FILE, evaluate, load_latents, train_classifier
+
+    if mode not in MODES:
+        raise _fail(f"--mode {mode!r}: expected one of {', '.join(MODES)}", 2)
+    p = _load(params, set_)
+    ds = _dataset(p)
+    train, val = ds.split("train"), ds.split("val")
+    G = latents = layers = None
+    if mode in MIXING_MODES:
+        from advmix.gan import checkpoints
+        from advmix.mixing import resolve_layers
+
+        try:
+            G, _, _ = checkpoints.load_generator(paths.GENERATOR)
+            if G.size != ds.images.shape[1]:
+                raise _fail(f"{paths.GENERATOR} makes {G.size} px images but the dataset has {ds.images.shape[1]} px")
+            layers = resolve_layers(p.mixing.layers, G.size, paths.LAYERS_METRICS)
+            latents = load_latents(paths.LATENTS_DIR, train, "train", G.n_latent, G.style_dim)
+        except (checkpoints.CheckpointError, LatentsError, FileNotFoundError, ValueError, KeyError) as exc:
+            raise _fail(str(exc)) from None
+    live_dir = paths.train_live_dir(mode)
+    live_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with _progress(f"train {mode}", p.train.epochs * max(1, len(train) // p.train.batch)) as step:
+        try:
+            run = train_classifier(mode, train, val, p, live_dir / STATE_FILE, live_dir, G=G, latents=latents,
+                                   layers=layers, progress=lambda done, total, s: step(
+                                       completed=done, info=f"epoch {s['epoch']} loss {s['loss']:.3f}"))
+        except (LatentsError, ValueError) as exc:
+            raise _fail(str(exc)) from None
+    if run["rank"] != 0:
+        return
+    model = run["model"]
+    save_classifier(paths.classifier(mode), model, run["config"], extra={
+        "mode": mode, "best_epoch": run["best_epoch"], "best_val_acc": run["best_val_acc"], "seed": p.seed,
+        "layers": layers, "partners": p.mixing.partners if mode in MIXING_MODES else None})
+    import torch
+
+    device = torch.device(run["device"])
+    model = model.to(device)
+    out = {"best_epoch": run["best_epoch"], "epochs": run["epochs"], "seconds": round(run["seconds"], 2),
+           "images_per_s": round(run["images_per_s"], 2), "resumed_from_epoch": run["resumed_from"]["epoch"]}
+    for split in ("val", "test_iid", "test_balanced", "test_flipped"):
+        part = ds.split(split)
+        if len(part):
+            for key, value in evaluate(model, part, p.train.eval_batch, device).items():
+                out[f"{split}_{key}"] = value
+    atomic_write_json(paths.train_metrics(mode), {f"train_{mode}": out})
+    typer.echo(f"{paths.classifier(mode)}: best epoch {run['best_epoch'] + 1}/{run['epochs']}, "
+               f"val acc {out['val_acc']:.4f}, test_balanced acc {out.get('test_balanced_acc', float('nan')):.4f} "
+               f"(worst group {out.get('test_balanced_worst_group_acc', float('nan')):.4f}), "
+               f"{time.time() - t0:.0f} s")
+
+
 if __name__ == "__main__":
     app()

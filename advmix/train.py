@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from advmix.data.store import Dataset, atomic_write_bytes
+from advmix.gan.invert import LatentsError
 
 STATE_VERSION = 1
 MODES = ("nominal", "randmix", "advmix", "linf")
@@ -43,28 +44,12 @@ MIXING_MODES = ("randmix", "advmix")
 STATE_FILE = "state.pt"
 
 
-class LatentsError(ValueError):
-    """A latent bank that cannot be used; the message names the file and what was expected."""
+def load_latents(folder: str | Path, split: Dataset, name: str, n_latent: int, style_dim: int) -> np.ndarray:
+    """data/latents/<name>.npy as float32 [rows of the split, n_latent, style_dim], checked against the split's
+    manifest (row count, and the ids hash of info.json when present) by advmix.gan.invert.load_latents."""
+    from advmix.gan.invert import load_latents as load
 
-
-def load_latents(folder: str | Path, split: str, n_rows: int, n_latent: int, style_dim: int) -> np.ndarray:
-    """data/latents/<split>.npy as float32 [n_rows, n_latent, style_dim] (row i = manifest row i of the split)."""
-    path = Path(folder) / f"{split}.npy"
-    if not path.is_file():
-        raise LatentsError(f"{path}: missing; the latent bank is written by `advmix extract`")
-    try:
-        w = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise LatentsError(f"{path}: not a numpy array file ({exc})") from None
-    if w.ndim != 3 or w.shape[1:] != (n_latent, style_dim):
-        raise LatentsError(f"{path}: expected W+ codes [N, {n_latent}, {style_dim}] for this generator, "
-                           f"got {list(w.shape)}")
-    if len(w) != n_rows:
-        raise LatentsError(f"{path}: {len(w)} rows but the {split} split has {n_rows} images; the bank is stale "
-                           "(rerun `advmix extract`)")
-    if not np.isfinite(w).all():
-        raise LatentsError(f"{path}: holds non-finite values")
-    return np.ascontiguousarray(w, dtype=np.float32)
+    return load(Path(folder) / f"{name}.npy", split.manifest, n_latent, style_dim)
 
 
 def pick_device(choice: str):
@@ -120,7 +105,7 @@ def build_optimizer(model, p):
 def labels_of(ds: Dataset):
     import torch
 
-    return torch.as_tensor(ds.manifest["label"].to_numpy(), dtype=torch.long)
+    return torch.from_numpy(np.array(ds.manifest["label"].to_numpy(), dtype=np.int64))
 
 
 def evaluate(model, ds: Dataset, batch: int, device, rank: int = 0, world: int = 1) -> dict[str, float]:

@@ -1,0 +1,100 @@
+"""The cost of each training mode relative to nominal, on the current device (bf16 + channels_last on CUDA).
+
+    python bench/train_cost.py --resolution 32 --batch 64 --n-batches 20
+
+Runs advmix.train.train_classifier for one epoch of n_batches batches per mode, on random images with random
+W+ codes and a randomly initialised generator of the default (CPU-sized) config unless --generator names a
+checkpoint. The first batch is warm-up and is not timed. Prints a table: seconds per batch and the ratio to
+nominal. The mixing layers are the `middle+fine` preset (the count matters for cost, not which ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+MODES = ("nominal", "randmix", "advmix", "linf")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    import pandas as pd
+    import torch
+
+    from advmix.data.store import Dataset
+    from advmix.gan.networks import Generator
+    from advmix.mixing import layer_groups
+    from advmix.params import parse_params
+    from advmix.train import pick_device, train_classifier
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--resolution", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--n-batches", type=int, default=10)
+    ap.add_argument("--model", default="smallcnn", choices=["smallcnn", "resnet18"])
+    ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--k", type=int, default=4, help="AdvMix partners per example")
+    ap.add_argument("--steps", type=int, default=5, help="AdvMix steps on alpha (PGD keeps its default 5)")
+    ap.add_argument("--clean-ratio", type=float, default=0.5)
+    ap.add_argument("--residual", action="store_true")
+    ap.add_argument("--generator", type=Path, help="a generator checkpoint instead of a random default-config one")
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    res, n = args.resolution, args.batch * args.n_batches
+    if args.generator is not None:
+        from advmix.gan.checkpoints import load_generator
+
+        G = load_generator(args.generator)[0]
+        res = G.size
+    else:
+        gan = parse_params({}).gan
+        torch.manual_seed(0)
+        G = Generator(res, style_dim=gan.style_dim, n_mlp=gan.n_mlp, channel_base=gan.channel_base,
+                      channel_max=gan.channel_max).eval()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (n, res, res, 3), dtype=np.uint8)
+    manifest = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "split": "train", "label": rng.integers(0, 2, n),
+                             "group": 0})
+    train = Dataset(images, manifest, {"n_classes": 2})
+    val = Dataset(images[: args.batch], manifest[: args.batch].reset_index(drop=True), {"n_classes": 2})
+    latents = rng.normal(size=(n, G.n_latent, G.style_dim)).astype(np.float32)
+    layers = layer_groups(res)["middle+fine"]
+    p = parse_params({"data": {"resolution": res}, "mixing": {"layers": layers}, "train": {
+        "model": args.model, "width": args.width, "epochs": 1, "batch": args.batch, "clean_ratio": args.clean_ratio,
+        "residual": args.residual, "advmix": {"partners_k": args.k, "steps": args.steps}, "device": args.device,
+        "checkpoint_minutes": 1e6}})
+
+    rows = []
+    for mode in args.modes:
+        stamps: list[float] = []
+
+        def stamp(done, total, stats, stamps=stamps):
+            stamps.append(time.perf_counter())
+
+        with tempfile.TemporaryDirectory() as tmp:
+            train_classifier(mode, train, val, p, Path(tmp) / "state.pt", None, G=G, latents=latents, layers=layers,
+                             progress=stamp)
+        timed = np.diff(stamps) if len(stamps) > 1 else np.array([float("nan")])
+        rows.append({"mode": mode, "s_per_batch": float(np.mean(timed)), "batches_timed": len(timed)})
+    base = next((r["s_per_batch"] for r in rows if r["mode"] == "nominal"), float("nan"))
+    device = pick_device(args.device)
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} thread(s)"
+    print(f"device: {name}{' (bf16 autocast + channels_last)' if device.type == 'cuda' else ''}; {args.model} "
+          f"width {args.width}, {res} px, batch {args.batch}, clean ratio {args.clean_ratio}, AdvMix K={args.k} "
+          f"S={args.steps}, {len(layers)} mixing layers, G {sum(q.numel() for q in G.parameters()) / 1e6:.2f}M")
+    print(f"{'mode':8s} {'s/batch':>9s} {'img/s':>9s} {'x nominal':>10s}")
+    for r in rows:
+        r["x_nominal"] = r["s_per_batch"] / base
+        print(f"{r['mode']:8s} {r['s_per_batch']:9.4f} {args.batch / r['s_per_batch']:9.1f} {r['x_nominal']:10.2f}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

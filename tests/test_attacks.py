@@ -1,0 +1,155 @@
+"""The inner maximisations on a tiny generator and a tiny classifier fitted to tiny synthfaces."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_params
+
+from advmix.attacks import AttackConfig, Batch, LatentBank, advmix_attack, pgd_linf, randmix
+from advmix.data import build_dataset
+from advmix.gan.networks import Generator
+from advmix.models import build_model
+from advmix.probes import to_tensor
+
+torch.set_num_threads(1)
+LAYERS = (2, 3, 4, 5)  # of 6 at 16 px
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """A classifier fitted (in train mode, BatchNorm included) to 40 faces, a random tiny G and random codes."""
+    ds = build_dataset(tiny_params(resolution=16)).split("train")
+    x, y = to_tensor(ds.images), torch.tensor(ds.manifest["label"].to_numpy())
+    torch.manual_seed(0)
+    G = Generator(16, style_dim=32, n_mlp=2, channel_base=256, channel_max=32).eval().requires_grad_(False)
+    with torch.no_grad():
+        w = G.make_ws(torch.randn(len(x), 32))
+    model = build_model("smallcnn", 2, 16, 8)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(60):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model, G, x, y, w
+
+
+def mean_loss(model, x, y):
+    model.eval()
+    with torch.no_grad():
+        return F.cross_entropy(model(x), y).item()
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_advmix_beats_randmix_beats_clean(setup, residual):
+    model, G, x, y, w = setup
+    bank = LatentBank(w, y)
+    cfg = AttackConfig(layers=LAYERS, partners="any", residual=residual, k=4, steps=5, step_size=0.25)
+    batch = Batch(x, y, w, torch.arange(len(x)))
+    clean = mean_loss(model, x, y)
+    model.train()
+    x_adv, y_adv = advmix_attack(model, batch, bank, G, cfg, torch.Generator().manual_seed(0))
+    assert model.training, "the classifier must come back in train mode"
+    x_rand, y_rand = randmix(model, batch, bank, G, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(y_adv, y) and torch.equal(y_rand, y)
+    assert x_adv.shape == x.shape and x_adv.abs().max() <= 1 and x_rand.abs().max() <= 1
+    adv, rand = mean_loss(model, x_adv, y), mean_loss(model, x_rand, y)
+    # measured: clean 0.000, rand 0.02-0.7 (residual) / 5.9-6.5 (none), adv 7.7-10 / 11-12 over three seeds
+    assert adv > rand + 1.0 > clean + 1.0, (clean, rand, adv)
+    assert rand > clean + 1e-3, (clean, rand)
+
+
+def test_residual_of_an_identity_mix_is_the_image(setup):
+    model, G, x, y, w = setup
+    cfg = AttackConfig(layers=LAYERS, residual=True, k=2, steps=2)
+    # every example and every partner share one code: every mix is the identity, so x_tilde = x
+    code = w[:1].expand(4, -1, -1).clone()
+    out, _ = advmix_attack(model, Batch(x[:4], y[:4], code), LatentBank(code, y[:4]), G, cfg,
+                           torch.Generator().manual_seed(0))
+    assert torch.allclose(out, x[:4], atol=1e-5)
+
+
+def test_one_batched_pass_for_the_hard_mixes(setup, monkeypatch):
+    model, G, x, y, w = setup
+    sizes = []
+    real = G.synthesis
+
+    def counting(ws, noise_mode="const"):
+        sizes.append(len(ws))
+        return real(ws, noise_mode=noise_mode)
+
+    monkeypatch.setattr(G, "synthesis", counting)
+    cfg = AttackConfig(layers=LAYERS, k=4, steps=3)
+    advmix_attack(model, Batch(x[:8], y[:8], w[:8], torch.arange(8)), LatentBank(w, y), G, cfg,
+                  torch.Generator().manual_seed(0))
+    assert sizes == [8 * 4] + [8] * (3 + 1)  # all hard mixes at once, then one pass per step and the last
+
+
+def test_advmix_only_moves_alpha_within_bounds_and_keeps_batchnorm_stats(setup):
+    model, G, x, y, w = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    cfg = AttackConfig(layers=LAYERS, k=2, steps=2)
+    a, _ = advmix_attack(model, Batch(x[:6], y[:6], w[:6], torch.arange(6)), LatentBank(w, y), G, cfg,
+                         torch.Generator().manual_seed(3))
+    b, _ = advmix_attack(model, Batch(x[:6], y[:6], w[:6], torch.arange(6)), LatentBank(w, y), G, cfg,
+                         torch.Generator().manual_seed(3))
+    assert torch.equal(a, b), "deterministic for a fixed generator state"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in G.parameters())
+
+
+def test_pgd_raises_the_loss_inside_the_ball(setup):
+    model, _, x, y, _ = setup
+    cfg = AttackConfig(epsilon=8 / 255, pgd_steps=5, pgd_step_size=2 / 255)
+    model.train()
+    x_adv, y_adv = pgd_linf(model, Batch(x, y), None, None, cfg, torch.Generator().manual_seed(0))
+    assert model.training and torch.equal(y_adv, y)
+    assert (x_adv - x).abs().max() <= 2 * 8 / 255 + 1e-6
+    assert x_adv.min() >= -1 and x_adv.max() <= 1
+    assert mean_loss(model, x_adv, y) > mean_loss(model, x, y) + 0.1
+
+
+def test_partner_rules():
+    labels = torch.tensor([0, 0, 1, 1, 1, 0, 2])
+    bank = LatentBank(torch.zeros(7, 4, 3), labels)
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.arange(7)
+    same = bank.partners(labels, 200, "same_label", gen, rows)
+    assert (labels[same] == labels[:, None]).all()
+    assert not (same[:6] == rows[:6, None]).any(), "nobody is their own partner while someone else qualifies"
+    assert (same[6] == 6).all(), "a class of one: the only partner is itself (an identity mix)"
+    assert all(set(same[i].tolist()) == {j for j in range(7) if labels[j] == labels[i] and j != i} for i in range(6))
+    anyone = bank.partners(labels, 300, "any", gen, rows)
+    assert not (anyone == rows[:, None]).any()
+    assert set(anyone[0].tolist()) == set(range(1, 7))
+    free = bank.partners(torch.tensor([0, 1]), 50, "any", gen)  # examples from outside the bank: anyone at all
+    assert set(free.flatten().tolist()) == set(range(7))
+    with pytest.raises(ValueError, match="no example of class"):
+        bank.partners(torch.tensor([3]), 1, "same_label", gen)
+    with pytest.raises(ValueError, match="partner rule"):
+        bank.partners(labels, 1, "nearest", gen)
+
+
+def test_advmix_same_label_mixes_only_same_label_codes(setup):
+    """Codes that encode their label in every layer: a same-label mix leaves every code's label intact."""
+    model, G, x, y, _ = setup
+    w = torch.zeros(len(y), G.n_latent, G.style_dim)
+    w[:, :, 0] = y[:, None].float() * 10 + torch.rand(len(y), 1)  # coordinate 0 says the label
+    seen = []
+    real = G.synthesis
+
+    def spy(ws, noise_mode="const"):
+        seen.append(ws.detach().clone())
+        return real(ws, noise_mode=noise_mode)
+
+    G.synthesis = spy
+    try:
+        cfg = AttackConfig(layers=LAYERS, partners="same_label", k=4, steps=1)
+        advmix_attack(model, Batch(x, y, w, torch.arange(len(y))), LatentBank(w, y), G, cfg,
+                      torch.Generator().manual_seed(0))
+    finally:
+        del G.synthesis
+    label_of_code = (seen[0][:, :, 0] >= 10).long()  # [N*K, L]
+    assert (label_of_code == y.repeat_interleave(4)[:, None]).all()

@@ -1,0 +1,244 @@
+"""The classifier training loop: resume after a kill, model selection, DDP on CPU, the `train` command."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SIZES, tiny_params
+from typer.testing import CliRunner
+
+from advmix.data import build_dataset, save_dataset
+from advmix.gan.checkpoints import save_generator
+from advmix.gan.networks import Generator
+from advmix.models import build_model, load_classifier
+from advmix.params import parse_params
+from advmix.train import lr_factor, train_classifier
+
+torch.set_num_threads(1)
+TINY_G = {"size": 16, "style_dim": 32, "n_mlp": 2, "channel_base": 256, "channel_max": 32}
+TINY_TRAIN = {"model": "smallcnn", "width": 8, "epochs": 3, "batch": 8, "lr": 3e-3, "warmup_epochs": 0.5,
+              "checkpoint_minutes": 1e-6, "advmix": {"partners_k": 2, "steps": 2}, "device": "cpu"}
+
+
+class Kill(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def tiny_run():
+    """Tiny 16 px faces, a random tiny generator and random W+ codes for the train split."""
+    p = parse_params({"data": {"sizes": TINY_SIZES, "resolution": 16}, "train": TINY_TRAIN,
+                      "mixing": {"layers": [2, 3, 4, 5]}})
+    ds = build_dataset(p)
+    torch.manual_seed(0)
+    G = Generator(**TINY_G).eval()
+    latents = np.random.default_rng(0).normal(size=(TINY_SIZES["train"], G.n_latent, G.style_dim)).astype(np.float32)
+    return p, ds.split("train"), ds.split("val"), G, latents
+
+
+def tsv_rows(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def test_resume_after_a_kill_mid_epoch_is_bitwise_identical(tiny_run, tmp_path):
+    p, train, val, G, latents = tiny_run
+    kw = {"G": G, "latents": latents, "layers": [2, 3, 4, 5]}
+    full = train_classifier("advmix", train, val, p, tmp_path / "a" / "state.pt", tmp_path / "a", **kw)
+    assert full["steps_per_epoch"] == 5 and not (tmp_path / "a" / "state.pt").exists(), "state removed when done"
+
+    def kill(done, total, stats):
+        if done == 7:  # epoch 2, step 2: the state on disk is the one written after step 6
+            raise Kill
+
+    state = tmp_path / "b" / "state.pt"
+    with pytest.raises(Kill):
+        train_classifier("advmix", train, val, p, state, tmp_path / "b", progress=kill, **kw)
+    saved = torch.load(state, weights_only=True)
+    assert (saved["epoch"], saved["step"], len(saved["history"])) == (1, 1, 1)
+    resumed = train_classifier("advmix", train, val, p, state, tmp_path / "b", **kw)
+    assert resumed["resumed_from"] == {"epoch": 1, "step": 1}
+    for name, value in full["last_state"].items():
+        assert torch.equal(value, resumed["last_state"][name]), name
+    for name, value in full["model"].state_dict().items():
+        assert torch.equal(value, resumed["model"].state_dict()[name]), name
+    assert resumed["history"] == full["history"]
+
+    # the dvclive curve continues: one row per epoch, no gap, no duplicate, the same values
+    for metric in ("train/loss", "train/adv_acc", "val/acc"):
+        a = tsv_rows(tmp_path / "a" / "plots" / "metrics" / f"{metric}.tsv")
+        b = tsv_rows(tmp_path / "b" / "plots" / "metrics" / f"{metric}.tsv")
+        assert [r["step"] for r in b] == ["0", "1", "2"] and a == b, metric
+    summary = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert summary["step"] == 2 and summary["val"]["acc"] == full["history"][-1]["val/acc"]
+
+
+def test_a_state_from_other_params_is_not_resumed(tiny_run, tmp_path):
+    p, train, val, _, _ = tiny_run
+
+    def kill(done, total, stats):
+        if done == 3:
+            raise Kill
+
+    with pytest.raises(Kill):
+        train_classifier("nominal", train, val, p, tmp_path / "state.pt", None, progress=kill)
+    other = p.model_copy(update={"train": p.train.model_copy(update={"lr": 1e-3})})
+    run = train_classifier("nominal", train, val, other, tmp_path / "state.pt", None)
+    assert run["resumed_from"] == {"epoch": 0, "step": 0}
+
+
+def test_model_selection_keeps_the_best_val_epoch(tiny_run, tmp_path):
+    p, train, val, _, _ = tiny_run
+    q = p.model_copy(update={"train": p.train.model_copy(update={"epochs": 4, "lr": 0.05, "schedule": "constant"})})
+    run = train_classifier("linf", train, val, q, tmp_path / "state.pt", None)
+    accs = [h["val/acc"] for h in run["history"]]
+    assert run["best_epoch"] == int(np.argmax(accs)) and run["best_val_acc"] == max(accs)
+    assert all("train/adv_acc" in h for h in run["history"])
+
+
+def test_lr_schedule():
+    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "cosine") == 1.0 and lr_factor(10, 100, 10, "cosine") == 1.0
+    assert lr_factor(99, 100, 10, "cosine") < 0.01
+    assert lr_factor(99, 100, 10, "constant") == 1.0 and lr_factor(0, 100, 0, "constant") == 1.0
+
+
+@pytest.mark.parametrize("name,width", [("smallcnn", 8), ("resnet18", 8)])
+def test_models_take_small_images(name, width):
+    for res in (16, 32):
+        model = build_model(name, 2, res, width)
+        assert model(torch.randn(2, 3, res, res)).shape == (2, 2)
+    if name == "resnet18":
+        assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+        assert isinstance(model.maxpool, torch.nn.Identity) and model.fc.in_features == 8 * width
+        wide = sum(v.numel() for v in build_model(name, 2, 32, 64).parameters())
+        assert 11.0e6 < wide < 11.3e6, "width 64 is the standard ResNet-18"
+
+
+@pytest.mark.slow
+def test_ddp_gloo_two_ranks(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import numpy as np, torch, torch.distributed as dist
+        torch.set_num_threads(1)
+        from pathlib import Path
+        from advmix.data import build_dataset
+        from advmix.gan.networks import Generator
+        from advmix.params import parse_params
+        from advmix.train import train_classifier
+        p = parse_params({{"data": {{"sizes": {TINY_SIZES!r}, "resolution": 16}}, "train": {TINY_TRAIN!r}}})
+        p = p.model_copy(update={{"train": p.train.model_copy(update={{"epochs": 1}})}})
+        ds = build_dataset(p)
+        torch.manual_seed(0)
+        G = Generator(**{TINY_G!r})
+        lat = np.random.default_rng(0).normal(size=(40, G.n_latent, G.style_dim)).astype(np.float32)
+        run = train_classifier("advmix", ds.split("train"), ds.split("val"), p, Path({str(tmp_path / 'state.pt')!r}),
+                               Path({str(tmp_path / 'live')!r}), G=G, latents=lat, layers=[2, 3, 4, 5])
+        flat = torch.cat([v.flatten().float() for v in run["last_state"].values()])
+        everyone = [torch.zeros_like(flat) for _ in range(run["world"])]
+        dist.all_gather(everyone, flat)
+        assert all(torch.equal(everyone[0], e) for e in everyone), "ranks diverged"
+        print("rank", run["rank"], "world", run["world"], "steps", run["steps_per_epoch"], "ok")
+        dist.destroy_process_group()
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29533", str(script)], capture_output=True, text=True, env=env,
+                         timeout=300, check=False)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "rank 0 world 2 steps 5 ok" in res.stdout and "rank 1 world 2 steps 5 ok" in res.stdout
+    assert len(tsv_rows(tmp_path / "live" / "plots" / "metrics" / "val" / "acc.tsv")) == 1
+
+
+# -- the `train` command ------------------------------------------------------------------------------------------
+
+CLI_SETS = ["-S", "data.resolution=16", "-S", "train.epochs=1", "-S", "train.batch=8", "-S", "train.width=8",
+            "-S", "train.advmix.partners_k=2", "-S", "train.advmix.steps=1", "-S", "train.device=cpu"]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(json.dumps({"data": {"sizes": TINY_SIZES}}) + "\n")
+    ds = build_dataset(tiny_params(resolution=16))
+    save_dataset(tmp_path / "data" / "synthfaces", ds)
+    return tmp_path, ds
+
+
+def run_cli(*args):
+    from advmix.cli import app
+
+    res = CliRunner().invoke(app, ["train", *args, *CLI_SETS])
+    return res
+
+
+def check_outputs(root: Path, mode: str):
+    model, payload = load_classifier(root / "models" / f"classifier-{mode}.pt")
+    assert payload["mode"] == mode and payload["config"]["resolution"] == 16
+    assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 2)
+    metrics = json.loads((root / "metrics" / f"train-{mode}.json").read_text())
+    assert list(metrics) == [f"train_{mode}"]
+    m = metrics[f"train_{mode}"]
+    for split in ("val", "test_iid", "test_balanced", "test_flipped"):
+        assert 0 <= m[f"{split}_acc"] <= 1 and m[f"{split}_error"] == pytest.approx(1 - m[f"{split}_acc"])
+    assert m["best_epoch"] == 0 and m["epochs"] == 1
+    live = root / "results" / "train" / mode
+    assert (live / "metrics.json").is_file() and len(tsv_rows(live / "plots" / "metrics" / "train" / "loss.tsv")) == 1
+    assert not (live / "state.pt").exists()
+
+
+def test_cli_train_nominal(project):
+    root, _ = project
+    res = run_cli("--mode", "nominal")
+    assert res.exit_code == 0, res.output
+    assert "best epoch 1/1" in res.output
+    check_outputs(root, "nominal")
+    bad = run_cli("--mode", "mixup")
+    assert bad.exit_code == 2 and "expected one of" in bad.output
+
+
+def test_cli_train_advmix_with_a_saved_generator(project):
+    root, _ = project
+    res = run_cli("--mode", "advmix")
+    assert res.exit_code == 1 and "no such checkpoint" in res.output
+    torch.manual_seed(0)
+    G = Generator(**TINY_G).eval()
+    save_generator(root / "models" / "gan" / "generator.pt", G, {k: v for k, v in TINY_G.items()},
+                   G.mean_latent(64))
+    res = run_cli("--mode", "advmix")
+    assert res.exit_code == 1 and "analyze-layers" in res.output  # mixing.layers: auto needs metrics/layers.json
+    (root / "metrics").mkdir(exist_ok=True)
+    (root / "metrics" / "layers.json").write_text(json.dumps({"auto": [2, 3, 4, 5]}))
+    res = run_cli("--mode", "advmix")
+    assert res.exit_code == 1 and "latents file not found" in res.output
+    rng = np.random.default_rng(0)
+    (root / "data" / "latents").mkdir(parents=True)
+    for split, n in TINY_SIZES.items():
+        rows = n + (1 if split == "train" else 0)  # one row too many first
+        np.save(root / "data" / "latents" / f"{split}.npy", rng.normal(size=(rows, 6, 32)).astype(np.float32))
+    res = run_cli("--mode", "advmix")
+    assert res.exit_code == 1 and "expected shape (40, 6, 32)" in res.output
+    np.save(root / "data" / "latents" / "train.npy", rng.normal(size=(40, 6, 32)).astype(np.float32))
+    res = run_cli("--mode", "advmix")
+    assert res.exit_code == 0, res.output
+    check_outputs(root, "advmix")
+    assert load_classifier(root / "models" / "classifier-advmix.pt")[1]["layers"] == [2, 3, 4, 5]
+
+
+def test_bench_smoke():
+    root = Path(__file__).parents[1]
+    res = subprocess.run([sys.executable, str(root / "bench" / "train_cost.py"), "--resolution", "16", "--batch", "8",
+                          "--n-batches", "2", "--width", "8", "--k", "2", "--steps", "1"],
+                         capture_output=True, text=True, timeout=120, check=False,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    for mode in ("nominal", "randmix", "advmix", "linf"):
+        assert mode in res.stdout
+    assert "x nominal" in res.stdout
