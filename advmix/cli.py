@@ -245,7 +245,10 @@ def analyze_layers(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None)
     from advmix.data.store import atomic_write_json
     from advmix.figures import save_figure
     from advmix.gan import checkpoints
-    from advmix.gan.layers import analyze, candidate_sets, heatmap
+    import numpy as np
+
+    from advmix.gan.invert import load_latents
+    from advmix.gan.layers import analyze, candidate_sets, heatmap, perturbation_on_bank
     from advmix.mixing import layer_groups
     from advmix.probes import load_probe
 
@@ -259,15 +262,23 @@ def analyze_layers(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None)
     total = G.n_latent + len(layer_groups(G.size)) + len(candidate_sets(G.n_latent))
     with _progress("analyze-layers", total) as step:
         result = analyze(G, probe_model, ws, ds.info["spurious"], p.mixing.layers, p.mixing.partners,
-                         p.mixing.max_label_change, p.seed, progress=step)
+                         p.mixing.max_label_change, p.mixing.min_transfer, p.seed, progress=step)
     result["source"] = "generated samples"
+    # the same perturbation set on inverted real training faces, which is how training uses it
+    train = ds.split("train")
+    bank = load_latents(paths.latents_file("train"), train.manifest, G.n_latent, G.style_dim)
+    rows = np.random.default_rng(p.seed).permutation(len(bank))[: p.mixing.analysis_pairs]
+    result["perturbation"]["real"] = perturbation_on_bank(
+        G, probe_model, torch.from_numpy(bank[rows]), train.manifest["label"].to_numpy()[rows], ds.info["spurious"],
+        result["perturbation"]["layers"], p.mixing.partners, p.seed)
     atomic_write_json(paths.LAYERS_METRICS, result)
     save_figure(heatmap(result), paths.LAYERS_FIGURE)
     pert = result["perturbation"]
     typer.echo(f"auto layers {result['auto']}; perturbation set {pert['layers']} with partners={pert['partners']}: "
                f"label change {pert['label_change']:.3f}, {pert['spurious']} transfer {pert['spurious_transfer']:.3f} "
                f"(any partner: {pert['any_partner']['label_change']:.3f} / "
-               f"{pert['any_partner']['spurious_transfer']:.3f})")
+               f"{pert['any_partner']['spurious_transfer']:.3f}); on inverted real faces: label change "
+               f"{pert['real']['label_change']:.3f}, transfer {pert['real']['spurious_transfer']:.3f}")
 
 
 @app.command("train")
@@ -339,6 +350,59 @@ def train_cmd(
                f"val acc {out['val_acc']:.4f}, test_balanced acc {out.get('test_balanced_acc', float('nan')):.4f} "
                f"(worst group {out.get('test_balanced_worst_group_acc', float('nan')):.4f}), "
                f"{time.time() - t0:.0f} s")
+
+
+@app.command()
+def extract(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Invert every split into W+ (encoder, then per-image refinement): latents, encoder, metrics and a grid.
+
+    Writes data/latents/<split>.npy (row order = the split's manifest order) + info.json, models/encoder.pt,
+    metrics/inversion.json (reconstruction and probe agreement, refined and encoder-only) and reports/inversion.png.
+    """
+    import time
+
+    from advmix import paths
+    from advmix.data.store import atomic_write_json
+    from advmix.figures import grid, save_png
+    from advmix.gan import checkpoints, invert
+    from advmix.params import SPLITS
+    from advmix.probes import load_probe, to_tensor
+
+    p = _load(params, set_)
+    ds = _dataset(p)
+    try:
+        G, w_avg, _ = checkpoints.load_generator(paths.GENERATOR)
+        probe_model = load_probe(paths.PROBE)
+    except (checkpoints.CheckpointError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    if G.size != ds.images.shape[1]:
+        raise _fail(f"{paths.GENERATOR} makes {G.size} px images but the dataset has {ds.images.shape[1]} px")
+    splits = {name: part for name in SPLITS if len(part := ds.split(name))}
+    if "train" not in splits:
+        raise _fail("the dataset has no train split: the encoder is fine-tuned on it")
+    t0 = time.time()
+    with _progress("extract", invert.progress_total(p.extract, sum(len(s) for s in splits.values()))) as step:
+        out = invert.extract(G, w_avg, probe_model, {k: s.images for k, s in splits.items()}, p.extract, p.seed,
+                             progress=step)
+    invert.save_latents(paths.LATENTS_DIR, out["latents"], {k: s.manifest for k, s in splits.items()},
+                        extra={"n_latent": G.n_latent, "style_dim": G.style_dim, "mode": p.extract.mode,
+                               "generator": str(paths.GENERATOR)})
+    invert.save_encoder(paths.ENCODER, out["encoder"], extra={
+        "seed": p.seed, "params": p.extract.model_dump(mode="json"), "losses": out["encoder_losses"]})
+    metrics = out["metrics"]
+    atomic_write_json(paths.INVERSION_METRICS, metrics)
+    shown = "test_balanced" if "test_balanced" in splits else next(iter(splits))
+    enc_rec, ref_rec = out["reconstructions"][shown]
+    n = min(12, len(splits[shown]))
+    save_png(grid(invert.comparison_images(to_tensor(splits[shown].images[:n]), enc_rec, ref_rec, n), ncol=n,
+                  scale=max(1, 96 // G.size)), paths.INVERSION_FIGURE)
+    for name in splits:
+        m, e = metrics[name], metrics[name]["encoder_only"]
+        typer.echo(f"  {name:14s} PSNR {m['psnr']:.2f} dB (encoder {e['psnr']:.2f}), label agreement "
+                   f"{m['label_agreement']:.3f} (encoder {e['label_agreement']:.3f})")
+    typer.echo(f"wrote {paths.LATENTS_DIR} ({sum(len(s) for s in splits.values())} images, "
+               f"{metrics['images_per_s']:.1f} images/s), {paths.ENCODER}, {paths.INVERSION_METRICS}, "
+               f"{paths.INVERSION_FIGURE}: {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -100,24 +100,29 @@ class GanParams(Section):
 
 class MixingParams(Section):
     layers: Literal["auto", "coarse", "middle", "fine", "middle+fine"] | list[int] = "auto"
-    partners: Literal["any", "same_label"] = "any"  # who may donate nuisance layers (the paper: anyone)
+    partners: Literal["any", "same_label"] = "same_label"  # who may donate nuisance layers (the paper: anyone)
     max_label_change: float = Field(0.1, ge=0, le=1)  # for `auto`: the label may change in at most this share
-    analysis_pairs: int = Field(512, ge=8)
+    min_transfer: float = Field(0.7, ge=0, le=1)  # for `auto`: the smallest range moving the spurious this often
+    analysis_pairs: int = Field(2048, ge=8)
 
 
 class ExtractParams(Section):
-    """Inversion of real images into W+ (owned by advmix/gan/invert.py)."""
+    """Inversion of real images into W+ (owned by advmix/gan/invert.py).
+
+    Defaults fit all 5,000 images at 32 px on 2 CPU cores in about 7-8 minutes, encoder training included.
+    """
 
     mode: Literal["encoder", "refine"] = "refine"  # encoder only (fast) or encoder + per-image optimisation
-    encoder_steps: int = Field(1500, ge=0)  # on generator samples (w+, G(w+)): latent loss, no backward through G
-    encoder_real_steps: int = Field(500, ge=0)  # then on real training images, reconstruction loss
+    encoder_steps: int = Field(1000, ge=0)  # on generator samples (w+, G(w+)): latent loss, no backward through G
+    encoder_real_steps: int = Field(300, ge=0)  # then on real training images: pixel + feature loss through G
     batch: int = Field(32, ge=2)  # encoder training batch
     lr: float = Field(1e-3, gt=0)
-    width: int = Field(32, ge=4)  # encoder channels at full resolution (x2 per octave, at most x4)
-    refine_steps: int = Field(100, ge=0)
+    width: int = Field(16, ge=4)  # encoder channels at full resolution (x2 per octave, at most x4)
+    refine_steps: int = Field(25, ge=0)  # per-image Adam steps on W+ (0: encoder codes only)
     refine_lr: float = Field(0.05, gt=0)
-    refine_batch: int = Field(256, ge=1)  # images optimised together (independent codes; larger = faster per image)
-    feature_weight: float = Field(0.1, ge=0)  # probe-feature loss beside the pixel loss
+    refine_batch: int = Field(128, ge=1)  # images optimised together (independent codes; only speed changes)
+    feature_weight: float = Field(0.01, ge=0)  # probe-feature loss beside the pixel loss (keeps the label)
+    latent_weight: float = Field(0.01, ge=0)  # refinement: pull towards the encoder's code (units of W's spread)
 
 
 class AdvMixParams(Section):

@@ -51,3 +51,13 @@ def train_live_dir(mode: str) -> Path:
 
 def train_metrics(mode: str) -> Path:
     return METRICS / f"train-{mode}.json"
+
+
+ENCODER = MODELS / "encoder.pt"
+INVERSION_METRICS = METRICS / "inversion.json"
+INVERSION_FIGURE = REPORTS / "inversion.png"
+
+
+def latents_file(split: str, root: Path = Path(".")) -> Path:
+    """W+ codes of one split (in LATENTS_DIR): float32 N x n_latent x style_dim, row i = manifest row i."""
+    return root / LATENTS_DIR / f"{split}.npy"

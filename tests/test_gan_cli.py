@@ -42,12 +42,15 @@ def test_probe_train_gan_analyze_layers(project):
     assert set(gan["attributes"]) >= {"label", "skin_dark", "hair"}
     assert abs(sum(gan["attributes"]["hair"]["generated"]) - 1) < 1e-3
 
+    run("extract", "-S", "extract.encoder_steps=4", "-S", "extract.encoder_real_steps=2", "-S", "extract.batch=4",
+        "-S", "extract.width=4", "-S", "extract.refine_steps=2")
     res = run("analyze-layers")
     assert "auto layers" in res.output
     layers = json.loads((project / "metrics" / "layers.json").read_text())
     assert set(layers) >= {"layers", "auto", "perturbation"}
     pert = layers["perturbation"]
-    assert pert["spurious"] == "skin_dark" and pert["partners"] == "any" and pert["layers"] == layers["auto"]
+    assert pert["spurious"] == "skin_dark" and pert["partners"] == "same_label" and pert["layers"] == layers["auto"]
+    assert set(pert["real"]) >= {"label_change", "spurious_transfer", "any_partner"} and pert["real"]["n"] == 16
     assert (project / "reports" / "layers.png").stat().st_size > 1000
 
     # the same generator as gan.pretrained: nothing is trained, the outputs are rewritten

@@ -73,15 +73,18 @@ def test_swapping_every_layer_is_the_partner(small):
 
 def test_analysis_schema_and_auto_respects_threshold(small):
     G, probe, ws = small
-    res = analyze(G, probe, ws, "skin_dark", "auto", "same_label", 0.2, seed=0)
+    res = analyze(G, probe, ws, "skin_dark", "auto", "same_label", 0.2, 0.5, seed=0)
     assert set(res["layers"]) >= {str(i) for i in range(G.n_latent)} | {"coarse", "middle", "fine"}
     assert {"label_change", "skin_dark_transfer", "hair_transfer"} <= set(res["layers"]["0"])
     pert = res["perturbation"]
     assert pert["layers"] == res["auto"] and pert["partners"] == "same_label"
     assert set(pert["any_partner"]) == {"label_change", "spurious_transfer"}
-    best = "-".join(str(i) for i in (res["auto"][0], res["auto"][-1]))
-    within = [v for v in res["auto_candidates"].values() if v["label_change"] <= 0.2]
-    if within:
-        assert res["auto_candidates"][best]["label_change"] <= 0.2
-    fixed = analyze(G, probe, ws[:12], "skin_dark", "fine", "any", 0.2, seed=0)
+    cands = res["auto_candidates"]
+    best = f"{res['auto'][0]}-{res['auto'][-1]}"
+    qualifying = [k for k, v in cands.items() if v["label_change"] <= 0.2 and v["skin_dark_transfer"] >= 0.5]
+    if qualifying:  # the smallest qualifying range
+        assert best in qualifying
+        assert len(res["auto"]) == min(len(range(int(k.split("-")[0]), int(k.split("-")[1]) + 1))
+                                       for k in qualifying)
+    fixed = analyze(G, probe, ws[:12], "skin_dark", "fine", "any", 0.2, 0.5, seed=0)
     assert fixed["perturbation"]["layers"] == layer_groups(16)["fine"]

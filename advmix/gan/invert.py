@@ -209,21 +209,29 @@ def encode(enc: Encoder, x: Tensor, batch: int = 256) -> Tensor:
 
 
 def refine(G, ws: Tensor, target: Tensor, probe: nn.Module | None = None, *, steps: int, lr: float,
-           feature_weight: float = 0.0, batch: int = 256, progress: Progress = None) -> Tensor:
+           feature_weight: float = 0.0, latent_weight: float = 0.0, w_std: Tensor | None = None, batch: int = 256,
+           progress: Progress = None) -> Tensor:
     """Per-image Adam on W+ from `ws` towards `target` ([-1, 1] images), `batch` images at a time.
 
     The loss is summed over images, and Adam acts per coordinate, so each code follows its own optimisation
-    whatever else shares its batch. `progress(n)` is called with the number of images finished.
+    whatever else shares its batch. Adam also moves coordinates the image barely sees by a full step; the
+    `latent_weight` pull towards the start (in units of `w_std`, the spread of W) keeps those where the encoder
+    put them, so that a refined row still means what it means in other images after a swap.
+    `progress(n)` is called with the number of images finished.
     """
+    scale = (w_std if w_std is not None else torch.ones(ws.shape[-1])).to(ws)
     out = []
     with _frozen(G, probe):
         for w0, x in zip(ws.split(batch), target.split(batch)):
-            w = w0.detach().clone().requires_grad_(True)
+            w0 = w0.detach()
+            w = w0.clone().requires_grad_(True)
             opt = torch.optim.Adam([w], lr=lr)
             with torch.no_grad():
                 feats = probe.embed(x) if probe is not None and feature_weight > 0 else None
             for _ in range(steps):
                 loss, _ = recon_loss(G, w, x, probe, feature_weight, feats)
+                if latent_weight > 0:
+                    loss = loss + latent_weight * ((w - w0) / scale).square().flatten(1).mean(1)
                 opt.zero_grad(set_to_none=True)
                 loss.sum().backward()
                 opt.step()
@@ -334,7 +342,8 @@ def extract(G, w_avg: Tensor, probe: nn.Module | None, splits: dict[str, np.ndar
     for name, x in real.items():
         if p.mode == "refine" and p.refine_steps > 0:
             codes[name] = refine(G, enc_codes[name], x, probe, steps=p.refine_steps, lr=p.refine_lr,
-                                 feature_weight=p.feature_weight, batch=p.refine_batch, progress=progress)
+                                 feature_weight=p.feature_weight, latent_weight=p.latent_weight, w_std=enc.w_std,
+                                 batch=p.refine_batch, progress=progress)
             recs[name] = synthesize(G, codes[name], p.refine_batch)
         else:
             codes[name], recs[name] = enc_codes[name], enc_recs[name]

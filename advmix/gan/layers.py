@@ -5,9 +5,12 @@ and read all three images with the attribute probe:
 - label change: how often the probe's label for the mix differs from its label for a;
 - <attribute> transfer: among the pairs where a and b differ in the attribute, how often the mix
   takes b's value.
-A good nuisance set has a low label change and a high transfer. `auto` picks, among contiguous
-layer ranges, the one with the highest spurious-attribute transfer (ties: the mean transfer of all
-nuisances) whose label change, with partners drawn from anyone, stays under the threshold.
+A good nuisance set has a low label change and a high transfer. `auto` measures every contiguous
+layer range under the partner rule training uses and picks the smallest range (it keeps the most
+of the source image) whose label change stays under `max_label_change` and whose spurious transfer
+reaches `min_transfer`; if none reaches it, the range with the highest transfer under the label
+bound. The single layers and groups are also measured with partners drawn from anyone, which shows
+where the label lives whatever the rule.
 The noise inputs are fixed (const) so that only the swapped layers differ.
 """
 
@@ -60,8 +63,8 @@ def candidate_sets(n_latent: int) -> dict[str, list[int]]:
     return {f"{i}-{j}": list(range(i, j + 1)) for i in range(n_latent) for j in range(i, n_latent)}
 
 
-def analyze(G, probe, ws, spurious: str, layers_spec, partners_rule: str, max_label_change: float, seed: int,
-            labels: np.ndarray | None = None, progress=None) -> dict[str, Any]:
+def analyze(G, probe, ws, spurious: str, layers_spec, partners_rule: str, max_label_change: float,
+            min_transfer: float, seed: int, labels: np.ndarray | None = None, progress=None) -> dict[str, Any]:
     """The full analysis over a bank of W+ codes (generated or inverted), in the metrics/layers.json schema.
 
     `labels` are the true labels of the bank (inverted real images); for generated codes the probe's
@@ -75,34 +78,41 @@ def analyze(G, probe, ws, spurious: str, layers_spec, partners_rule: str, max_la
     any_partner = pick_partners(labels, "any", rng)
     rule_partner = pick_partners(labels, partners_rule, rng)
 
+    def tick() -> None:
+        if progress:
+            progress(1)
+
     singles = {str(i): [i] for i in range(G.n_latent)}
     groups = {k: v for k, v in layer_groups(G.size).items() if v}
     table = {}
     for name, layers in {**singles, **groups}.items():
         table[name] = swap_scores(G, probe, ws, reading, any_partner, layers)
-        if progress:
-            progress(1)
+        tick()
 
     key = f"{spurious}_transfer"
+    ranges = candidate_sets(G.n_latent)
     candidates = {}
-    for name, layers in candidate_sets(G.n_latent).items():
-        candidates[name] = swap_scores(G, probe, ws, reading, any_partner, layers)
-        if progress:
-            progress(1)
+    for name, layers in ranges.items():
+        candidates[name] = swap_scores(G, probe, ws, reading, rule_partner, layers)
+        tick()
 
-    def nuisance_mean(scores: dict[str, float]) -> float:
-        return float(np.nanmean([v for k, v in scores.items() if k.endswith("_transfer")]))
+    def transfer(name: str) -> float:
+        return float(np.nan_to_num(candidates[name][key]))
 
-    allowed = {k: v for k, v in candidates.items() if v["label_change"] <= max_label_change}
-    if allowed:
-        best = max(allowed, key=lambda k: (np.nan_to_num(allowed[k][key]), nuisance_mean(allowed[k])))
-    else:  # nothing keeps the label: take the set that changes it least
+    allowed = [k for k, v in candidates.items() if v["label_change"] <= max_label_change]
+    enough = [k for k in allowed if transfer(k) >= min_transfer]
+    if enough:
+        best = min(enough, key=lambda k: (len(ranges[k]), -transfer(k)))
+    elif allowed:
+        best = max(allowed, key=transfer)
+    else:  # nothing keeps the label: take the range that changes it least
         best = min(candidates, key=lambda k: candidates[k]["label_change"])
-    auto = candidate_sets(G.n_latent)[best]
+    auto = ranges[best]
 
     chosen = auto if layers_spec == "auto" else resolve_layers(layers_spec, G.size)
     rule_scores = swap_scores(G, probe, ws, reading, rule_partner, chosen)
     any_scores = swap_scores(G, probe, ws, reading, any_partner, chosen)
+    differs = reading[spurious] != reading[spurious][rule_partner]
     return {
         "layers": table,
         "auto": auto,
@@ -110,11 +120,30 @@ def analyze(G, probe, ws, spurious: str, layers_spec, partners_rule: str, max_la
         "perturbation": {
             "layers": chosen, "partners": partners_rule, "spurious": spurious,
             "label_change": rule_scores["label_change"], "spurious_transfer": rule_scores[key],
+            "pairs_differing_in_spurious": int(differs.sum()),
             "any_partner": {"label_change": any_scores["label_change"], "spurious_transfer": any_scores[key]},
             "all": rule_scores,
         },
-        "n_pairs": len(ws),
+        "n_pairs": int(len(ws)),
     }
+
+
+def perturbation_on_bank(G, probe, ws, labels: np.ndarray, spurious: str, layers: list[int], rule: str,
+                         seed: int) -> dict[str, Any]:
+    """The perturbation set measured on a bank of inverted real images, with their true labels.
+
+    The reference for "the label changed" and "the attribute moved" is the probe's reading of the
+    reconstructions G(w), so inversion error is not counted as a mixing effect.
+    """
+    rng = np.random.default_rng(seed)
+    reading = read(G, probe, ws)
+    out = {}
+    for name, partners in (("rule", pick_partners(labels, rule, rng)), ("any_partner", pick_partners(
+            labels, "any", rng))):
+        scores = swap_scores(G, probe, ws, reading, partners, layers)
+        out[name] = {"label_change": scores["label_change"], "spurious_transfer": scores[f"{spurious}_transfer"],
+                     "pairs_differing_in_spurious": int((reading[spurious] != reading[spurious][partners]).sum())}
+    return {"partners": rule, **out.pop("rule"), "any_partner": out["any_partner"], "n": int(len(ws))}
 
 
 def heatmap(result: dict[str, Any]):
