@@ -21,12 +21,7 @@ from advmix.gan.networks import Generator
 CONFIG = {"size": 16, "style_dim": 32, "n_mlp": 2, "channel_base": 512, "channel_max": 64, "lr_mlp": 0.01}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_generator(seed: int = 0, **overrides) -> Generator:

@@ -24,12 +24,7 @@ from advmix.gan.networks import (
 TINY = {"style_dim": 32, "n_mlp": 2, "channel_base": 512, "channel_max": 64}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_generator(size: int = 16, seed: int = 0) -> Generator:

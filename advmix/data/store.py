@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,16 +63,14 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
-def save_dataset(folder: Path, ds: Dataset) -> None:
-    """Write the three files into a temp folder beside `folder`, then swap it in."""
+@contextmanager
+def atomic_folder(folder: Path) -> Iterator[Path]:
+    """Yield a temp folder beside `folder`; on success it replaces `folder` whole, on failure it vanishes."""
     folder = Path(folder)
-    check_consistent(ds, folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        np.save(tmp / "images.npy", np.ascontiguousarray(ds.images))
-        ds.manifest.to_csv(tmp / "manifest.csv", index=False)
-        (tmp / "info.json").write_text(json.dumps(ds.info, indent=2) + "\n")
+        yield tmp
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -82,6 +82,15 @@ def save_dataset(folder: Path, ds: Dataset) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_dataset(folder: Path, ds: Dataset) -> None:
+    """Write the three files into a temp folder beside `folder`, then swap it in."""
+    check_consistent(ds, Path(folder))
+    with atomic_folder(folder) as tmp:
+        np.save(tmp / "images.npy", np.ascontiguousarray(ds.images))
+        ds.manifest.to_csv(tmp / "manifest.csv", index=False)
+        (tmp / "info.json").write_text(json.dumps(ds.info, indent=2) + "\n")
 
 
 def load_dataset(folder: Path) -> Dataset:

@@ -24,8 +24,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +34,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from advmix.data.store import atomic_folder
 
 ENCODER_FORMAT = "advmix-encoder"
 MIX_PROBABILITY = 0.9  # share of encoder training samples with two codes (rows differ), as in GAN training
@@ -389,25 +389,12 @@ def save_latents(folder: str | os.PathLike[str], latents: dict[str, np.ndarray],
         if arr.ndim != 3 or len(arr) != len(m):
             raise LatentsError(f"{folder / (name + '.npy')}: {arr.shape} codes for {len(m)} manifest rows")
         info["splits"][name] = {"rows": len(arr), "shape": list(arr.shape), "ids_sha1": ids_digest(m)}
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with atomic_folder(folder) as tmp:
         for name, arr in latents.items():
             buf = io.BytesIO()
             np.save(buf, np.ascontiguousarray(arr, dtype=np.float32))
             (tmp / f"{name}.npy").write_bytes(buf.getvalue())
         (tmp / "info.json").write_text(json.dumps(info, indent=2) + "\n")
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
