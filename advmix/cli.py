@@ -203,50 +203,69 @@ def train_gan_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) 
                f"mean attribute TV {quality['attribute_tv_mean']:.3f}, {time.time() - t0:.0f} s")
 
 
-@app.command("run")
-def run_cmd(
-    stage: Annotated[list[str] | None, typer.Option(
-        "--stage", help="a stage to run (repeatable; default: all); `train` means every train@<mode>")] = None,
-    force: Annotated[bool, typer.Option("--force", help="run the stages even when DVC sees no change")] = False,
-    set_: SetOpt = None,
-) -> None:
-    """Run the pipeline once as a Prefect flow: one task per DVC stage, in order. Run it from the project folder.
+@app.command()
+def extract(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Invert every split into W+ (encoder, then per-image refinement): latents, encoder, metrics and a grid.
 
-    -S overrides are checked, then written into params.yaml and left applied, like `dvc exp run -S`.
-    Without PREFECT_API_URL, Prefect starts a temporary local server for the run.
+    Writes data/latents/<split>.npy (row order = the split's manifest order) + info.json, models/encoder.pt,
+    metrics/inversion.json (reconstruction and probe agreement, refined and encoder-only) and reports/inversion.png.
     """
-    import json
-    import sys
+    import time
 
-    import yaml
+    from advmix import paths
+    from advmix.data.store import atomic_write_json
+    from advmix.figures import grid, save_png
+    from advmix.gan import checkpoints, invert
+    from advmix.params import SPLITS
+    from advmix.probes import load_probe, to_tensor
 
-    root = Path.cwd()
-    _load(root / "params.yaml", set_)  # a bad key exits 2 before Prefect starts
-    overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in set_ or [])}
-    if not (root / "flows" / "pipeline.py").is_file():
-        raise _fail(f"{root}: no flows/pipeline.py; run `advmix run` from the project folder", 2)
-    if str(root) not in sys.path:  # flows/ sits next to advmix/ in the project folder
-        sys.path.insert(0, str(root))
-    from flows.pipeline import advmix_pipeline
-
-    state = advmix_pipeline(stages=stage or None, force=force, params_overrides=overrides or None, root=str(root),
-                            return_state=True)
-    if not state.is_completed():
-        raise _fail(f"pipeline {state.name.lower()}: {state.message}")
-    typer.echo(json.dumps(state.result(), indent=2, default=str))
+    p = _load(params, set_)
+    ds = _dataset(p)
+    try:
+        G, w_avg, _ = checkpoints.load_generator(paths.GENERATOR)
+        probe_model = load_probe(paths.PROBE)
+    except (checkpoints.CheckpointError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    if G.size != ds.images.shape[1]:
+        raise _fail(f"{paths.GENERATOR} makes {G.size} px images but the dataset has {ds.images.shape[1]} px")
+    splits = {name: part for name in SPLITS if len(part := ds.split(name))}
+    if "train" not in splits:
+        raise _fail("the dataset has no train split: the encoder is fine-tuned on it")
+    t0 = time.time()
+    with _progress("extract", invert.progress_total(p.extract, sum(len(s) for s in splits.values()))) as step:
+        out = invert.extract(G, w_avg, probe_model, {k: s.images for k, s in splits.items()}, p.extract, p.seed,
+                             progress=step)
+    invert.save_latents(paths.LATENTS_DIR, out["latents"], {k: s.manifest for k, s in splits.items()},
+                        extra={"n_latent": G.n_latent, "style_dim": G.style_dim, "mode": p.extract.mode,
+                               "generator": str(paths.GENERATOR)})
+    invert.save_encoder(paths.ENCODER, out["encoder"], extra={
+        "seed": p.seed, "params": p.extract.model_dump(mode="json"), "losses": out["encoder_losses"]})
+    metrics = out["metrics"]
+    atomic_write_json(paths.INVERSION_METRICS, metrics)
+    shown = "test_balanced" if "test_balanced" in splits else next(iter(splits))
+    enc_rec, ref_rec = out["reconstructions"][shown]
+    n = min(12, len(splits[shown]))
+    save_png(grid(invert.comparison_images(to_tensor(splits[shown].images[:n]), enc_rec, ref_rec, n), ncol=n,
+                  scale=max(1, 96 // G.size)), paths.INVERSION_FIGURE)
+    for name in splits:
+        m, e = metrics[name], metrics[name]["encoder_only"]
+        typer.echo(f"  {name:14s} PSNR {m['psnr']:.2f} dB (encoder {e['psnr']:.2f}), label agreement "
+                   f"{m['label_agreement']:.3f} (encoder {e['label_agreement']:.3f})")
+    typer.echo(f"wrote {paths.LATENTS_DIR} ({sum(len(s) for s in splits.values())} images, "
+               f"{metrics['images_per_s']:.1f} images/s), {paths.ENCODER}, {paths.INVERSION_METRICS}, "
+               f"{paths.INVERSION_FIGURE}: {time.time() - t0:.0f} s")
 
 
 @app.command("analyze-layers")
 def analyze_layers(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Swap each W+ layer between random pairs; measure label change and nuisance transfer; pick `auto`."""
+    import numpy as np
     import torch
 
     from advmix import paths
     from advmix.data.store import atomic_write_json
     from advmix.figures import save_figure
     from advmix.gan import checkpoints
-    import numpy as np
-
     from advmix.gan.invert import load_latents
     from advmix.gan.layers import analyze, candidate_sets, heatmap, perturbation_on_bank
     from advmix.mixing import layer_groups
@@ -352,57 +371,37 @@ def train_cmd(
                f"{time.time() - t0:.0f} s")
 
 
-@app.command()
-def extract(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Invert every split into W+ (encoder, then per-image refinement): latents, encoder, metrics and a grid.
+@app.command("run")
+def run_cmd(
+    stage: Annotated[list[str] | None, typer.Option(
+        "--stage", help="a stage to run (repeatable; default: all); `train` means every train@<mode>")] = None,
+    force: Annotated[bool, typer.Option("--force", help="run the stages even when DVC sees no change")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Run the pipeline once as a Prefect flow: one task per DVC stage, in order. Run it from the project folder.
 
-    Writes data/latents/<split>.npy (row order = the split's manifest order) + info.json, models/encoder.pt,
-    metrics/inversion.json (reconstruction and probe agreement, refined and encoder-only) and reports/inversion.png.
+    -S overrides are checked, then written into params.yaml and left applied, like `dvc exp run -S`.
+    Without PREFECT_API_URL, Prefect starts a temporary local server for the run.
     """
-    import time
+    import json
+    import sys
 
-    from advmix import paths
-    from advmix.data.store import atomic_write_json
-    from advmix.figures import grid, save_png
-    from advmix.gan import checkpoints, invert
-    from advmix.params import SPLITS
-    from advmix.probes import load_probe, to_tensor
+    import yaml
 
-    p = _load(params, set_)
-    ds = _dataset(p)
-    try:
-        G, w_avg, _ = checkpoints.load_generator(paths.GENERATOR)
-        probe_model = load_probe(paths.PROBE)
-    except (checkpoints.CheckpointError, FileNotFoundError, ValueError) as exc:
-        raise _fail(str(exc)) from None
-    if G.size != ds.images.shape[1]:
-        raise _fail(f"{paths.GENERATOR} makes {G.size} px images but the dataset has {ds.images.shape[1]} px")
-    splits = {name: part for name in SPLITS if len(part := ds.split(name))}
-    if "train" not in splits:
-        raise _fail("the dataset has no train split: the encoder is fine-tuned on it")
-    t0 = time.time()
-    with _progress("extract", invert.progress_total(p.extract, sum(len(s) for s in splits.values()))) as step:
-        out = invert.extract(G, w_avg, probe_model, {k: s.images for k, s in splits.items()}, p.extract, p.seed,
-                             progress=step)
-    invert.save_latents(paths.LATENTS_DIR, out["latents"], {k: s.manifest for k, s in splits.items()},
-                        extra={"n_latent": G.n_latent, "style_dim": G.style_dim, "mode": p.extract.mode,
-                               "generator": str(paths.GENERATOR)})
-    invert.save_encoder(paths.ENCODER, out["encoder"], extra={
-        "seed": p.seed, "params": p.extract.model_dump(mode="json"), "losses": out["encoder_losses"]})
-    metrics = out["metrics"]
-    atomic_write_json(paths.INVERSION_METRICS, metrics)
-    shown = "test_balanced" if "test_balanced" in splits else next(iter(splits))
-    enc_rec, ref_rec = out["reconstructions"][shown]
-    n = min(12, len(splits[shown]))
-    save_png(grid(invert.comparison_images(to_tensor(splits[shown].images[:n]), enc_rec, ref_rec, n), ncol=n,
-                  scale=max(1, 96 // G.size)), paths.INVERSION_FIGURE)
-    for name in splits:
-        m, e = metrics[name], metrics[name]["encoder_only"]
-        typer.echo(f"  {name:14s} PSNR {m['psnr']:.2f} dB (encoder {e['psnr']:.2f}), label agreement "
-                   f"{m['label_agreement']:.3f} (encoder {e['label_agreement']:.3f})")
-    typer.echo(f"wrote {paths.LATENTS_DIR} ({sum(len(s) for s in splits.values())} images, "
-               f"{metrics['images_per_s']:.1f} images/s), {paths.ENCODER}, {paths.INVERSION_METRICS}, "
-               f"{paths.INVERSION_FIGURE}: {time.time() - t0:.0f} s")
+    root = Path.cwd()
+    _load(root / "params.yaml", set_)  # a bad key exits 2 before Prefect starts
+    overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in set_ or [])}
+    if not (root / "flows" / "pipeline.py").is_file():
+        raise _fail(f"{root}: no flows/pipeline.py; run `advmix run` from the project folder", 2)
+    if str(root) not in sys.path:  # flows/ sits next to advmix/ in the project folder
+        sys.path.insert(0, str(root))
+    from flows.pipeline import advmix_pipeline
+
+    state = advmix_pipeline(stages=stage or None, force=force, params_overrides=overrides or None, root=str(root),
+                            return_state=True)
+    if not state.is_completed():
+        raise _fail(f"pipeline {state.name.lower()}: {state.message}")
+    typer.echo(json.dumps(state.result(), indent=2, default=str))
 
 
 if __name__ == "__main__":
