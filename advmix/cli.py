@@ -30,20 +30,25 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _load(params_path: Path, overrides: list[str] | None = None):
-    """Params or a clean exit naming the bad key."""
+def _overrides(items: list[str] | None) -> dict:
+    """`-S key=value` options as {dotted key: YAML value}."""
     import yaml
 
-    from advmix.params import ParamsError, load_params
-
     parsed = {}
-    for item in overrides or []:
+    for item in items or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise _fail(f"--set {item!r}: expected KEY=VALUE", 2)
         parsed[key] = yaml.safe_load(value)
+    return parsed
+
+
+def _load(params_path: Path, overrides: list[str] | None = None):
+    """Params or a clean exit naming the bad key."""
+    from advmix.params import ParamsError, load_params
+
     try:
-        return load_params(params_path, parsed)
+        return load_params(params_path, _overrides(overrides))
     except ParamsError as exc:
         raise _fail(str(exc), 2) from None
 
@@ -386,11 +391,9 @@ def run_cmd(
     import json
     import sys
 
-    import yaml
-
     root = Path.cwd()
     _load(root / "params.yaml", set_)  # a bad key exits 2 before Prefect starts
-    overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in set_ or [])}
+    overrides = _overrides(set_)
     if not (root / "flows" / "pipeline.py").is_file():
         raise _fail(f"{root}: no flows/pipeline.py; run `advmix run` from the project folder", 2)
     if str(root) not in sys.path:  # flows/ sits next to advmix/ in the project folder

@@ -79,7 +79,7 @@ def build_model(name: str, n_classes: int, resolution: int, width: int) -> nn.Mo
 def save_classifier(path: str | os.PathLike[str], model: nn.Module, config: dict[str, Any],
                     extra: dict[str, Any] | None = None) -> Path:
     """Write weights + build_model kwargs (+ plain-data extras) atomically; loadable with weights_only=True."""
-    from advmix.gan.checkpoints import atomic_torch_save
+    from advmix.data.store import atomic_torch_save
 
     model = getattr(model, "module", model)
     payload = {"format": FORMAT, "config": dict(config),

@@ -146,16 +146,10 @@ def evaluate_probe(model, ds: Dataset) -> dict[str, Any]:
 
 
 def save_probe(path: Path, model, resolution: int, width: int) -> None:
-    import io
+    from advmix.data.store import atomic_torch_save
 
-    import torch
-
-    from advmix.data.store import atomic_write_bytes
-
-    buf = io.BytesIO()
-    torch.save({"format": "advmix-probe", "resolution": resolution, "width": width, "heads": model.heads_spec,
-                "state_dict": model.state_dict()}, buf)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    atomic_torch_save({"format": "advmix-probe", "resolution": resolution, "width": width, "heads": model.heads_spec,
+                       "state_dict": model.state_dict()}, path)
 
 
 def load_probe(path: Path):

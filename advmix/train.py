@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import math
 import time
@@ -35,8 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from advmix.data.store import Dataset, atomic_write_bytes
+from advmix.data.store import Dataset, atomic_torch_save
 from advmix.gan.invert import LatentsError
+from advmix.runtime import all_ranks, average_grads, distributed, pick_device
 
 STATE_VERSION = 1
 MODES = ("nominal", "randmix", "advmix", "linf")
@@ -50,21 +50,6 @@ def load_latents(folder: str | Path, split: Dataset, name: str, n_latent: int, s
     from advmix.gan.invert import load_latents as load
 
     return load(Path(folder) / f"{name}.npy", split.manifest, n_latent, style_dim)
-
-
-def pick_device(choice: str):
-    import torch
-
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
-    return torch.device("cuda" if choice in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-
-
-def distributed():
-    """(rank, world size) under torchrun, initialising the process group once; (0, 1) otherwise."""
-    from advmix.gan.train import _distributed
-
-    return _distributed()
 
 
 def model_config(p, n_classes: int, resolution: int) -> dict[str, Any]:
@@ -159,12 +144,6 @@ def _to_device(x, device):
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
 
-def _average_grads(model, world: int) -> None:
-    from advmix.gan.train import _average_grads as average
-
-    average(model, world)
-
-
 def _broadcast_buffers(model, world: int) -> None:
     """Rank 0's BatchNorm statistics on every rank (one flat broadcast)."""
     import torch
@@ -179,24 +158,6 @@ def _broadcast_buffers(model, world: int) -> None:
     dist.broadcast(flat, 0)
     for b, v in zip(bufs, flat.split([b.numel() for b in bufs])):
         b.copy_(v.view_as(b))
-
-
-def _all_ranks(obj, world: int) -> list:
-    if world <= 1:
-        return [obj]
-    import torch.distributed as dist
-
-    everyone: list = [None] * world
-    dist.all_gather_object(everyone, obj)
-    return everyone
-
-
-def _save_state(path: Path, state: dict) -> None:
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _open_live(live_dir: Path, history: list[dict[str, float]]):
@@ -244,7 +205,7 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
             raise LatentsError(f"train latents have {len(latents)} rows but the train split has {len(train)}")
 
     rank, world = distributed()
-    device = pick_device(t.device)
+    device = pick_device(t.device, "train.device")
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", rank % torch.cuda.device_count())
     if t.batch % world:
@@ -302,13 +263,13 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
 
     def save(epoch: int, step: int) -> None:
         mine = {"rng": rng.get_state(), "torch_rng": torch.get_rng_state(), "sums": sums.clone()}
-        ranks = _all_ranks(mine, world)
+        ranks = all_ranks(mine, world)
         if rank == 0:
-            _save_state(state_path, {
+            atomic_torch_save({
                 "version": STATE_VERSION, "fingerprint": fp, "world": world, "mode": mode, "epoch": epoch,
                 "step": step, "seconds": time.time() - t0, "model": model.state_dict(), "opt": opt.state_dict(),
                 "sched": sched.state_dict(), "ranks": ranks, "history": history, "best_epoch": best["epoch"],
-                "best_acc": best["acc"], "best_state": best["state"]})
+                "best_acc": best["acc"], "best_state": best["state"]}, state_path)
 
     def checkpoint_due() -> bool:
         due = time.time() - last_save > t.checkpoint_minutes * 60
@@ -343,7 +304,7 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            _average_grads(model, world)
+            average_grads(model, world)
             opt.step()
             sched.step()
             _broadcast_buffers(model, world)

@@ -19,8 +19,9 @@ import numpy as np
 def main(argv: list[str] | None = None) -> list[dict]:
     import torch
 
-    from advmix.gan.train import pick_device, train_gan
+    from advmix.gan.train import train_gan
     from advmix.params import GanParams
+    from advmix.runtime import pick_device
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--resolution", type=int, nargs="+", default=[32])

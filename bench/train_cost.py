@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from advmix.gan.networks import Generator
     from advmix.mixing import layer_groups
     from advmix.params import parse_params
-    from advmix.train import pick_device, train_classifier
+    from advmix.runtime import pick_device
+    from advmix.train import train_classifier
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--resolution", type=int, default=32)

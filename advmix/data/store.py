@@ -6,6 +6,7 @@ Row i of images.npy is the image of manifest row i. info.json says what the colu
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -48,15 +49,28 @@ def group_of(label: np.ndarray, spurious: np.ndarray, n_spurious: int) -> np.nda
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file beside `path`, fsync, then rename: readers see the old file or the new one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save, atomically (every checkpoint and training state goes through here)."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

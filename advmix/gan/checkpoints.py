@@ -23,7 +23,6 @@ import io
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from advmix.data.store import atomic_torch_save
 from advmix.gan.networks import Generator, channels_for
 
 FORMAT = "advmix-stylegan2"
@@ -90,35 +90,6 @@ def save_generator(
     }
     atomic_torch_save(payload, path)
     return path
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """torch.save to a temp file next to `path`, fsync, then os.replace: readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # persist the rename itself (POSIX); harmless to skip where directories cannot be opened
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:

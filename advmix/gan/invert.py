@@ -97,7 +97,7 @@ def build_encoder(G, w_avg: Tensor, width: int = 32, seed: int = 0, n_stats: int
 
 def save_encoder(path: str | os.PathLike[str], enc: Encoder, extra: dict[str, Any] | None = None) -> Path:
     """A plain dict of tensors + config (loadable with weights_only=True), written atomically."""
-    from advmix.gan.checkpoints import atomic_torch_save
+    from advmix.data.store import atomic_torch_save
 
     payload = {"format": ENCODER_FORMAT, "config": dict(enc.config),
                "state_dict": {k: v.detach().cpu() for k, v in enc.state_dict().items()}, **(extra or {})}

@@ -27,10 +27,11 @@ def read(G, probe, ws, batch: int = 256) -> dict[str, np.ndarray]:
     """Probe class indices per head for the images of W+ codes `ws`."""
     import torch
 
+    from advmix.gan.invert import synthesize
     from advmix.probes import predict
 
     with torch.no_grad():
-        imgs = torch.cat([G.synthesis(c, noise_mode="const") for c in ws.split(batch)])
+        imgs = synthesize(G, ws, batch)
     return {k: v.argmax(1) for k, v in predict(probe, imgs).items()}
 
 
@@ -124,7 +125,7 @@ def analyze(G, probe, ws, spurious: str, layers_spec, partners_rule: str, max_la
             "any_partner": {"label_change": any_scores["label_change"], "spurious_transfer": any_scores[key]},
             "all": rule_scores,
         },
-        "n_pairs": int(len(ws)),
+        "n_pairs": len(ws),
     }
 
 
@@ -143,7 +144,7 @@ def perturbation_on_bank(G, probe, ws, labels: np.ndarray, spurious: str, layers
         scores = swap_scores(G, probe, ws, reading, partners, layers)
         out[name] = {"label_change": scores["label_change"], "spurious_transfer": scores[f"{spurious}_transfer"],
                      "pairs_differing_in_spurious": int((reading[spurious] != reading[spurious][partners]).sum())}
-    return {"partners": rule, **out.pop("rule"), "any_partner": out["any_partner"], "n": int(len(ws))}
+    return {"partners": rule, **out.pop("rule"), "any_partner": out["any_partner"], "n": len(ws)}
 
 
 def heatmap(result: dict[str, Any]):

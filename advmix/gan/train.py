@@ -13,9 +13,7 @@ averaged by hand (as in stylegan2-ada-pytorch), which keeps the double-backward 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from advmix.data.store import atomic_write_bytes
+from advmix.data.store import atomic_torch_save
 from advmix.params import GanParams
+from advmix.runtime import all_ranks, average_grads, distributed, pick_device
 
 STATE_VERSION = 1
 
@@ -40,14 +39,6 @@ def fingerprint(p: GanParams, images: np.ndarray, seed: int) -> str:
     h = hashlib.sha1(json.dumps([keep, seed, list(images.shape)], sort_keys=True).encode())
     h.update(hashlib.sha1(images.tobytes()).digest())
     return h.hexdigest()
-
-
-def pick_device(choice: str):
-    import torch
-
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("gan.device is 'cuda' but no CUDA device is available")
-    return torch.device("cuda" if choice in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
 
 def diff_augment(x, policy: list[str], gen):
@@ -96,44 +87,6 @@ def _shift(padded, dy, dx, h: int, w: int):
     return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
 
-def _distributed():
-    """(rank, world size) under torchrun, initialising the process group once; (0, 1) otherwise."""
-    import torch
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world
-
-
-def _average_grads(module, world: int) -> None:
-    """All-reduce the gradients of `module` (one flat buffer) and divide by the world size."""
-    import torch
-    import torch.distributed as dist
-
-    if world <= 1:
-        return
-    params = [p for p in module.parameters() if p.grad is not None]
-    if not params:
-        return
-    flat = torch.cat([p.grad.flatten() for p in params])
-    dist.all_reduce(flat)
-    flat /= world
-    for p, g in zip(params, flat.split([p.numel() for p in params])):
-        p.grad.copy_(g.view_as(p))
-
-
-def _save_state(path: Path, state: dict) -> None:
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
               progress: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
     """Train on uint8 N x H x W x 3 images. Returns the EMA generator, its w_avg and run statistics.
@@ -149,8 +102,8 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
     from advmix.gan.networks import Discriminator, Generator
     from advmix.probes import to_tensor
 
-    rank, world = _distributed()
-    device = pick_device(p.device)
+    rank, world = distributed()
+    device = pick_device(p.device, "gan.device")
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", rank % torch.cuda.device_count())
     torch.manual_seed(seed * 1000)  # the same initial weights on every rank
@@ -220,7 +173,7 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
             d_loss = F.softplus(D(d_input(fake))).mean() + F.softplus(-D(d_input(real))).mean()
         d_opt.zero_grad(set_to_none=True)
         d_loss.backward()
-        _average_grads(D, world)
+        average_grads(D, world)
         d_opt.step()
         stats["d_loss"] = d_loss.item()
 
@@ -232,7 +185,7 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
             r1 = grad.float().pow(2).sum([1, 2, 3]).mean()
             d_opt.zero_grad(set_to_none=True)
             (p.r1_gamma / 2 * r1 * p.r1_every).backward()
-            _average_grads(D, world)
+            average_grads(D, world)
             d_opt.step()
             stats["r1"] = r1.item()
 
@@ -241,7 +194,7 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
             g_loss = F.softplus(-D(d_input(G.synthesis(latents(p.batch), noise_mode="random")))).mean()
         g_opt.zero_grad(set_to_none=True)
         g_loss.backward()
-        _average_grads(G, world)
+        average_grads(G, world)
         g_opt.step()
         stats["g_loss"] = g_loss.item()
 
@@ -255,13 +208,14 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
         if progress is not None and rank == 0:
             progress(done, stats)
         if done == p.iterations or time.time() - last_save > p.checkpoint_minutes * 60:
-            rngs, trngs = _gather_rng(gen, world)
+            # every rank's RNG states, so a resumed multi-process run continues each rank's stream
+            rngs = all_ranks((gen.get_state(), torch.get_rng_state()), world)
             if rank == 0:
-                _save_state(state_path, {
+                atomic_torch_save({
                     "version": STATE_VERSION, "fingerprint": fp, "world": world, "iteration": done,
                     "seconds": time.time() - t0, "G": G.state_dict(), "D": D.state_dict(),
                     "G_ema": G_ema.state_dict(), "g_opt": g_opt.state_dict(), "d_opt": d_opt.state_dict(),
-                    "rng": rngs, "torch_rng": trngs})
+                    "rng": [r[0] for r in rngs], "torch_rng": [r[1] for r in rngs]}, state_path)
             last_save = time.time()
 
     G_ema = G_ema.cpu().float()
@@ -270,19 +224,6 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
     return {"G_ema": G_ema, "w_avg": w_avg, "config": cfg, "iterations": p.iterations, "seconds": seconds,
             "images_per_s": (p.iterations - start) * p.batch * world / max(1e-9, seconds - elapsed),
             "resumed_from": start, "rank": rank, "world": world, "last": stats}
-
-
-def _gather_rng(gen, world: int):
-    """Every rank's RNG states, so a resumed multi-process run continues each rank's stream."""
-    import torch
-    import torch.distributed as dist
-
-    mine = [gen.get_state(), torch.get_rng_state()]
-    if world <= 1:
-        return [mine[0]], [mine[1]]
-    everyone: list = [None] * world
-    dist.all_gather_object(everyone, mine)
-    return [e[0] for e in everyone], [e[1] for e in everyone]
 
 
 def sample_images(G, n: int, seed: int, noise_mode: str = "const", batch: int = 256):
