@@ -1,5 +1,6 @@
-"""The inner maximisations: AdvMix, RandMix and pixel-space PGD. Each returns adversarial images with the
-original labels, and each has the signature `attack(model, batch, latents, G, config, rng)`.
+"""The inner maximisations: AdvMix, RandMix and pixel-space PGD, and AugMix as a baseline augmentation. Each
+returns transformed images with the original labels, and each has the signature
+`attack(model, batch, latents, G, config, rng)`.
 
 - `advmix_attack`: K partners per example from the latent bank under the partner rule, the loss of every hard
   mix (alpha = 1) in ONE batched generator pass over N*K codes, the worst partner kept, then `steps` projected
@@ -8,6 +9,7 @@ original labels, and each has the signature `attack(model, batch, latents, G, co
 - `randmix`: the same perturbation set sampled at random (a uniform partner under the rule, uniform alpha).
 - `pgd_linf`: l-inf PGD in pixel space with a random start. Images are in [-1, 1], so epsilon and the step
   size (given in [0, 1] pixel units, 8/255 by default) are doubled.
+- `augmix`: torchvision's AugMix per image (its own random chains); neither the model nor the codes are used.
 
 The optional residual keeps what inversion lost: x_tilde = G(w_mix) + (x - G(w_x)), w_x the example's own code.
 Mixed images are clamped to [-1, 1], the range of the real images. G is put in eval mode with gradients off;
@@ -43,6 +45,7 @@ class AttackConfig:
     epsilon: float = 8 / 255  # PGD: l-inf radius in [0, 1] pixel units
     pgd_steps: int = 5
     pgd_step_size: float = 2 / 255  # in [0, 1] pixel units
+    augmix: tuple[int, int, int] = (3, 3, -1)  # AugMix severity, width, depth
 
     @classmethod
     def from_params(cls, p, layers: Sequence[int]) -> AttackConfig:
@@ -50,7 +53,8 @@ class AttackConfig:
         t = p.train
         return cls(layers=tuple(int(i) for i in layers), partners=p.mixing.partners, residual=t.residual,
                    k=t.advmix.partners_k, steps=t.advmix.steps, step_size=t.advmix.step_size,
-                   epsilon=t.linf.epsilon, pgd_steps=t.linf.steps, pgd_step_size=t.linf.step_size)
+                   epsilon=t.linf.epsilon, pgd_steps=t.linf.steps, pgd_step_size=t.linf.step_size,
+                   augmix=(t.augmix.severity, t.augmix.width, t.augmix.depth))
 
 
 @dataclass
@@ -232,6 +236,21 @@ def pgd_linf(model: nn.Module, batch: Batch, latents: LatentBank | None, G: nn.M
     return x.detach(), y
 
 
+def augmix(model: nn.Module, batch: Batch, latents: LatentBank | None, G: nn.Module | None, cfg: AttackConfig,
+           rng: torch.Generator) -> tuple[Tensor, Tensor]:
+    """AugMix (torchvision) on each image; its random draws are seeded from `rng`, the global RNG is left alone."""
+    from torchvision.transforms import AugMix
+
+    severity, width, depth = cfg.augmix
+    aug = AugMix(severity=severity, mixture_width=width, chain_depth=depth)
+    x8 = ((batch.x.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    seed = int(torch.randint(0, 2**62, (1,), generator=rng))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = torch.stack([aug(img) for img in x8])  # one draw of chains per image, not one per batch
+    return (out.float() / 127.5 - 1.0).to(batch.x.device, batch.x.dtype), batch.y
+
+
 Attack = Callable[[nn.Module, Batch, "LatentBank | None", "nn.Module | None", AttackConfig, torch.Generator],
                   tuple[Tensor, Tensor]]
-ATTACKS: dict[str, Attack] = {"advmix": advmix_attack, "randmix": randmix, "linf": pgd_linf}
+ATTACKS: dict[str, Attack] = {"advmix": advmix_attack, "randmix": randmix, "linf": pgd_linf, "augmix": augmix}

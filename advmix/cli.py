@@ -305,16 +305,48 @@ def analyze_layers(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None)
                f"{pert['real']['label_change']:.3f}, transfer {pert['real']['spurious_transfer']:.3f}")
 
 
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="training seed of the classifier (default: `seed`)")]
+
+
+def _mixing_inputs(p, ds, split: str):
+    """The generator, the resolved mixing layers and one split's W+ codes, or a clear exit."""
+    from advmix import paths
+    from advmix.gan import checkpoints
+    from advmix.gan.invert import LatentsError
+    from advmix.mixing import resolve_layers
+    from advmix.train import load_latents
+
+    try:
+        G, _, _ = checkpoints.load_generator(paths.GENERATOR)
+        if G.size != ds.images.shape[1]:
+            raise _fail(f"{paths.GENERATOR} makes {G.size} px images but the dataset has {ds.images.shape[1]} px")
+        layers = resolve_layers(p.mixing.layers, G.size, paths.LAYERS_METRICS)
+        latents = load_latents(paths.LATENTS_DIR, ds.split(split), split, G.n_latent, G.style_dim)
+    except (checkpoints.CheckpointError, LatentsError, FileNotFoundError, ValueError, KeyError) as exc:
+        raise _fail(str(exc)) from None
+    return G, layers, latents
+
+
+def _mode(mode: str) -> str:
+    from advmix.train import MODES
+
+    if mode not in MODES:
+        raise _fail(f"--mode {mode!r}: expected one of {', '.join(MODES)}", 2)
+    return mode
+
+
 @app.command("train")
 def train_cmd(
-    mode: Annotated[str, typer.Option("--mode", help="nominal | randmix | advmix | linf")] = "nominal",
+    mode: Annotated[str, typer.Option("--mode", help="nominal | randmix | advmix | linf | groupdro | augmix")
+                    ] = "nominal",
+    seed: SeedOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
-    """Train the classifier of one mode (the best val epoch is kept); a killed run resumes where it stopped.
+    """Train the classifier of one mode and seed (the best val epoch is kept); a killed run resumes.
 
-    Writes models/classifier-<mode>.pt, the dvclive folder results/train/<mode>/ and metrics/train-<mode>.json.
-    Several GPUs: `torchrun --nproc_per_node N $(which advmix) train --mode advmix`.
+    Writes models/classifier-<mode>-s<seed>.pt, the dvclive folder results/train/<mode>-s<seed>/ and
+    metrics/train/<mode>-s<seed>.json. Several GPUs: `torchrun --nproc_per_node N $(which advmix) train ...`.
     """
     import time
 
@@ -322,30 +354,21 @@ def train_cmd(
     from advmix.data.store import atomic_write_json
     from advmix.gan.invert import LatentsError
     from advmix.models import save_classifier
-    from advmix.train import MIXING_MODES, MODES, STATE_FILE, evaluate, load_latents, train_classifier
+    from advmix.train import MIXING_MODES, STATE_FILE, evaluate, train_classifier
 
-    if mode not in MODES:
-        raise _fail(f"--mode {mode!r}: expected one of {', '.join(MODES)}", 2)
+    mode = _mode(mode)
     p = _load(params, set_)
+    seed = p.seed if seed is None else seed
+    p = p.model_copy(update={"seed": seed})  # the classifier's seed; the data and the GAN keep theirs
     ds = _dataset(p)
     train, val = ds.split("train"), ds.split("val")
     G = latents = layers = None
     if mode in MIXING_MODES:
-        from advmix.gan import checkpoints
-        from advmix.mixing import resolve_layers
-
-        try:
-            G, _, _ = checkpoints.load_generator(paths.GENERATOR)
-            if G.size != ds.images.shape[1]:
-                raise _fail(f"{paths.GENERATOR} makes {G.size} px images but the dataset has {ds.images.shape[1]} px")
-            layers = resolve_layers(p.mixing.layers, G.size, paths.LAYERS_METRICS)
-            latents = load_latents(paths.LATENTS_DIR, train, "train", G.n_latent, G.style_dim)
-        except (checkpoints.CheckpointError, LatentsError, FileNotFoundError, ValueError, KeyError) as exc:
-            raise _fail(str(exc)) from None
-    live_dir = paths.train_live_dir(mode)
+        G, layers, latents = _mixing_inputs(p, ds, "train")
+    live_dir = paths.train_live_dir(mode, seed)
     live_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    with _progress(f"train {mode}", p.train.epochs * max(1, len(train) // p.train.batch)) as step:
+    with _progress(f"train {mode} seed {seed}", p.train.epochs * max(1, len(train) // p.train.batch)) as step:
         try:
             run = train_classifier(mode, train, val, p, live_dir / STATE_FILE, live_dir, G=G, latents=latents,
                                    layers=layers, progress=lambda done, total, s: step(
@@ -355,8 +378,8 @@ def train_cmd(
     if run["rank"] != 0:
         return
     model = run["model"]
-    save_classifier(paths.classifier(mode), model, run["config"], extra={
-        "mode": mode, "best_epoch": run["best_epoch"], "best_val_acc": run["best_val_acc"], "seed": p.seed,
+    save_classifier(paths.classifier(mode, seed), model, run["config"], extra={
+        "mode": mode, "best_epoch": run["best_epoch"], "best_val_acc": run["best_val_acc"], "seed": seed,
         "layers": layers, "partners": p.mixing.partners if mode in MIXING_MODES else None})
     import torch
 
@@ -369,11 +392,140 @@ def train_cmd(
         if len(part):
             for key, value in evaluate(model, part, p.train.eval_batch, device).items():
                 out[f"{split}_{key}"] = value
-    atomic_write_json(paths.train_metrics(mode), {f"train_{mode}": out})
-    typer.echo(f"{paths.classifier(mode)}: best epoch {run['best_epoch'] + 1}/{run['epochs']}, "
+    atomic_write_json(paths.train_metrics(mode, seed), {f"train_{mode}_s{seed}": out})
+    typer.echo(f"{paths.classifier(mode, seed)}: best epoch {run['best_epoch'] + 1}/{run['epochs']}, "
                f"val acc {out['val_acc']:.4f}, test_balanced acc {out.get('test_balanced_acc', float('nan')):.4f} "
                f"(worst group {out.get('test_balanced_worst_group_acc', float('nan')):.4f}), "
                f"{time.time() - t0:.0f} s")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    mode: Annotated[str, typer.Option("--mode", help="the trained mode to evaluate")] = "nominal",
+    seed: SeedOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Evaluate one classifier: accuracy, group and fairness metrics, ECE, semantic and pixel robustness.
+
+    Writes metrics/eval/<mode>-s<seed>.json and results/eval/<mode>-s<seed>/by_group.csv. The attacks draw from
+    `seed` (not the classifier's seed), so every classifier meets the same test images and partners.
+    """
+    import time
+
+    import pandas as pd
+
+    from advmix import paths
+    from advmix.data.store import atomic_write_bytes, atomic_write_json
+    from advmix.evaluate import evaluate_classifier
+    from advmix.models import load_classifier
+    from advmix.runtime import pick_device
+    from advmix.train import GROUP_LABEL_MODES
+
+    mode = _mode(mode)
+    p = _load(params, set_)
+    seed = p.seed if seed is None else seed
+    ds = _dataset(p)
+    path = paths.classifier(mode, seed)
+    try:
+        model, _ = load_classifier(path)
+    except FileNotFoundError:
+        raise _fail(f"{path}: no such classifier; run `advmix train --mode {mode} --seed {seed}` first") from None
+    device = pick_device(p.train.device, "train.device")
+    G = latents = layers = None
+    if paths.GENERATOR.is_file() and paths.latents_file("test_balanced").is_file():
+        G, layers, latents = _mixing_inputs(p, ds, "test_balanced")
+    t0 = time.time()
+    result, by_group = evaluate_classifier(model, ds, p, device, G=G, latents=latents, layers=layers)
+    result = {"mode": mode, "seed": seed, "uses_group_labels": mode in GROUP_LABEL_MODES} | result
+    name = paths.run_name(mode, seed)
+    atomic_write_bytes(paths.eval_dir(mode, seed) / "by_group.csv",
+                       pd.DataFrame(by_group).to_csv(index=False).encode())
+    atomic_write_json(paths.eval_metrics(mode, seed), {f"eval_{name.replace('-', '_')}": result})
+    bal = result["splits"].get("test_balanced", {})
+    typer.echo(f"{name}: test_balanced error {bal.get('error', float('nan')):.4f}, worst group "
+               f"{bal.get('worst_group_acc', float('nan')):.4f}, semantic robust acc "
+               f"{result.get('semantic_robust_acc')}, mix consistency {result.get('mix_consistency')}, "
+               f"{time.time() - t0:.0f} s")
+
+
+@app.command("report")
+def report_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """The comparison of every mode: reports/summary.md, a self-contained reports/summary.html, metrics/summary.json.
+
+    Reads metrics/eval/ and results/eval/ (the evaluate stages), the earlier stages' figures and metrics, and
+    shows the AdvMix mixes that hurt the nominal model of `seed` most, with the AdvMix model's answers beside.
+    """
+    import numpy as np
+
+    from advmix import paths
+    from advmix.report import build_report
+
+    p = _load(params, set_)
+    ds = _dataset(p)
+    models = {m: paths.classifier(m, p.seed) for m in ("nominal", "advmix")}
+    if all(f.is_file() for f in models.values()) and paths.GENERATOR.is_file():
+        from advmix.evaluate import worst_mixes
+        from advmix.models import load_classifier
+        from advmix.runtime import pick_device
+
+        G, layers, latents = _mixing_inputs(p, ds, "test_balanced")
+        loaded = {m: load_classifier(f)[0] for m, f in models.items()}
+        arrays = worst_mixes(loaded, ds.split("test_balanced"), latents, G, layers, p,
+                             pick_device(p.train.device, "train.device"))
+        paths.WORST_MIXES.parent.mkdir(parents=True, exist_ok=True)
+        tmp = paths.WORST_MIXES.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(paths.WORST_MIXES)
+    try:
+        summary = build_report(Path("."), class_names=ds.info.get("classes"))
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    gain = summary.get("advmix_vs_nominal", {})
+    typer.echo(f"{paths.REPORTS / 'summary.html'}: {len(summary['modes'])} modes; AdvMix vs nominal on "
+               f"test_balanced: relative error reduction {gain.get('relative_error_reduction_balanced')}, "
+               f"worst-group gain {gain.get('worst_group_gain')}")
+
+
+@app.command("sweep")
+def sweep_cmd(
+    queue: Annotated[bool, typer.Option("--queue", help="queue one `dvc exp run` per rho")] = False,
+    plot: Annotated[bool, typer.Option("--plot", help="plot the finished experiments to reports/sweep.png")] = False,
+    rho: Annotated[list[float] | None, typer.Option("--rho", help="rho values (repeatable; default 0.8 0.9 0.95 0.99)")
+                   ] = None,
+    small: Annotated[bool, typer.Option("--small", help="minutes per experiment on a CPU (see advmix/sweep.py)")
+                     ] = False,
+) -> None:
+    """AdvMix against nominal over rho x train.seeds, as queued DVC experiments; then the plot.
+
+    `advmix sweep --queue --small && dvc queue start -j 1`, wait for `dvc queue status`, then `advmix sweep --plot`.
+    """
+    import subprocess
+
+    from advmix import paths
+    from advmix.data.store import atomic_write_json
+    from advmix.sweep import RHOS, collect, queue_commands
+
+    if queue == plot:
+        raise _fail("give exactly one of --queue and --plot", 2)
+    if queue:
+        for cmd in queue_commands(tuple(rho or RHOS), small):
+            typer.echo(" ".join(cmd))
+            if subprocess.run(cmd, check=False).returncode:
+                raise _fail(f"`{' '.join(cmd)}` failed")
+        typer.echo("queued; start with `dvc queue start -j 1` (or -j N), follow with `dvc queue status`")
+        return
+    import dvc.api
+
+    from advmix.sweep import plot as draw
+
+    points = collect(dvc.api.exp_show())
+    if not points:
+        raise _fail("no finished sweep experiment: `dvc exp show` has none with data.rho and metrics/summary.json")
+    names = sorted({str(p["experiment"]) for p in points})
+    draw(points, paths.REPORTS / "sweep.png", f"AdvMix vs nominal; experiments {', '.join(names)}")
+    atomic_write_json(paths.REPORTS / "sweep.json", {"points": points})
+    typer.echo(f"{paths.REPORTS / 'sweep.png'}: {len(points)} (rho, seed) points from {len(names)} experiments")
 
 
 @app.command("run")

@@ -141,10 +141,28 @@ class LinfParams(Section):
     step_size: float = Field(2 / 255, gt=0, le=1)
 
 
+class GroupDROParams(Section):
+    """Group DRO (Sagawa et al. 2020): exponentiated-gradient weights on the per-group losses."""
+
+    step_size: float = Field(0.01, gt=0)  # eta of q <- q * exp(eta * group loss)
+
+
+class AugMixParams(Section):
+    """torchvision's AugMix (Hendrycks et al. 2020) on the replaced share of each batch."""
+
+    severity: int = Field(3, ge=1, le=10)
+    width: int = Field(3, ge=1)  # augmentation chains mixed per image
+    depth: int = Field(-1, ge=-1)  # ops per chain; -1: random in [1, 3]
+
+
+Mode = Literal["nominal", "randmix", "advmix", "linf", "groupdro", "augmix"]
+
+
 class TrainParams(Section):
     """Classifier training for every mode (owned by advmix/train.py)."""
 
-    modes: list[Literal["nominal", "randmix", "advmix", "linf"]] = ["nominal", "randmix", "advmix", "linf"]
+    modes: list[Mode] = ["nominal", "randmix", "advmix", "linf", "groupdro", "augmix"]
+    seeds: list[int] = [0, 1, 2]  # one train and one evaluate stage per (mode, seed); upstream stages use `seed`
     model: Literal["smallcnn", "resnet18"] = "smallcnn"
     width: int = Field(32, ge=4)  # channels of the first stage (64 = the standard ResNet-18)
     epochs: int = Field(8, ge=1)
@@ -158,16 +176,34 @@ class TrainParams(Section):
     residual: bool = False  # randmix/advmix: add back what inversion lost, x - G(E(x))
     advmix: AdvMixParams = AdvMixParams()
     linf: LinfParams = LinfParams()
+    groupdro: GroupDROParams = GroupDROParams()
+    augmix: AugMixParams = AugMixParams()
     eval_batch: int = Field(256, ge=1)
     checkpoint_minutes: float = Field(2.0, gt=0)  # mid-epoch training state; one is written every epoch too
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
-    @field_validator("modes")
+    @field_validator("modes", "seeds")
     @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
+    def _unique(cls, v: list) -> list:
         if len(set(v)) != len(v):
-            raise ValueError("modes must not repeat")
+            raise ValueError("must not repeat")
+        if not v:
+            raise ValueError("must not be empty")
         return v
+
+
+class EvaluateParams(Section):
+    """Evaluation (advmix/evaluate.py): attacks stronger than in training, on a fixed subset of test_balanced."""
+
+    robust_images: int = Field(256, ge=1)  # test_balanced images attacked (a seeded, group-stratified subset)
+    partners_k: int = Field(8, ge=1)  # AdvMix at evaluation strength: more partners and steps than in training
+    steps: int = Field(10, ge=0)
+    step_size: float = Field(0.2, gt=0, le=1)
+    random_mixes: int = Field(4, ge=1)  # random mixes per image for mix consistency
+    linf_epsilons: list[float] = [2 / 255, 8 / 255]  # [0, 1] pixel units
+    linf_steps: int = Field(10, ge=1)
+    ece_bins: int = Field(15, ge=2)
+    worst_mixes: int = Field(16, ge=1)  # shown in the report
 
 
 class Params(Section):
@@ -179,6 +215,7 @@ class Params(Section):
     mixing: MixingParams = MixingParams()
     extract: ExtractParams = ExtractParams()
     train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -40,17 +40,38 @@ LATENTS_DIR = DATA / "latents"
 TRAIN_RESULTS = Path("results") / "train"
 
 
-def classifier(mode: str) -> Path:
-    return MODELS / f"classifier-{mode}.pt"
+EVAL_RESULTS = Path("results") / "eval"
+EVAL_METRICS = METRICS / "eval"
+SUMMARY_METRICS = METRICS / "summary.json"
+SUMMARY_DIR = REPORTS / "summary"  # the report's own figures
+WORST_MIXES = Path("results") / "report" / "worst_mixes.npz"  # the AdvMix mixes that fool nominal most
 
 
-def train_live_dir(mode: str) -> Path:
-    """The dvclive folder of train@<mode>; its mid-training state (state.pt) lives there too."""
-    return TRAIN_RESULTS / mode
+def run_name(mode: str, seed: int) -> str:
+    """One classifier: a mode and a training seed (the DVC stages are train@<mode>-<seed>)."""
+    return f"{mode}-s{seed}"
 
 
-def train_metrics(mode: str) -> Path:
-    return METRICS / f"train-{mode}.json"
+def classifier(mode: str, seed: int) -> Path:
+    return MODELS / f"classifier-{run_name(mode, seed)}.pt"
+
+
+def train_live_dir(mode: str, seed: int) -> Path:
+    """The dvclive folder of train@<mode>-<seed>; its mid-training state (state.pt) lives there too."""
+    return TRAIN_RESULTS / run_name(mode, seed)
+
+
+def train_metrics(mode: str, seed: int) -> Path:
+    return METRICS / "train" / f"{run_name(mode, seed)}.json"
+
+
+def eval_dir(mode: str, seed: int) -> Path:
+    """by_group.csv and the figures of evaluate@<mode>-<seed>."""
+    return EVAL_RESULTS / run_name(mode, seed)
+
+
+def eval_metrics(mode: str, seed: int) -> Path:
+    return EVAL_METRICS / f"{run_name(mode, seed)}.json"
 
 
 ENCODER = MODELS / "encoder.pt"

@@ -1,12 +1,15 @@
-"""One training loop for every mode: nominal (ERM), randmix, advmix and linf (pixel PGD).
+"""One training loop for every mode: nominal (ERM), randmix, advmix, linf (pixel PGD), groupdro and augmix.
 
 Each batch of the train split is drawn from a per-epoch permutation fixed by (seed, epoch). In every mode but
 nominal, a share `1 - train.clean_ratio` of the batch (chosen at random) is replaced by its adversarial or
-random-mix version, with the label unchanged, and the model takes one step on the mixed batch.
+random-mix version (AugMix: its augmented version), with the label unchanged, and the model takes one step on
+the mixed batch. Group DRO (Sagawa et al. 2020) is the one mode that reads group labels (label x spurious
+attribute): its loss is the q-weighted mean of the per-group losses of the batch, q updated by exponentiated
+gradient (q_g <- q_g exp(eta l_g), renormalised) before each step, without the generalisation adjustment.
 
 Model selection follows the paper's setting, in which no group labels are available: the weights kept are
 those of the epoch with the best accuracy on the val split, which has the same spurious correlation as train.
-No group label is read during training or selection.
+No group label is read during selection, nor during training except by groupdro.
 
 Checkpoint and resume: the whole training state (model, optimiser, scheduler, epoch, step within the epoch,
 the epoch's running sums, every RNG state, the history and the best weights so far) is written atomically at
@@ -38,9 +41,10 @@ from advmix.data.store import Dataset, atomic_torch_save
 from advmix.gan.invert import LatentsError
 from advmix.runtime import all_ranks, average_grads, distributed, pick_device
 
-STATE_VERSION = 1
-MODES = ("nominal", "randmix", "advmix", "linf")
+STATE_VERSION = 2
+MODES = ("nominal", "randmix", "advmix", "linf", "groupdro", "augmix")
 MIXING_MODES = ("randmix", "advmix")
+GROUP_LABEL_MODES = ("groupdro",)  # the modes that read group labels in training
 STATE_FILE = "state.pt"
 
 
@@ -59,14 +63,42 @@ def model_config(p, n_classes: int, resolution: int) -> dict[str, Any]:
 
 def fingerprint(mode: str, p, attack_cfg, train: Dataset, val: Dataset, latents: np.ndarray | None) -> str:
     """What a resumable state must match: mode, training params, attack, seed, and the data it sees."""
-    keep = p.train.model_dump(mode="json", exclude={"modes", "checkpoint_minutes", "device", "eval_batch"})
+    keep = p.train.model_dump(mode="json", exclude={"modes", "seeds", "checkpoint_minutes", "device",
+                                                       "eval_batch"})
     h = hashlib.sha1(json.dumps([mode, keep, attack_cfg.__dict__ if mode != "nominal" else None, p.seed,
                                  list(train.images.shape), list(val.images.shape)], sort_keys=True).encode())
     h.update(hashlib.sha1(np.ascontiguousarray(train.images).tobytes()).digest())
     h.update(train.manifest["label"].to_numpy().astype(np.int64).tobytes())
     if latents is not None and mode in MIXING_MODES:
         h.update(hashlib.sha1(np.ascontiguousarray(latents).tobytes()).digest())
+    if mode in GROUP_LABEL_MODES:
+        h.update(train.manifest["group"].to_numpy().astype(np.int64).tobytes())
     return h.hexdigest()
+
+
+def group_dro_loss(losses, groups, q, step_size: float, world: int = 1):
+    """Group DRO's robust loss of one batch; updates the group weights `q` in place.
+
+    Per-group mean losses (groups absent from the batch keep their weight and add nothing); under torchrun the
+    weights are updated from the group losses of the whole global batch, so every rank holds the same q.
+    """
+    import torch
+
+    n_groups = len(q)
+    sums = torch.zeros(n_groups, device=losses.device, dtype=losses.dtype).index_add(0, groups, losses)
+    counts = torch.bincount(groups, minlength=n_groups).to(losses.dtype)
+    means = sums / counts.clamp(min=1)
+    with torch.no_grad():
+        global_sums, global_counts = sums.detach().clone(), counts.clone()
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(global_sums)
+            dist.all_reduce(global_counts)
+        present = global_counts > 0
+        q.mul_(torch.where(present, torch.exp(step_size * global_sums / global_counts.clamp(min=1)), 1.0))
+        q.div_(q.sum())
+    return (q * means).sum()
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -233,6 +265,12 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
         if device.type == "cuda":
             G = G.to(memory_format=torch.channels_last)
     attack = ATTACKS.get(mode)
+    groups = q = None
+    if mode in GROUP_LABEL_MODES:
+        if "group" not in train.manifest.columns:
+            raise ValueError(f"mode {mode} needs group labels: the train manifest has no 'group' column")
+        groups = torch.from_numpy(train.manifest["group"].to_numpy().astype(np.int64))
+        q = torch.full((int(groups.max()) + 1,), 1.0 / (int(groups.max()) + 1), dtype=torch.float32, device=device)
 
     fp = fingerprint(mode, p, cfg, train, val, latents)
     start_epoch, start_step, elapsed = 0, 0, 0.0
@@ -249,6 +287,8 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
             rng.set_state(mine["rng"])
             torch.set_rng_state(mine["torch_rng"])
             sums = mine["sums"].clone()
+            if q is not None:
+                q.copy_(state["group_weights"])
             start_epoch, start_step, elapsed = int(state["epoch"]), int(state["step"]), float(state["seconds"])
             history = list(state["history"])
             best = {"epoch": int(state["best_epoch"]), "acc": float(state["best_acc"]), "state": state["best_state"]}
@@ -269,7 +309,8 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
                 "version": STATE_VERSION, "fingerprint": fp, "world": world, "mode": mode, "epoch": epoch,
                 "step": step, "seconds": time.time() - t0, "model": model.state_dict(), "opt": opt.state_dict(),
                 "sched": sched.state_dict(), "ranks": ranks, "history": history, "best_epoch": best["epoch"],
-                "best_acc": best["acc"], "best_state": best["state"]}, state_path)
+                "best_acc": best["acc"], "best_state": best["state"],
+                "group_weights": None if q is None else q.detach().cpu().clone()}, state_path)
 
     def checkpoint_due() -> bool:
         due = time.time() - last_save > t.checkpoint_minutes * 60
@@ -301,7 +342,11 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
             model.train()
             with amp:
                 logits = model(x).float()
-            loss = F.cross_entropy(logits, y)
+            if q is None:
+                loss = F.cross_entropy(logits, y)
+            else:
+                loss = group_dro_loss(F.cross_entropy(logits, y, reduction="none"), groups[idx].to(device), q,
+                                      t.groupdro.step_size, world)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             average_grads(model, world)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-MODES = ("nominal", "randmix", "advmix", "linf")
+from advmix.train import MODES
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       channel_max=gan.channel_max).eval()
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (n, res, res, 3), dtype=np.uint8)
-    manifest = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "split": "train", "label": rng.integers(0, 2, n),
-                             "group": 0})
+    labels = rng.integers(0, 2, n)
+    manifest = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "split": "train", "label": labels,
+                             "group": labels * 2 + rng.integers(0, 2, n)})
     train = Dataset(images, manifest, {"n_classes": 2})
     val = Dataset(images[: args.batch], manifest[: args.batch].reset_index(drop=True), {"n_classes": 2})
     latents = rng.normal(size=(n, G.n_latent, G.style_dim)).astype(np.float32)

@@ -182,17 +182,17 @@ def run_cli(*args):
     return res
 
 
-def check_outputs(root: Path, mode: str):
-    model, payload = load_classifier(root / "models" / f"classifier-{mode}.pt")
-    assert payload["mode"] == mode and payload["config"]["resolution"] == 16
+def check_outputs(root: Path, mode: str, seed: int = 0):
+    model, payload = load_classifier(root / "models" / f"classifier-{mode}-s{seed}.pt")
+    assert payload["mode"] == mode and payload["config"]["resolution"] == 16 and payload["seed"] == seed
     assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 2)
-    metrics = json.loads((root / "metrics" / f"train-{mode}.json").read_text())
-    assert list(metrics) == [f"train_{mode}"]
-    m = metrics[f"train_{mode}"]
+    metrics = json.loads((root / "metrics" / "train" / f"{mode}-s{seed}.json").read_text())
+    assert list(metrics) == [f"train_{mode}_s{seed}"]
+    m = metrics[f"train_{mode}_s{seed}"]
     for split in ("val", "test_iid", "test_balanced", "test_flipped"):
         assert 0 <= m[f"{split}_acc"] <= 1 and m[f"{split}_error"] == pytest.approx(1 - m[f"{split}_acc"])
     assert m["best_epoch"] == 0 and m["epochs"] == 1
-    live = root / "results" / "train" / mode
+    live = root / "results" / "train" / f"{mode}-s{seed}"
     assert (live / "metrics.json").is_file() and len(tsv_rows(live / "plots" / "metrics" / "train" / "loss.tsv")) == 1
     assert not (live / "state.pt").exists()
 
@@ -203,6 +203,9 @@ def test_cli_train_nominal(project):
     assert res.exit_code == 0, res.output
     assert "best epoch 1/1" in res.output
     check_outputs(root, "nominal")
+    res = run_cli("--mode", "groupdro", "--seed", "3")
+    assert res.exit_code == 0, res.output
+    check_outputs(root, "groupdro", 3)
     bad = run_cli("--mode", "mixup")
     assert bad.exit_code == 2 and "expected one of" in bad.output
 
@@ -232,7 +235,37 @@ def test_cli_train_advmix_with_a_saved_generator(project):
     res = run_cli("--mode", "advmix")
     assert res.exit_code == 0, res.output
     check_outputs(root, "advmix")
-    assert load_classifier(root / "models" / "classifier-advmix.pt")[1]["layers"] == [2, 3, 4, 5]
+    assert load_classifier(root / "models" / "classifier-advmix-s0.pt")[1]["layers"] == [2, 3, 4, 5]
+
+    from advmix.cli import app
+
+    res = CliRunner().invoke(app, ["evaluate", "--mode", "advmix", *CLI_SETS, "-S", "evaluate.robust_images=12",
+                                   "-S", "evaluate.partners_k=2", "-S", "evaluate.steps=1"])
+    assert res.exit_code == 0, res.output
+    result = json.loads((root / "metrics" / "eval" / "advmix-s0.json").read_text())["eval_advmix_s0"]
+    assert result["mode"] == "advmix" and result["uses_group_labels"] is False
+    assert set(result["splits"]) == {"val", "test_iid", "test_balanced", "test_flipped"}
+    assert result["robust_images"] == 12
+    assert 0 <= result["semantic_robust_acc"] <= result["robust_clean_acc"]
+    assert result["linf_robust_acc_8"] <= result["linf_robust_acc_2"] + 1 / 12 and 0 <= result["mix_consistency"] <= 1
+    by_group = (root / "results" / "eval" / "advmix-s0" / "by_group.csv").read_text().splitlines()
+    assert by_group[0] == "split,group,n,acc,selection_rate,tpr"
+    assert sum(line.startswith("test_balanced,") for line in by_group) == 4
+    missing = CliRunner().invoke(app, ["evaluate", "--mode", "linf", *CLI_SETS])
+    assert missing.exit_code == 1 and "classifier-linf-s0.pt: no such classifier" in missing.output
+
+    # the report: the worst mixes need the nominal classifier of `seed` too
+    assert run_cli("--mode", "nominal").exit_code == 0
+    small_eval = ["-S", "evaluate.robust_images=12", "-S", "evaluate.partners_k=2", "-S", "evaluate.steps=1",
+                  "-S", "evaluate.worst_mixes=4"]
+    assert CliRunner().invoke(app, ["evaluate", "--mode", "nominal", *CLI_SETS, *small_eval]).exit_code == 0
+    res = CliRunner().invoke(app, ["report", *CLI_SETS, *small_eval])
+    assert res.exit_code == 0, (res.output, res.exception)
+    with np.load(root / "results" / "report" / "worst_mixes.npz") as npz:
+        assert npz["mixed"].shape == (4, 16, 16, 3) and set(npz.files) >= {"pred_nominal", "pred_advmix", "label"}
+    summary = json.loads((root / "metrics" / "summary.json").read_text())
+    assert set(summary["modes"]) == {"nominal", "advmix"}
+    assert "data:image/png;base64," in (root / "reports" / "summary.html").read_text()
 
 
 def test_bench_smoke():

@@ -1,0 +1,232 @@
+"""Evaluation of one trained classifier: accuracy, group and fairness metrics, calibration, and robustness.
+
+Definitions follow shared/notes/evaluation.md, so the numbers sit beside the peers':
+- groups are (label, spurious attribute) cells; worst-group accuracy is the lowest group accuracy, and the
+  average accuracy is re-weighted by the train split's group proportions (Group DRO's and JTT's convention);
+- fairness is measured with respect to the spurious attribute with fairlearn: equalized-odds difference
+  (worst of the TPR and FPR gaps), demographic-parity difference, and DEO = |FNR(s=0) - FNR(s=1)| as in
+  gan-debiasing (the TPR gap); binary tasks only (None otherwise);
+- ECE: equal-width confidence bins over the top-class probability (`evaluate.ece_bins`);
+- robust accuracies count an example as correct only when the clean prediction AND the prediction on the
+  attack's output are right, so a robust accuracy can never exceed the clean accuracy of the same images:
+  semantic robust accuracy under AdvMix at evaluation strength (more partners and steps than in training) and
+  pixel PGD at each `evaluate.linf_epsilons`, on a seeded, group-stratified subset of test_balanced;
+- mix consistency: the share of random mixes (RandMix's perturbation set) whose prediction differs from the
+  clean prediction of the same image (lower is more invariant).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from advmix.data.store import Dataset
+
+EVAL_SPLITS = ("val", "test_iid", "test_balanced", "test_flipped")
+
+
+def predict(model, images: np.ndarray, batch: int, device) -> np.ndarray:
+    """Class probabilities (float64, N x C) of uint8 N x H x W x 3 images."""
+    import torch
+
+    from advmix.attacks import eval_mode
+    from advmix.probes import to_tensor
+
+    out = []
+    with eval_mode(model), torch.no_grad():
+        for start in range(0, len(images), batch):
+            x = to_tensor(images[start:start + batch]).to(device)
+            out.append(torch.softmax(model(x).float(), 1).cpu().double().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def group_names(info: dict[str, Any], n_groups: int) -> list[str]:
+    """'<class>/<spurious>=<value>' for every group id (group = label * n_spurious + spurious value)."""
+    classes = info.get("classes") or [str(c) for c in range(int(info.get("n_classes", 2)))]
+    spurious = info.get("spurious", "spurious")
+    values = info.get("attributes", {}).get(spurious) or list(range(max(1, n_groups // len(classes))))
+    names = [f"{c}/{spurious}={v}" for c in classes for v in values]
+    return names[:n_groups] if len(names) >= n_groups else [str(g) for g in range(n_groups)]
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int) -> float:
+    """Sum over equal-width bins of |accuracy - mean confidence| weighted by the bin's share of examples."""
+    conf = probs.max(1)
+    correct = probs.argmax(1) == y
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def split_metrics(probs: np.ndarray, ds: Dataset, train_groups: np.ndarray, bins: int) -> tuple[dict, list[dict]]:
+    """Metrics of one split from its predicted probabilities; also its by-group rows (for by_group.csv)."""
+    from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference, true_positive_rate
+
+    y = ds.manifest["label"].to_numpy().astype(int)
+    pred = probs.argmax(1)
+    ok = pred == y
+    groups = ds.manifest["group"].to_numpy().astype(int)
+    n_groups = int(max(groups.max(initial=0), train_groups.max(initial=0))) + 1
+    names = group_names(ds.info, n_groups)
+    prop = np.bincount(train_groups, minlength=n_groups) / max(1, len(train_groups))
+    acc_of = {g: float(ok[groups == g].mean()) for g in np.unique(groups)}
+    present = list(acc_of)
+    weights = prop[present] / prop[present].sum() if prop[present].sum() > 0 else np.full(len(present), 1 / len(present))
+    out: dict[str, Any] = {
+        "acc": float(ok.mean()), "error": float(1 - ok.mean()), "n": len(y),
+        "worst_group_acc": min(acc_of.values()),
+        "avg_acc_train_weighted": float(sum(w * acc_of[g] for w, g in zip(weights, present))),
+        "ece": expected_calibration_error(probs, y, bins),
+        "group_acc": {names[g]: acc_of[g] for g in present},
+        "eod": None, "dpd": None, "deo": None,
+    }
+    spurious = ds.manifest[ds.info["spurious"]].to_numpy()
+    binary = probs.shape[1] == 2
+    if binary and len(np.unique(spurious)) > 1:
+        out["eod"] = float(equalized_odds_difference(y, pred, sensitive_features=spurious))
+        out["dpd"] = float(demographic_parity_difference(y, pred, sensitive_features=spurious))
+        tpr = [true_positive_rate(y[spurious == s], pred[spurious == s]) for s in np.unique(spurious)
+               if (y[spurious == s] == 1).any()]
+        out["deo"] = float(max(tpr) - min(tpr)) if len(tpr) > 1 else None
+    rows = []
+    for g in present:
+        m = groups == g
+        rows.append({"group": names[g], "n": int(m.sum()), "acc": acc_of[g],
+                     "selection_rate": float((pred[m] == 1).mean()) if binary else None,
+                     "tpr": float(ok[m & (y == 1)].mean()) if binary and (m & (y == 1)).any() else None})
+    return out, rows
+
+
+def stratified_subset(groups: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Up to n row indices with the groups as even as the split allows; sorted, fixed by `seed`."""
+    if n >= len(groups):
+        return np.arange(len(groups))
+    rng = np.random.default_rng([seed, 7])
+    per_group = {g: rng.permutation(np.flatnonzero(groups == g)) for g in np.unique(groups)}
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < n:
+        for g in sorted(per_group):
+            if depth < len(per_group[g]) and len(chosen) < n:
+                chosen.append(int(per_group[g][depth]))
+        depth += 1
+    return np.sort(np.array(chosen))
+
+
+def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | None, p, device
+               ) -> dict[str, Any]:
+    """Semantic (AdvMix) and pixel (PGD) robust accuracy and mix consistency on a subset of `ds`."""
+    import torch
+
+    from advmix.attacks import AttackConfig, Batch, LatentBank, advmix_attack, pgd_linf, randmix
+    from advmix.probes import to_tensor
+
+    e = p.evaluate
+    rows = stratified_subset(ds.manifest["group"].to_numpy(), e.robust_images, p.seed)
+    y_all = torch.from_numpy(ds.manifest["label"].to_numpy().astype(np.int64))
+    base = AttackConfig.from_params(p, layers or [])
+    strong = AttackConfig(**{**base.__dict__, "k": e.partners_k, "steps": e.steps, "step_size": e.step_size})
+    rng = torch.Generator().manual_seed(p.seed * 1000 + 31)
+    bank = None
+    if G is not None and w is not None and layers:
+        bank = LatentBank(torch.from_numpy(w), y_all).to(device)
+        G = G.to(device).eval().requires_grad_(False)
+    counts = {"clean": 0, "semantic": 0, "changed": 0, "mixes": 0} | {f"linf_{eps}": 0 for eps in e.linf_epsilons}
+    model = model.to(device).eval()
+    for chunk in np.array_split(rows, max(1, len(rows) // p.train.eval_batch + 1)):
+        if not len(chunk):
+            continue
+        idx = torch.from_numpy(chunk)
+        x = to_tensor(ds.images[chunk]).to(device)
+        y = y_all[idx].to(device)
+        with torch.no_grad():
+            clean_pred = model(x).argmax(1)
+        clean_ok = clean_pred == y
+        counts["clean"] += int(clean_ok.sum())
+        batch = Batch(x, y, w=None if bank is None else bank.w[idx.to(bank.w.device)], index=idx)
+        if bank is not None:
+            x_adv, _ = advmix_attack(model, batch, bank, G, strong, rng)
+            with torch.no_grad():
+                counts["semantic"] += int((clean_ok & (model(x_adv).argmax(1) == y)).sum())
+                for _ in range(e.random_mixes):
+                    x_mix, _ = randmix(model, batch, bank, G, base, rng)
+                    counts["changed"] += int((model(x_mix).argmax(1) != clean_pred).sum())
+                    counts["mixes"] += len(chunk)
+        for eps in e.linf_epsilons:
+            cfg = AttackConfig(**{**base.__dict__, "epsilon": eps, "pgd_steps": e.linf_steps,
+                                  "pgd_step_size": eps / 4})
+            x_adv, _ = pgd_linf(model, batch, None, None, cfg, rng)
+            with torch.no_grad():
+                counts[f"linf_{eps}"] += int((clean_ok & (model(x_adv).argmax(1) == y)).sum())
+    n = len(rows)
+    out: dict[str, Any] = {"robust_images": int(n), "robust_clean_acc": counts["clean"] / n,
+                           "semantic_robust_acc": counts["semantic"] / n if bank is not None else None,
+                           "mix_consistency": counts["changed"] / counts["mixes"] if counts["mixes"] else None}
+    for eps in e.linf_epsilons:
+        out[f"linf_robust_acc_{round(eps * 255)}"] = counts[f"linf_{eps}"] / n
+    return out
+
+
+def evaluate_classifier(model, ds: Dataset, p, device, *, G=None, latents: np.ndarray | None = None,
+                        layers: list[int] | None = None) -> tuple[dict[str, Any], list[dict]]:
+    """Every metric of one classifier. `ds` holds all splits; `latents`: W+ codes of test_balanced (row order).
+
+    Returns the metrics ({"splits": {split: {...}}, robust figures}) and the by-group rows of every split.
+    """
+    train_groups = ds.split("train").manifest["group"].to_numpy().astype(int)
+    result: dict[str, Any] = {"splits": {}}
+    by_group: list[dict] = []
+    for split in EVAL_SPLITS:
+        part = ds.split(split)
+        if not len(part):
+            continue
+        probs = predict(model, part.images, p.train.eval_batch, device)
+        metrics, rows = split_metrics(probs, part, train_groups, p.evaluate.ece_bins)
+        result["splits"][split] = metrics
+        by_group += [{"split": split} | r for r in rows]
+    balanced = ds.split("test_balanced")
+    if len(balanced):
+        result |= robustness(model, balanced, latents, G, layers, p, device)
+    return result, by_group
+
+
+def worst_mixes(models: dict[str, Any], ds: Dataset, w: np.ndarray, G, layers: list[int], p, device
+                ) -> dict[str, np.ndarray]:
+    """The AdvMix mixes of `ds` that hurt the first model most, with every model's prediction on them.
+
+    For the report: which mixes fool nominal training, and whether AdvMix training holds on them.
+    """
+    import torch
+
+    from advmix.attacks import AttackConfig, Batch, LatentBank, advmix_attack
+    from advmix.probes import to_tensor
+
+    e = p.evaluate
+    rows = stratified_subset(ds.manifest["group"].to_numpy(), min(e.robust_images, 128), p.seed)
+    y = torch.from_numpy(ds.manifest["label"].to_numpy().astype(np.int64))
+    base = AttackConfig.from_params(p, layers)
+    cfg = AttackConfig(**{**base.__dict__, "k": e.partners_k, "steps": e.steps, "step_size": e.step_size})
+    bank = LatentBank(torch.from_numpy(w), y).to(device)
+    G = G.to(device).eval().requires_grad_(False)
+    first = next(iter(models.values())).to(device).eval()
+    idx = torch.from_numpy(rows)
+    x = to_tensor(ds.images[rows]).to(device)
+    batch = Batch(x, y[idx].to(device), w=bank.w[idx.to(device)], index=idx)
+    x_adv, _ = advmix_attack(first, batch, bank, G, cfg, torch.Generator().manual_seed(p.seed * 1000 + 37))
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(first(x_adv).float(), batch.y, reduction="none")
+        order = torch.argsort(loss, descending=True)[: e.worst_mixes].cpu()
+        out = {"clean": ds.images[rows[order.numpy()]],
+               "mixed": ((x_adv[order.to(device)].float().cpu().permute(0, 2, 3, 1) + 1) * 127.5).round()
+               .clamp(0, 255).to(torch.uint8).numpy(),
+               "label": batch.y[order.to(device)].cpu().numpy()}
+        for name, model in models.items():
+            model = model.to(device).eval()
+            out[f"pred_{name}"] = model(x_adv[order.to(device)]).argmax(1).cpu().numpy()
+    return out

@@ -1,0 +1,89 @@
+"""The rho sweep: AdvMix against nominal over the strength of the spurious correlation, as DVC experiments.
+
+`advmix sweep --queue` queues one `dvc exp run` per rho; each experiment trains nominal and AdvMix for every
+seed in `train.seeds` and evaluates them. `dvc queue start -j N` runs them in isolated workspaces (N at a
+time, on one host or, with a shared DVC remote, several). `advmix sweep --plot` reads the finished
+experiments (`dvc.api.exp_show`) and draws the relative error reduction on test_balanced against rho.
+
+`--small` adds overrides that make each experiment take minutes on a CPU: smaller splits, the committed
+generator reused (`gan.pretrained`; the GAN models faces, not the correlation), a shorter inversion and
+fewer attacked images. The plot says which profile produced it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+RHOS = (0.8, 0.9, 0.95, 0.99)
+SWEEP_MODES = ("nominal", "advmix")
+SMALL = {
+    "data.sizes.train": 1000, "data.sizes.val": 200, "data.sizes.test_iid": 200, "data.sizes.test_balanced": 400,
+    "data.sizes.test_flipped": 200, "gan.pretrained": "models/gan/generator.pt", "extract.encoder_steps": 300,
+    "extract.encoder_real_steps": 100, "extract.refine_steps": 10, "mixing.analysis_pairs": 512,
+    "evaluate.robust_images": 128,
+}
+METRIC = "relative_error_reduction_balanced"
+
+
+def queue_commands(rhos=RHOS, small: bool = False, extra: dict[str, Any] | None = None) -> list[list[str]]:
+    """One `dvc exp run --queue` per rho (the seeds run inside each experiment, from `train.seeds`)."""
+    sets = {"train.modes": "[" + ",".join(SWEEP_MODES) + "]"} | (SMALL if small else {}) | (extra or {})
+    commands = []
+    for rho in rhos:
+        cmd = ["dvc", "exp", "run", "--queue", "-n", f"rho-{rho}{'-small' if small else ''}", "-S", f"data.rho={rho}"]
+        for key, value in sets.items():
+            cmd += ["-S", f"{key}={value}"]
+        commands.append(cmd)
+    return commands
+
+
+def _find(row: dict[str, Any], suffix: str) -> Any:
+    """A column of an exp_show row by its name, whatever file prefix DVC put before it."""
+    hits = [v for k, v in row.items() if k == suffix or k.endswith(":" + suffix)]
+    return hits[0] if hits else None
+
+
+def collect(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per experiment and seed: rho, the nominal and AdvMix test_balanced errors and the relative reduction."""
+    out = []
+    for row in rows:
+        rho = _find(row, "data.rho")
+        if rho is None or _find(row, f"advmix_vs_nominal.{METRIC}") is None:
+            continue  # the baseline without a summary, or an experiment that has not finished
+        seeds = sorted({int(k.rsplit("_s", 1)[1].split(".")[0]) for k in row
+                        if "eval_nominal_s" in k and k.endswith("splits.test_balanced.error")})
+        for seed in seeds:
+            nominal = _find(row, f"eval_nominal_s{seed}.splits.test_balanced.error")
+            advmix = _find(row, f"eval_advmix_s{seed}.splits.test_balanced.error")
+            if nominal is None or advmix is None:
+                continue
+            out.append({"experiment": row.get("Experiment") or row.get("rev"), "rho": float(rho), "seed": seed,
+                        "nominal_error": float(nominal), "advmix_error": float(advmix),
+                        "reduction": (nominal - advmix) / nominal if nominal > 0 else math.nan})
+    return out
+
+
+def plot(points: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Relative error reduction against rho: one dot per seed, the mean over seeds as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from advmix.figures import save_figure
+
+    rhos = sorted({p["rho"] for p in points})
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.scatter([p["rho"] for p in points], [100 * p["reduction"] for p in points], s=18, alpha=0.6, label="one seed")
+    means = [100 * np.nanmean([p["reduction"] for p in points if p["rho"] == r]) for r in rhos]
+    ax.plot(rhos, means, "o-", color="C3", label="mean over seeds")
+    ax.axhline(21, ls="--", color="grey", lw=1, label="paper: 21%")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xlabel("rho (label / spurious agreement in train)")
+    ax.set_ylabel("test_balanced error reduction, %")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    save_figure(fig, path)

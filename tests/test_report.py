@@ -1,0 +1,206 @@
+"""The report: summary.json means over seeds, a self-contained HTML page, clear errors, atomic outputs."""
+
+import base64
+import json
+import re
+
+import numpy as np
+import pytest
+
+from advmix import report
+from advmix.figures import save_png
+
+SPLITS = ("val", "test_iid", "test_balanced", "test_flipped")
+GROUPS = ("not_smiling/not_skin_dark", "not_smiling/skin_dark", "smiling/not_skin_dark", "smiling/skin_dark")
+# (mode, seed) -> test_balanced error, worst-group acc, eod; every other split's error is this error + 0.01
+NUMBERS = {
+    ("nominal", 0): (0.30, 0.50, 0.20), ("nominal", 1): (0.20, 0.60, 0.10),
+    ("advmix", 0): (0.20, 0.70, 0.05), ("advmix", 1): (0.10, 0.80, 0.15),
+    ("linf", 0): (0.28, 0.40, 0.30), ("linf", 1): (0.22, 0.50, 0.40),
+}
+SEMANTIC = {"nominal": (0.6, 0.7), "advmix": (0.9, 0.8), "linf": (None, None)}
+VALIDATION = {"success": True, "evaluated": 29, "failed": [],
+              "rho_realised": {"train": 0.95, "val": 0.95, "test_iid": 0.95, "test_balanced": 0.5,
+                               "test_flipped": 0.05}}
+
+
+def write_eval(root, mode, seed, err, wga, eod, semantic=None):
+    splits = {s: {"acc": 1 - (err if s == "test_balanced" else err + 0.01),
+                  "error": err if s == "test_balanced" else err + 0.01, "worst_group_acc": wga,
+                  "avg_acc_train_weighted": 0.9, "eod": eod, "dpd": eod / 2, "deo": eod, "ece": 0.05,
+                  "group_acc": {g: wga + 0.05 * i for i, g in enumerate(GROUPS)}} for s in SPLITS}
+    body = {"mode": mode, "seed": seed, "uses_group_labels": mode == "groupdro", "splits": splits,
+            "semantic_robust_acc": semantic, "mix_consistency": None if semantic is None else semantic - 0.1,
+            "linf_robust_acc_2": 0.5, "linf_robust_acc_8": 0.1}
+    path = root / "metrics" / "eval" / f"{mode}-s{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({f"eval_{mode}_s{seed}": body}))
+    return path
+
+
+def write_by_group(root, mode, seed, wga):
+    folder = root / "results" / "eval" / f"{mode}-s{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["split,group,n,acc,selection_rate,tpr"]
+    lines += [f"{s},{g},50,{wga + 0.05 * i:.3f},0.5,0.8" for s in ("val", "test_balanced") for i, g in enumerate(GROUPS)]
+    (folder / "by_group.csv").write_text("\n".join(lines) + "\n")
+
+
+def write_inputs(root, modes=("nominal", "advmix", "linf"), by_group=True, extras=True):
+    (root / "params.yaml").write_text("seed: 0\ndata:\n  name: synthfaces\n  rho: 0.9\n")
+    for (mode, seed), (err, wga, eod) in NUMBERS.items():
+        if mode in modes:
+            write_eval(root, mode, seed, err, wga, eod, SEMANTIC[mode][seed])
+            if by_group:
+                write_by_group(root, mode, seed, wga)
+    if not extras:
+        return
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    (root / "results" / "report").mkdir(parents=True)
+    np.savez(root / "results" / "report" / "worst_mixes.npz", clean=images, mixed=255 - images,
+             label=np.array([0, 1, 1]), pred_nominal=np.array([1, 0, 1]), pred_advmix=np.array([0, 1, 1]))
+    save_png(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8), root / "reports" / "layers.png")
+    save_png(np.zeros((4, 4, 3), dtype=np.uint8), root / "reports" / "gan" / "samples.png")
+    (root / "metrics" / "validation.json").write_text(json.dumps(VALIDATION))
+    (root / "metrics" / "layers.json").write_text(json.dumps(
+        {"perturbation": {"layers": [0, 1], "label_change": 0.02, "any_partner": {"label_change": 0.47}}}))
+    (root / "dvc.lock").write_text("schema: '2.0'\nstages:\n  prepare:\n    cmd: advmix prepare\n    outs:\n"
+                                   "    - path: data/synthfaces\n      hash: md5\n      md5: abc123.dir\n")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    write_inputs(root)
+    summary = report.build_report(root, class_names=["not_smiling", "smiling"])
+    return root, summary
+
+
+def test_summary_json_schema_and_means(built):
+    root, summary = built
+    assert json.loads((root / "metrics" / "summary.json").read_text()) == summary
+    assert summary["dataset"] == "synthfaces" and summary["rho"] == 0.9
+    assert list(summary["modes"]) == ["nominal", "advmix", "linf"]
+    for entry in summary["modes"].values():
+        assert entry["seeds"] == [0, 1] and entry["uses_group_labels"] is False
+        for split in SPLITS:
+            assert {"error", "worst_group_acc", "eod", "dpd", "ece"} <= set(entry[split])
+    nominal, advmix, linf = (summary["modes"][m] for m in ("nominal", "advmix", "linf"))
+    assert nominal["test_balanced"]["error"] == pytest.approx(0.25)
+    assert nominal["test_balanced"]["error_std"] == pytest.approx(0.1 / 2**0.5)
+    assert nominal["test_flipped"]["error"] == pytest.approx(0.26)
+    assert nominal["test_balanced"]["worst_group_acc"] == pytest.approx(0.55)
+    assert nominal["test_balanced"]["eod"] == pytest.approx(0.15)
+    assert nominal["test_balanced"]["dpd"] == pytest.approx(0.075)
+    assert nominal["test_balanced"]["ece"] == pytest.approx(0.05)
+    assert advmix["test_balanced"]["error"] == pytest.approx(0.15)
+    assert advmix["test_balanced"]["eod"] == pytest.approx(0.10)
+    assert linf["test_balanced"]["error"] == pytest.approx(0.25)
+    assert nominal["semantic_robust_acc"] == pytest.approx(0.65)
+    assert nominal["mix_consistency"] == pytest.approx(0.55)
+    assert advmix["semantic_robust_acc"] == pytest.approx(0.85)
+    assert linf["semantic_robust_acc"] is None and linf["mix_consistency"] is None
+    gain = summary["advmix_vs_nominal"]
+    assert gain["relative_error_reduction_balanced"] == pytest.approx(0.4)  # (0.25 - 0.15) / 0.25
+    assert gain["worst_group_gain"] == pytest.approx(0.2)  # 0.75 - 0.55
+
+
+def test_relative_reduction_null_when_nominal_error_is_zero_or_a_mode_is_missing(tmp_path):
+    write_inputs(tmp_path, modes=("nominal", "linf"), by_group=False, extras=False)
+    summary = report.build_report(tmp_path)
+    assert summary["advmix_vs_nominal"] == {"relative_error_reduction_balanced": None, "worst_group_gain": None}
+    write_eval(tmp_path, "nominal", 0, 0.0, 1.0, 0.0)
+    write_eval(tmp_path, "nominal", 1, 0.0, 1.0, 0.0)
+    write_eval(tmp_path, "advmix", 0, 0.1, 0.9, 0.0)
+    summary = report.build_report(tmp_path)
+    assert summary["advmix_vs_nominal"]["relative_error_reduction_balanced"] is None
+    assert summary["advmix_vs_nominal"]["worst_group_gain"] == pytest.approx(-0.1)
+    assert summary["modes"]["advmix"]["seeds"] == [0]
+    assert summary["modes"]["advmix"]["test_balanced"]["error_std"] is None
+
+
+def test_html_is_self_contained_and_complete(built):
+    root, _ = built
+    page = (root / "reports" / "summary.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.IGNORECASE)
+    assert "http://" not in page and "https://" not in page and "<script" not in page.lower()
+    for png in ("reports/layers.png", "reports/gan/samples.png", "reports/summary/by_group.png",
+                "reports/summary/worst_mixes.png"):
+        data = (root / png).read_bytes()
+        assert f"data:image/png;base64,{base64.b64encode(data).decode()}" in page, png
+    assert page.count("data:image/png;base64,") == 4
+    table = page[page.index("<h2>Comparison</h2>"):page.index("<h2>Per seed</h2>")]
+    for mode in ("nominal", "advmix", "linf"):
+        assert f"<td>{mode}</td>" in table
+    assert "0.250 ± 0.071" in table and "+40.0%" in table
+    assert "Missing: reports/inversion.png not present" in page  # an absent optional image is noted, not fatal
+    assert "Missing: reports/gan/mixing.png not present" in page
+    assert "abc123.dir" in page and "data/synthfaces" in page  # data versions from dvc.lock
+    assert "rho_realised.test_flipped" in page and "passed" in page  # validation summary
+    assert "any_partner.label_change" in page  # layers perturbation block
+    assert "name: synthfaces" in page  # params.yaml embedded
+
+
+def test_markdown_references_images_by_relative_path(built):
+    root, _ = built
+    md = (root / "reports" / "summary.md").read_text()
+    for rel in ("summary/by_group.png", "summary/worst_mixes.png", "layers.png", "gan/samples.png"):
+        assert f"]({rel})" in md
+        assert (root / "reports" / rel).is_file()
+    assert "| nominal | 0.250 ± 0.071 | (reference) |" in md
+    assert "| linf |" in md and "n/a" in md  # linf has no semantic robust accuracy
+    assert "Missing: reports/inversion.png not present" in md
+
+
+def test_missing_eval_jsons_name_the_folder(tmp_path):
+    (tmp_path / "params.yaml").write_text("data:\n  name: synthfaces\n  rho: 0.9\n")
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "metrics"))):
+        report.build_report(tmp_path)
+    (tmp_path / "params.yaml").unlink()
+    with pytest.raises(FileNotFoundError, match="params.yaml"):
+        report.build_report(tmp_path)
+
+
+def test_malformed_inputs_name_the_file(tmp_path):
+    write_inputs(tmp_path, modes=("nominal",), by_group=False, extras=False)
+    bad = tmp_path / "metrics" / "eval" / "advmix-s0.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match=re.escape(str(bad)) + ".*not valid JSON"):
+        report.build_report(tmp_path)
+    bad.write_text(json.dumps({"eval_advmix_s0": {"mode": "advmix", "seed": 0, "splits": {"test_balanced": {
+        "error": 0.1}}}}))
+    with pytest.raises(ValueError, match=re.escape(str(bad)) + ".*worst_group_acc"):
+        report.build_report(tmp_path)
+    bad.unlink()
+    csv = tmp_path / "results" / "eval" / "nominal-s0" / "by_group.csv"
+    csv.parent.mkdir(parents=True)
+    csv.write_text("split,group\nval,a\n")
+    with pytest.raises(ValueError, match=re.escape(str(csv)) + ".*missing column"):
+        report.build_report(tmp_path)
+
+
+def test_a_failed_render_writes_nothing(tmp_path, monkeypatch):
+    write_inputs(tmp_path, by_group=False, extras=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("render failed")
+
+    monkeypatch.setattr(report, "render_html", broken)
+    with pytest.raises(RuntimeError, match="render failed"):
+        report.build_report(tmp_path)
+    assert not (tmp_path / "reports" / "summary.html").exists()
+    assert not (tmp_path / "reports" / "summary.md").exists()
+    assert not (tmp_path / "metrics" / "summary.json").exists()
+    assert not (tmp_path / "reports" / "summary").exists()
+    assert [p.name for p in (tmp_path / "reports").iterdir()] == []  # no temp files or folders left
+
+    monkeypatch.undo()
+    report.build_report(tmp_path)
+    before = (tmp_path / "reports" / "summary.html").read_bytes()
+    monkeypatch.setattr(report, "render_html", broken)
+    write_eval(tmp_path, "nominal", 0, 0.5, 0.1, 0.1)
+    with pytest.raises(RuntimeError):
+        report.build_report(tmp_path)
+    assert (tmp_path / "reports" / "summary.html").read_bytes() == before  # the old report stays whole
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["summary", "summary.html", "summary.md"]
