@@ -128,9 +128,9 @@ class ExtractParams(Section):
 class AdvMixParams(Section):
     """The AdvMix inner maximisation (the layers and the partner rule come from `mixing`)."""
 
-    partners_k: int = Field(4, ge=1)  # partners tried per example (hard swaps, one batched generator pass)
-    steps: int = Field(5, ge=0)  # projected signed-gradient steps on alpha in [0, 1]^|layers|
-    step_size: float = Field(0.25, gt=0, le=1)
+    partners_k: int = Field(16, ge=1)  # partners tried per example (hard swaps, one batched generator pass)
+    steps: int = Field(2, ge=0)  # projected signed-gradient steps on alpha in [0, 1]^|layers|
+    step_size: float = Field(0.5, gt=0, le=1)
 
 
 class LinfParams(Section):
@@ -196,9 +196,9 @@ class EvaluateParams(Section):
     """Evaluation (advmix/evaluate.py): attacks stronger than in training, on a fixed subset of test_balanced."""
 
     robust_images: int = Field(256, ge=1)  # test_balanced images attacked (a seeded, group-stratified subset)
-    partners_k: int = Field(8, ge=1)  # AdvMix at evaluation strength: more partners and steps than in training
-    steps: int = Field(10, ge=0)
-    step_size: float = Field(0.2, gt=0, le=1)
+    partners_k: int = Field(32, ge=1)  # AdvMix at evaluation strength: more partners and steps than in training
+    steps: int = Field(5, ge=0)
+    step_size: float = Field(0.25, gt=0, le=1)
     random_mixes: int = Field(4, ge=1)  # random mixes per image for mix consistency
     linf_epsilons: list[float] = [2 / 255, 8 / 255]  # [0, 1] pixel units
     linf_steps: int = Field(10, ge=1)
