@@ -98,7 +98,10 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 
 
 def test_smile_is_in_the_pixels():
-    """A small CNN trained on balanced faces reads the smile on held-out balanced faces."""
+    """A small CNN trained on balanced faces reads the smile on held-out balanced faces.
+
+    The smile is subtle by design (a few flat, ambiguous mouths; see synthfaces.MOUTH), so the bar is well above
+    chance (0.5) but below the 0.99 the old, salient mouth gave."""
     import torch
     from torch import nn
 
@@ -119,4 +122,4 @@ def test_smile_is_in_the_pixels():
             opt.step()
     with torch.no_grad():
         acc = (net(xte).argmax(1) == yte).float().mean().item()
-    assert acc >= 0.95, acc
+    assert acc >= 0.85, acc
