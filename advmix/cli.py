@@ -456,9 +456,12 @@ def report_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> 
     Reads metrics/eval/ and results/eval/ (the evaluate stages), the earlier stages' figures and metrics, and
     shows the AdvMix mixes that hurt the nominal model of `seed` most, with the AdvMix model's answers beside.
     """
+    import io
+
     import numpy as np
 
     from advmix import paths
+    from advmix.data.store import atomic_write_bytes
     from advmix.report import build_report
 
     p = _load(params, set_)
@@ -473,10 +476,9 @@ def report_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> 
         loaded = {m: load_classifier(f)[0] for m, f in models.items()}
         arrays = worst_mixes(loaded, ds.split("test_balanced"), latents, G, layers, p,
                              pick_device(p.train.device, "train.device"))
-        paths.WORST_MIXES.parent.mkdir(parents=True, exist_ok=True)
-        tmp = paths.WORST_MIXES.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, **arrays)
-        tmp.replace(paths.WORST_MIXES)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        atomic_write_bytes(paths.WORST_MIXES, buffer.getvalue())
     try:
         summary = build_report(Path("."), class_names=ds.info.get("classes"))
     except (FileNotFoundError, ValueError) as exc:

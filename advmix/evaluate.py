@@ -17,6 +17,7 @@ Definitions follow shared/notes/evaluation.md, so the numbers sit beside the pee
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -119,19 +120,27 @@ def stratified_subset(groups: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.array(chosen))
 
 
+def attack_configs(p, layers: list[int] | None):
+    """The training perturbation set (random mixes) and AdvMix at evaluation strength (more partners and steps)."""
+    from advmix.attacks import AttackConfig
+
+    base = AttackConfig.from_params(p, layers or [])
+    e = p.evaluate
+    return base, replace(base, k=e.partners_k, steps=e.steps, step_size=e.step_size)
+
+
 def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | None, p, device
                ) -> dict[str, Any]:
     """Semantic (AdvMix) and pixel (PGD) robust accuracy and mix consistency on a subset of `ds`."""
     import torch
 
-    from advmix.attacks import AttackConfig, Batch, LatentBank, advmix_attack, pgd_linf, randmix
+    from advmix.attacks import Batch, LatentBank, advmix_attack, pgd_linf, randmix
     from advmix.probes import to_tensor
 
     e = p.evaluate
     rows = stratified_subset(ds.manifest["group"].to_numpy(), e.robust_images, p.seed)
     y_all = torch.from_numpy(ds.manifest["label"].to_numpy().astype(np.int64))
-    base = AttackConfig.from_params(p, layers or [])
-    strong = AttackConfig(**{**base.__dict__, "k": e.partners_k, "steps": e.steps, "step_size": e.step_size})
+    base, strong = attack_configs(p, layers)
     rng = torch.Generator().manual_seed(p.seed * 1000 + 31)
     bank = None
     if G is not None and w is not None and layers:
@@ -159,8 +168,7 @@ def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | 
                     counts["changed"] += int((model(x_mix).argmax(1) != clean_pred).sum())
                     counts["mixes"] += len(chunk)
         for eps in e.linf_epsilons:
-            cfg = AttackConfig(**{**base.__dict__, "epsilon": eps, "pgd_steps": e.linf_steps,
-                                  "pgd_step_size": eps / 4})
+            cfg = replace(base, epsilon=eps, pgd_steps=e.linf_steps, pgd_step_size=eps / 4)
             x_adv, _ = pgd_linf(model, batch, None, None, cfg, rng)
             with torch.no_grad():
                 counts[f"linf_{eps}"] += int((clean_ok & (model(x_adv).argmax(1) == y)).sum())
@@ -204,14 +212,13 @@ def worst_mixes(models: dict[str, Any], ds: Dataset, w: np.ndarray, G, layers: l
     """
     import torch
 
-    from advmix.attacks import AttackConfig, Batch, LatentBank, advmix_attack
+    from advmix.attacks import Batch, LatentBank, advmix_attack
     from advmix.probes import to_tensor
 
     e = p.evaluate
     rows = stratified_subset(ds.manifest["group"].to_numpy(), min(e.robust_images, 128), p.seed)
     y = torch.from_numpy(ds.manifest["label"].to_numpy().astype(np.int64))
-    base = AttackConfig.from_params(p, layers)
-    cfg = AttackConfig(**{**base.__dict__, "k": e.partners_k, "steps": e.steps, "step_size": e.step_size})
+    cfg = attack_configs(p, layers)[1]
     bank = LatentBank(torch.from_numpy(w), y).to(device)
     G = G.to(device).eval().requires_grad_(False)
     first = next(iter(models.values())).to(device).eval()
