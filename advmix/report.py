@@ -18,7 +18,7 @@ from typing import Any
 
 from advmix.data.store import atomic_folder, atomic_write_bytes, atomic_write_json
 from advmix.figures import save_figure
-from advmix.params import SPLITS, DataParams
+from advmix.params import SPLITS, DataParams, TrainParams
 from advmix.paths import (
     EVAL_METRICS,
     EVAL_RESULTS,
@@ -126,8 +126,8 @@ def build_report(root: Path, class_names: list[str] | None = None) -> dict[str, 
 def collect(root: Path, class_names: list[str] | None = None) -> Inputs:
     """Read and check the inputs; required ones (params.yaml, eval jsons) raise when missing, others are noted."""
     root = Path(root)
-    dataset, rho, params_text = read_params(root / PARAMS)
-    runs = read_runs(root)
+    dataset, rho, params_text, planned = read_params(root / PARAMS)
+    runs = read_runs(root, planned)
     if class_names is None:
         class_names = _dataset_classes(dataset_dir(dataset, root) / "info.json")
     inputs = Inputs(root=root, dataset=dataset, rho=rho, params_text=params_text, runs=runs, class_names=class_names)
@@ -156,8 +156,9 @@ def read_json(path: Path, required: bool = True) -> Any:
         raise ReportError(f"{path}: not valid JSON ({exc})") from None
 
 
-def read_params(path: Path) -> tuple[str, float, str]:
-    """data.name and data.rho (defaults where absent) and the file's text, to embed verbatim.
+def read_params(path: Path) -> tuple[str, float, str, set[tuple[str, int]]]:
+    """data.name, data.rho, the (mode, seed) runs that train.modes x train.seeds plan (defaults where absent),
+    and the file's text, to embed verbatim.
 
     Read as plain YAML rather than through load_params so a params.yaml that gained a section the report does
     not know still renders.
@@ -178,15 +179,28 @@ def read_params(path: Path) -> tuple[str, float, str]:
     name, rho = data.get("name", defaults.name), data.get("rho", defaults.rho)
     if not isinstance(name, str) or not _is_number(rho):
         raise ReportError(f"{path}: expected data.name a string and data.rho a number, got {name!r} and {rho!r}")
-    return name, float(rho), text
+    train = raw.get("train", {}) or {}
+    modes, seeds = train.get("modes", TrainParams().modes), train.get("seeds", TrainParams().seeds)
+    if not (isinstance(modes, list) and isinstance(seeds, list) and all(isinstance(s, int) for s in seeds)):
+        raise ReportError(f"{path}: expected train.modes a list of names and train.seeds a list of integers, "
+                          f"got {modes!r} and {seeds!r}")
+    return name, float(rho), text, {(str(m), s) for m in modes for s in seeds}
 
 
-def read_runs(root: Path) -> list[Run]:
-    """Every metrics/eval/<mode>-s<seed>.json, with its by_group.csv."""
+def read_runs(root: Path, planned: set[tuple[str, int]] | None = None) -> list[Run]:
+    """Every metrics/eval/<mode>-s<seed>.json of a planned run (all when `planned` is None), with its by_group.csv.
+
+    Files of runs the params no longer plan are left out: a DVC experiment that trains fewer modes still holds
+    the committed metrics of the others in its workspace, and they must not enter its report.
+    """
     folder = root / EVAL_METRICS
     paths = sorted(p for p in folder.glob("*.json") if EVAL_NAME.fullmatch(p.name))
+    if planned is not None:
+        named = {p: EVAL_NAME.fullmatch(p.name) for p in paths}
+        paths = [p for p, name in named.items() if (name["mode"], int(name["seed"])) in planned]
     if not paths:
-        raise FileNotFoundError(f"{folder}: no <mode>-s<seed>.json files; run the evaluate stages first")
+        raise FileNotFoundError(f"{folder}: no <mode>-s<seed>.json files of the planned runs; run the evaluate "
+                                "stages first")
     runs = [read_run(p) for p in paths]
     seen: dict[tuple[str, int], Path] = {}
     for run in runs:

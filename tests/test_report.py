@@ -120,6 +120,23 @@ def test_relative_reduction_null_when_nominal_error_is_zero_or_a_mode_is_missing
     assert summary["modes"]["advmix"]["test_balanced"]["error_std"] is None
 
 
+def test_only_the_runs_the_params_plan_enter_the_report(tmp_path):
+    """A DVC experiment that trains nominal and AdvMix keeps the committed eval files of the other modes."""
+    write_inputs(tmp_path, by_group=False, extras=False)
+    (tmp_path / "params.yaml").write_text("data:\n  name: synthfaces\n  rho: 0.9\n"
+                                          "train:\n  modes: [nominal, advmix]\n  seeds: [1]\n")
+    summary = report.build_report(tmp_path)
+    assert list(summary["modes"]) == ["nominal", "advmix"]
+    assert summary["modes"]["nominal"]["seeds"] == [1]
+    assert summary["advmix_vs_nominal"]["relative_error_reduction_balanced"] == pytest.approx(0.5)  # (.2-.1)/.2
+    (tmp_path / "params.yaml").write_text("data:\n  name: synthfaces\ntrain:\n  modes: [augmix]\n")
+    with pytest.raises(FileNotFoundError, match="planned runs"):
+        report.build_report(tmp_path)
+    (tmp_path / "params.yaml").write_text("data:\n  name: synthfaces\ntrain:\n  seeds: zero\n")
+    with pytest.raises(report.ReportError, match="train.seeds"):
+        report.build_report(tmp_path)
+
+
 def test_html_is_self_contained_and_complete(built):
     root, _ = built
     page = (root / "reports" / "summary.html").read_text()
