@@ -97,6 +97,23 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
 
 
+def test_atomic_outputs_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    import os
+    import stat
+
+    from advmix.data.store import atomic_folder, atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "page.html", b"<html></html>")
+        with atomic_folder(tmp_path / "figures") as folder:
+            (folder / "a.png").write_bytes(b"png")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "page.html").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "figures").stat().st_mode) == 0o755
+
+
 def test_smile_is_in_the_pixels():
     """A small CNN trained on balanced faces reads the smile on held-out balanced faces.
 

@@ -48,12 +48,22 @@ def group_of(label: np.ndarray, spurious: np.ndarray, n_spurious: int) -> np.nda
     return np.asarray(label) * n_spurious + np.asarray(spurious)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file beside `path`, fsync, then rename: readers see the old file or the new one."""
+    """Write to a temp file beside `path`, fsync, then rename: readers see the old file or the new one.
+
+    The file gets the mode a plain open() would give (mkstemp's own is 0600), so a served report is readable.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -84,6 +94,7 @@ def atomic_folder(folder: Path) -> Iterator[Path]:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
+        tmp.chmod(0o777 & ~_umask())  # the mode of a plain mkdir, not mkdtemp's 0700
         yield tmp
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
