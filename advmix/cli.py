@@ -521,11 +521,13 @@ def sweep_cmd(
 
     from advmix.sweep import plot as draw
 
-    points = collect(dvc.api.exp_show())
+    dataset = _load(Path("params.yaml"), None).data.name
+    points = collect(dvc.api.exp_show(num=-1), dataset)
     if not points:
-        raise _fail("no finished sweep experiment: `dvc exp show` has none with data.rho and metrics/summary.json")
+        raise _fail(f"no finished sweep experiment on {dataset}: `dvc exp show -A` has none with data.rho and "
+                    "metrics/summary.json")
     names = sorted({str(p["experiment"]) for p in points})
-    draw(points, paths.REPORTS / "sweep.png", f"AdvMix vs nominal; experiments {', '.join(names)}")
+    draw(points, paths.REPORTS / "sweep.png", f"AdvMix vs nominal on {dataset}; experiments {', '.join(names)}")
     atomic_write_json(paths.REPORTS / "sweep.json", {"points": points})
     typer.echo(f"{paths.REPORTS / 'sweep.png'}: {len(points)} (rho, seed) points from {len(names)} experiments")
 

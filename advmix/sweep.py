@@ -45,13 +45,25 @@ def _find(row: dict[str, Any], suffix: str) -> Any:
     return hits[0] if hits else None
 
 
-def collect(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per experiment and seed: rho, the nominal and AdvMix test_balanced errors and the relative reduction."""
-    out = []
+def collect(rows: list[dict[str, Any]], dataset: str | None = None) -> list[dict[str, Any]]:
+    """Per experiment and seed: rho, the nominal and AdvMix test_balanced errors and the relative reduction.
+
+    `rows` come from `dvc.api.exp_show(num=-1)`, newest commit first. Only experiments count: a baseline
+    commit holds the full-size pipeline's metrics, not a sweep point. Of experiments that share a name (queued
+    again on a later commit) the first, newest, is kept; experiments on another dataset than `dataset` are
+    left out.
+    """
+    out, seen = [], set()
     for row in rows:
+        name = row.get("Experiment") or row.get("rev")
         rho = _find(row, "data.rho")
+        if row.get("typ", "branch_commit") in ("baseline", "workspace") or name in seen:
+            continue
+        if dataset is not None and _find(row, "data.name") not in (None, dataset):
+            continue
         if rho is None or _find(row, f"advmix_vs_nominal.{METRIC}") is None:
-            continue  # the baseline without a summary, or an experiment that has not finished
+            continue  # an experiment that has not finished
+        seen.add(name)
         seeds = sorted({int(k.rsplit("_s", 1)[1].split(".")[0]) for k in row
                         if "eval_nominal_s" in k and k.endswith("splits.test_balanced.error")})
         for seed in seeds:
@@ -59,7 +71,7 @@ def collect(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             advmix = _find(row, f"eval_advmix_s{seed}.splits.test_balanced.error")
             if nominal is None or advmix is None:
                 continue
-            out.append({"experiment": row.get("Experiment") or row.get("rev"), "rho": float(rho), "seed": seed,
+            out.append({"experiment": name, "rho": float(rho), "seed": seed,
                         "nominal_error": float(nominal), "advmix_error": float(advmix),
                         "reduction": (nominal - advmix) / nominal if nominal > 0 else math.nan})
     return out

@@ -27,8 +27,8 @@ def test_queue_commands_cover_every_rho_and_valid_overrides(tmp_path):
     assert "gan.pretrained=models/gan/generator.pt" not in " ".join(queue_commands((0.9,), small=False)[0])
 
 
-def row(name, rho, errors):
-    out = {"Experiment": name, "params.yaml:data.rho": rho,
+def row(name, rho, errors, dataset="synthfaces", typ="branch_commit"):
+    out = {"Experiment": name, "typ": typ, "params.yaml:data.rho": rho, "params.yaml:data.name": dataset,
            "advmix_vs_nominal.relative_error_reduction_balanced": 0.1}
     for seed, (nominal, advmix) in enumerate(errors):
         out[f"eval_nominal_s{seed}.splits.test_balanced.error"] = nominal
@@ -45,3 +45,12 @@ def test_collect_reads_per_seed_errors_and_skips_unfinished(tmp_path):
     assert math.isnan(points[2]["reduction"])  # nominal error 0: no relative reduction
     plot(points, tmp_path / "sweep.png", "test")
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_collect_keeps_experiments_of_the_dataset_newest_first():
+    rows = [row(None, 0.95, [(0.1, 0.05)], typ="baseline"),  # the committed full-size pipeline: not a point
+            row("rho-0.9-small", 0.9, [(0.2, 0.1)]), row("colordigits-small", 0.95, [(0.3, 0.1)], "colordigits"),
+            row("rho-0.9-small", 0.9, [(0.4, 0.4)])]  # the same name on an older commit
+    points = collect(rows, "synthfaces")
+    assert [(p["experiment"], p["reduction"]) for p in points] == [("rho-0.9-small", pytest.approx(0.5))]
+    assert len(collect(rows)) == 2  # any dataset
