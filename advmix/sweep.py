@@ -40,8 +40,9 @@ def queue_commands(rhos=RHOS, small: bool = False, extra: dict[str, Any] | None 
 
 
 def _find(row: dict[str, Any], suffix: str) -> Any:
-    """A column of an exp_show row by its name, whatever file prefix DVC put before it."""
-    hits = [v for k, v in row.items() if k == suffix or k.endswith(":" + suffix)]
+    """A column of an exp_show row by its name, whatever file prefix DVC put before it; None where DVC shows
+    a placeholder ("!" for a value a running or failed experiment has not written)."""
+    hits = [v for k, v in row.items() if (k == suffix or k.endswith(":" + suffix)) and v not in ("!", "-", "")]
     return hits[0] if hits else None
 
 
@@ -59,10 +60,12 @@ def collect(rows: list[dict[str, Any]], dataset: str | None = None) -> list[dict
         rho = _find(row, "data.rho")
         if row.get("typ", "branch_commit") in ("baseline", "workspace") or name in seen:
             continue
+        if row.get("State") not in (None, "Success"):
+            continue  # queued, running (its files may be the commit's or half-written) or failed
         if dataset is not None and _find(row, "data.name") not in (None, dataset):
             continue
         if rho is None or _find(row, f"advmix_vs_nominal.{METRIC}") is None:
-            continue  # an experiment that has not finished
+            continue
         seen.add(name)
         seeds = sorted({int(k.rsplit("_s", 1)[1].split(".")[0]) for k in row
                         if "eval_nominal_s" in k and k.endswith("splits.test_balanced.error")})

@@ -38,7 +38,9 @@ def row(name, rho, errors, dataset="synthfaces", typ="branch_commit"):
 
 def test_collect_reads_per_seed_errors_and_skips_unfinished(tmp_path):
     rows = [row("a", 0.9, [(0.2, 0.1), (0.1, 0.1)]), row("b", 0.99, [(0.0, 0.05)]),
-            {"Experiment": "workspace", "params.yaml:data.rho": 0.95}]
+            {"Experiment": "workspace", "params.yaml:data.rho": 0.95},
+            row("running", 0.95, [("!", "!")]) | {"advmix_vs_nominal.relative_error_reduction_balanced": "!"},
+            row("queued", 0.8, [(0.3, 0.2)]) | {"State": "Queued"}]
     points = collect(rows)
     assert [(p["experiment"], p["rho"], p["seed"]) for p in points] == [("a", 0.9, 0), ("a", 0.9, 1), ("b", 0.99, 0)]
     assert points[0]["reduction"] == pytest.approx(0.5) and points[1]["reduction"] == 0.0
