@@ -506,7 +506,7 @@ def sweep_cmd(
 
     from advmix import paths
     from advmix.data.store import atomic_write_json
-    from advmix.sweep import RHOS, collect, queue_commands
+    from advmix.sweep import RHOS, by_rho, collect, queue_commands
 
     if queue == plot:
         raise _fail("give exactly one of --queue and --plot", 2)
@@ -528,7 +528,7 @@ def sweep_cmd(
                     "metrics/summary.json")
     names = sorted({str(p["experiment"]) for p in points})
     draw(points, paths.REPORTS / "sweep.png", f"AdvMix vs nominal on {dataset}; experiments {', '.join(names)}")
-    atomic_write_json(paths.REPORTS / "sweep.json", {"points": points})
+    atomic_write_json(paths.REPORTS / "sweep.json", {"by_rho": by_rho(points), "points": points})
     typer.echo(f"{paths.REPORTS / 'sweep.png'}: {len(points)} (rho, seed) points from {len(names)} experiments")
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from advmix.params import load_params
-from advmix.sweep import SMALL, collect, plot, queue_commands
+from advmix.sweep import SMALL, by_rho, collect, plot, queue_commands
 
 
 def test_queue_commands_cover_every_rho_and_valid_overrides(tmp_path):
@@ -45,6 +45,10 @@ def test_collect_reads_per_seed_errors_and_skips_unfinished(tmp_path):
     assert [(p["experiment"], p["rho"], p["seed"]) for p in points] == [("a", 0.9, 0), ("a", 0.9, 1), ("b", 0.99, 0)]
     assert points[0]["reduction"] == pytest.approx(0.5) and points[1]["reduction"] == 0.0
     assert math.isnan(points[2]["reduction"])  # nominal error 0: no relative reduction
+    line = by_rho(points)
+    assert [r["rho"] for r in line] == [0.9, 0.99]
+    assert line[0]["reduction"] == pytest.approx((0.15 - 0.1) / 0.15)  # of the mean errors, not the mean ratio
+    assert math.isnan(line[1]["reduction"])
     plot(points, tmp_path / "sweep.png", "test")
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
