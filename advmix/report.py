@@ -42,7 +42,8 @@ SUMMARY_HTML = REPORTS / "summary.html"
 DVC_LOCK = Path("dvc.lock")
 
 MODE_ORDER = ("nominal", "randmix", "advmix", "linf", "groupdro", "augmix")
-SPLIT_KEYS = ("error", "worst_group_acc", "eod", "dpd", "ece")  # required in every split of an eval json
+SPLIT_KEYS = ("error", "worst_group_acc", "eod", "dpd", "ece")  # in every split of an eval json
+BINARY_ONLY = ("eod", "dpd")  # fairlearn's gaps are defined for two classes: null for colordigits' ten
 RUN_KEYS = ("semantic_robust_acc", "mix_consistency", "linf_robust_acc_2", "linf_robust_acc_8")  # may be null
 BY_GROUP_COLUMNS = ("split", "group", "n", "acc")
 WORST_MIXES_KEYS = ("clean", "mixed", "label", "pred_nominal", "pred_advmix")
@@ -225,9 +226,11 @@ def read_run(path: Path) -> Run:
         raise ReportError(f"{path}: holds mode {mode!r} seed {seed!r}, but its name says {name['mode']!r} "
                          f"seed {name['seed']}")
     for split, metrics in raw["splits"].items():
-        missing = [k for k in SPLIT_KEYS if not isinstance(metrics, dict) or not _is_number(metrics.get(k))]
+        missing = [k for k in SPLIT_KEYS if not isinstance(metrics, dict) or not (
+            _is_number(metrics.get(k)) or (k in BINARY_ONLY and metrics.get(k, 0) is None))]
         if missing:
-            raise ReportError(f"{path}: split {split!r} lacks a number for {missing}")
+            raise ReportError(f"{path}: split {split!r} lacks a number for {missing}"
+                              f"{' (or null: ' + ', '.join(BINARY_ONLY) + ')' if set(missing) & set(BINARY_ONLY) else ''}")
     scalars = {}
     for key in RUN_KEYS:
         value = raw.get(key)

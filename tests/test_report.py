@@ -197,6 +197,25 @@ def test_malformed_inputs_name_the_file(tmp_path):
         report.build_report(tmp_path)
 
 
+def test_multiclass_runs_have_null_fairness_gaps_and_still_report(tmp_path):
+    """EOD and DPD are two-class metrics: evaluate writes null for colordigits' ten classes."""
+    write_inputs(tmp_path, modes=("nominal", "advmix"), by_group=False, extras=False)
+    for path in (tmp_path / "metrics" / "eval").glob("*.json"):
+        raw = json.loads(path.read_text())
+        for split in next(iter(raw.values()))["splits"].values():
+            split["eod"] = split["dpd"] = None
+        path.write_text(json.dumps(raw))
+    summary = report.build_report(tmp_path)
+    assert summary["modes"]["advmix"]["test_balanced"]["eod"] is None
+    assert summary["advmix_vs_nominal"]["relative_error_reduction_balanced"] == pytest.approx(0.4)
+    assert "n/a" in (tmp_path / "reports" / "summary.md").read_text()
+    raw = json.loads(path.read_text())
+    del next(iter(raw.values()))["splits"]["val"]["eod"]  # absent, not null: still an error
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*'eod'.*or null"):
+        report.build_report(tmp_path)
+
+
 def test_a_failed_render_writes_nothing(tmp_path, monkeypatch):
     write_inputs(tmp_path, by_group=False, extras=False)
 
