@@ -229,8 +229,8 @@ def read_run(path: Path) -> Run:
         missing = [k for k in SPLIT_KEYS if not isinstance(metrics, dict) or not (
             _is_number(metrics.get(k)) or (k in BINARY_ONLY and metrics.get(k, 0) is None))]
         if missing:
-            raise ReportError(f"{path}: split {split!r} lacks a number for {missing}"
-                              f"{' (or null: ' + ', '.join(BINARY_ONLY) + ')' if set(missing) & set(BINARY_ONLY) else ''}")
+            hint = f" (or null: {', '.join(BINARY_ONLY)})" if set(missing) & set(BINARY_ONLY) else ""
+            raise ReportError(f"{path}: split {split!r} lacks a number for {missing}{hint}")
     scalars = {}
     for key in RUN_KEYS:
         value = raw.get(key)

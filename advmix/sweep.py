@@ -76,8 +76,13 @@ def collect(rows: list[dict[str, Any]], dataset: str | None = None) -> list[dict
                 continue
             out.append({"experiment": name, "rho": float(rho), "seed": seed,
                         "nominal_error": float(nominal), "advmix_error": float(advmix),
-                        "reduction": (nominal - advmix) / nominal if nominal > 0 else math.nan})
+                        "reduction": _reduction(float(nominal), float(advmix))})
     return out
+
+
+def _reduction(nominal: float, advmix: float) -> float:
+    """Relative test_balanced error reduction; NaN where nominal makes no error (no ratio to speak of)."""
+    return (nominal - advmix) / nominal if nominal > 0 else math.nan
 
 
 def by_rho(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -89,7 +94,7 @@ def by_rho(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
         nominal = sum(p["nominal_error"] for p in at) / len(at)
         advmix = sum(p["advmix_error"] for p in at) / len(at)
         out.append({"rho": rho, "seeds": len(at), "nominal_error": nominal, "advmix_error": advmix,
-                    "reduction": (nominal - advmix) / nominal if nominal > 0 else math.nan})
+                    "reduction": _reduction(nominal, advmix)})
     return out
 
 
