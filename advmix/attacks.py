@@ -40,6 +40,7 @@ class AttackConfig:
     partners: str = "any"  # mixing.partners
     residual: bool = False  # train.residual
     k: int = 4  # AdvMix: partners tried per example
+    strata: int = 0  # AdvMix: partners drawn one per k-means stratum of the pool (0: uniform)
     steps: int = 5  # AdvMix: signed-gradient steps on alpha
     step_size: float = 0.25  # AdvMix: alpha step
     epsilon: float = 8 / 255  # PGD: l-inf radius in [0, 1] pixel units
@@ -52,7 +53,7 @@ class AttackConfig:
         """From a Params object (mixing.partners, train.*) and the resolved mixing layers."""
         t = p.train
         return cls(layers=tuple(int(i) for i in layers), partners=p.mixing.partners, residual=t.residual,
-                   k=t.advmix.partners_k, steps=t.advmix.steps, step_size=t.advmix.step_size,
+                   k=t.advmix.partners_k, strata=t.advmix.strata, steps=t.advmix.steps, step_size=t.advmix.step_size,
                    epsilon=t.linf.epsilon, pgd_steps=t.linf.steps, pgd_step_size=t.linf.step_size,
                    augmix=(t.augmix.severity, t.augmix.width, t.augmix.depth))
 
@@ -66,23 +67,23 @@ class Batch:
 
 
 class LatentBank:
-    """The W+ codes partners are drawn from (the train split), with their labels for the partner rule."""
+    """The W+ codes partners are drawn from (the train split), with their labels for the partner rule.
 
-    def __init__(self, w: Tensor, labels: Tensor | Sequence[int]) -> None:
+    Partners are drawn uniformly from the rule's pool, or, with `strata` > 0, stratified: the pool is split into
+    `strata` k-means clusters of its codes on the mixing rows, and the K draws of an example visit the clusters in
+    turn (one each when K = strata). Uniform draws reach a nuisance value held by 5% of a class in only
+    1 - 0.95^K of the examples; the clusters put such a value within reach of every example without any
+    attribute label. `seed` drives the k-means initialisation.
+    """
+
+    def __init__(self, w: Tensor, labels: Tensor | Sequence[int], seed: int = 0) -> None:
         labels = torch.as_tensor(labels, dtype=torch.long).cpu()
         if w.ndim != 3 or len(w) != len(labels):
             raise ValueError(f"latent bank: expected w [M, L, D] and M labels, got {list(w.shape)} and {len(labels)}")
         self.w = w
         self.labels = labels
-        # rows of each class in a padded table, and each row's position inside its class
-        n_classes = int(labels.max()) + 1 if len(labels) else 0
-        self.count = torch.bincount(labels, minlength=n_classes)
-        order = torch.argsort(labels, stable=True)
-        starts = torch.cumsum(self.count, 0) - self.count
-        self.position = torch.empty_like(labels)
-        self.position[order] = torch.arange(len(labels)) - starts[labels[order]]
-        self.table = torch.zeros(n_classes, int(self.count.max()) if len(labels) else 0, dtype=torch.long)
-        self.table[labels[order], self.position[order]] = order
+        self.seed = seed
+        self._pools: dict[tuple, _Pools] = {}
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -91,36 +92,100 @@ class LatentBank:
         self.w = self.w.to(device)
         return self
 
-    def partners(self, y: Tensor, k: int, rule: str, rng: torch.Generator, index: Tensor | None = None) -> Tensor:
-        """[N, k] bank rows drawn uniformly under the rule (`any` or `same_label`), never the example itself
-        (when `index` gives its row) unless nobody else qualifies."""
+    def pools(self, rule: str, strata: int = 0, layers: Sequence[int] = ()) -> _Pools:
+        """The rule's pools (one per class under same_label, one under any), split into strata; cached."""
         if rule not in PARTNER_RULES:
             raise ValueError(f"partner rule {rule!r}: expected one of {PARTNER_RULES}")
+        key = (rule, strata, tuple(layers) if strata else ())
+        if key not in self._pools:
+            base = self.labels if rule == "same_label" else torch.zeros_like(self.labels)
+            sub = torch.zeros_like(base)
+            if strata:
+                if not layers:
+                    raise ValueError("stratified partners need the mixing layers")
+                codes = self.w[:, list(layers)].detach().float().cpu().flatten(1)
+                g = torch.Generator().manual_seed(self.seed * 1000 + 41)
+                for b in base.unique().tolist():
+                    rows = (base == b).nonzero().flatten()
+                    sub[rows] = kmeans(codes[rows], strata, g)
+            self._pools[key] = _Pools(base, sub)
+        return self._pools[key]
+
+    def partners(self, y: Tensor, k: int, rule: str, rng: torch.Generator, index: Tensor | None = None,
+                 strata: int = 0, layers: Sequence[int] = ()) -> Tensor:
+        """[N, k] bank rows drawn under the rule (`any` or `same_label`), uniformly or stratified (see the class),
+        never the example itself (when `index` gives its row) unless nobody else qualifies."""
+        pools = self.pools(rule, strata, layers)
         y = y.detach().cpu().long()
         n = len(y)
-        if rule == "any":  # one pool holding every row, in row order
-            table, count, position = torch.arange(len(self))[None], torch.tensor([len(self)]), torch.arange(len(self))
-            pool_of = torch.zeros(n, dtype=torch.long)
-        else:
-            missing = sorted({c for c in y.tolist() if c >= len(self.count) or self.count[c] == 0})
-            if missing:
-                raise ValueError(f"partner rule same_label: the bank has no example of class(es) {missing}")
-            table, count, position, pool_of = self.table, self.count, self.position, y
+        base = y if rule == "same_label" else torch.zeros(n, dtype=torch.long)
+        missing = sorted({c for c in base.tolist() if c >= len(pools.n_sub) or pools.n_sub[c] == 0})
+        if missing:
+            raise ValueError(f"partner rule {rule}: the bank has no example of class(es) {missing}")
         u = torch.rand(n, k, generator=rng)
+        pool = pools.first[base][:, None].expand(n, k)
+        if strata:  # draw j of an example visits stratum (offset + j) mod the number of strata of its pool
+            n_sub = pools.n_sub[base][:, None]
+            offset = (torch.rand(n, 1, generator=rng) * n_sub).long()
+            pool = pool + (offset + torch.arange(k)) % n_sub
         if index is not None:
             own = index.detach().cpu().long()
-            own_in_pool = torch.ones(n, dtype=torch.bool) if rule == "any" else self.labels[own] == y
-            own_pos = position[own]
+            own_in_pool = pools.pool_of[own][:, None] == pool
+            own_pos = pools.position[own][:, None]
         else:
-            own_in_pool = torch.zeros(n, dtype=torch.bool)
-            own_pos = torch.zeros(n, dtype=torch.long)
-        size = (count[pool_of] - own_in_pool.long())[:, None]
+            own_in_pool = torch.zeros(n, k, dtype=torch.bool)
+            own_pos = torch.zeros(n, 1, dtype=torch.long)
+        size = pools.count[pool] - own_in_pool.long()
         pos = torch.minimum((u * size).long(), (size - 1).clamp(min=0))
-        pos = pos + (own_in_pool[:, None] & (pos >= own_pos[:, None])).long()  # skip the example itself
-        rows = table[pool_of[:, None].expand(n, k), pos]
+        pos = pos + (own_in_pool & (pos >= own_pos)).long()  # skip the example itself
+        rows = pools.table[pool, pos]
         if index is not None:
             rows = torch.where(size > 0, rows, own[:, None])  # nobody else qualifies: the mix is the identity
         return rows
+
+
+class _Pools:
+    """Bank rows grouped into pools (id = first[base] + stratum) in a padded table, with each row's position."""
+
+    def __init__(self, base: Tensor, sub: Tensor) -> None:
+        n_base = int(base.max()) + 1 if len(base) else 0
+        self.n_sub = torch.zeros(n_base, dtype=torch.long)
+        for b in base.unique().tolist():
+            self.n_sub[b] = int(sub[base == b].max()) + 1
+        self.first = torch.cumsum(self.n_sub, 0) - self.n_sub
+        self.pool_of = self.first[base] + sub
+        n_pools = int(self.n_sub.sum())
+        self.count = torch.bincount(self.pool_of, minlength=n_pools)
+        order = torch.argsort(self.pool_of, stable=True)
+        starts = torch.cumsum(self.count, 0) - self.count
+        self.position = torch.empty_like(base)
+        self.position[order] = torch.arange(len(base)) - starts[self.pool_of[order]]
+        self.table = torch.zeros(n_pools, int(self.count.max()) if len(base) else 0, dtype=torch.long)
+        self.table[self.pool_of[order], self.position[order]] = order
+
+
+def kmeans(x: Tensor, c: int, g: torch.Generator, iters: int = 25, restarts: int = 4) -> Tensor:
+    """Cluster ids 0..c'-1 (c' <= c, no empty cluster) of the rows of x, standardised per column: the lowest
+    within-cluster sum of squares of `restarts` k-means++ starts."""
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6) if len(x) > 1 else x
+    c = min(c, len(x))
+    best, best_sse = None, float("inf")
+    for _ in range(restarts):
+        centres = x[torch.randint(len(x), (1,), generator=g)]
+        for _ in range(1, c):  # k-means++: the next centre drawn far from the chosen ones
+            d2 = torch.cdist(x, centres).min(1).values.pow(2)
+            if float(d2.sum()) == 0.0:
+                break
+            centres = torch.cat([centres, x[torch.multinomial(d2, 1, generator=g)]])
+        for _ in range(iters):
+            assign = torch.cdist(x, centres).argmin(1)
+            centres = torch.stack([x[assign == j].mean(0) if (assign == j).any() else centres[j]
+                                   for j in range(len(centres))])
+        d = torch.cdist(x, centres)
+        sse = float(d.min(1).values.pow(2).sum())
+        if sse < best_sse:
+            best, best_sse = d.argmin(1), sse
+    return torch.unique(best, return_inverse=True)[1]  # renumbered without empty clusters
 
 
 @contextmanager
@@ -176,7 +241,7 @@ def advmix_attack(model: nn.Module, batch: Batch, latents: LatentBank, G: nn.Mod
     with eval_mode(model):
         residual = _residual(G, batch, cfg)
         with torch.no_grad():  # every hard mix in one generator pass of N*K codes
-            cand = latents.partners(y, k, cfg.partners, rng, batch.index).to(latents.w.device)
+            cand = latents.partners(y, k, cfg.partners, rng, batch.index, cfg.strata, layers).to(latents.w.device)
             w_p = latents.w[cand].to(w_x.device, w_x.dtype)  # [N, K, L, D]
             ws = mix(w_x.repeat_interleave(k, 0), w_p.flatten(0, 1), 1.0, layers)
             imgs = _compose(G.synthesis(ws, noise_mode="const"),

@@ -121,12 +121,15 @@ def stratified_subset(groups: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def attack_configs(p, layers: list[int] | None):
-    """The training perturbation set (random mixes) and AdvMix at evaluation strength (more partners and steps)."""
+    """The training perturbation set (random mixes) and AdvMix at evaluation strength (more partners and steps).
+
+    The evaluation attack draws its partners uniformly (strata 0) whatever train.advmix.strata says: the attack
+    every model is measured against must not change with one mode's training choice."""
     from advmix.attacks import AttackConfig
 
     base = AttackConfig.from_params(p, layers or [])
     e = p.evaluate
-    return base, replace(base, k=e.partners_k, steps=e.steps, step_size=e.step_size)
+    return base, replace(base, k=e.partners_k, strata=0, steps=e.steps, step_size=e.step_size)
 
 
 def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | None, p, device

@@ -260,7 +260,7 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
 
     bank = None
     if mode in MIXING_MODES:
-        bank = LatentBank(torch.from_numpy(latents), labels_of(train)).to(device)
+        bank = LatentBank(torch.from_numpy(latents), labels_of(train), seed=p.seed).to(device)
         G = G.to(device).eval().requires_grad_(False)
         if device.type == "cuda":
             G = G.to(memory_format=torch.channels_last)
