@@ -129,7 +129,7 @@ class AdvMixParams(Section):
     """The AdvMix inner maximisation (the layers and the partner rule come from `mixing`)."""
 
     partners_k: int = Field(16, ge=1)  # partners tried per example (hard swaps, one batched generator pass)
-    strata: int = Field(16, ge=0)  # draw the K partners across this many k-means clusters of the pool's codes (0: uniform)
+    strata: int = Field(0, ge=0)  # >0: the K partners visit this many k-means clusters of the pool's codes in turn
     steps: int = Field(2, ge=0)  # projected signed-gradient steps on alpha in [0, 1]^|layers|
     step_size: float = Field(0.5, gt=0, le=1)
 

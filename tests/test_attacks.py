@@ -153,3 +153,45 @@ def test_advmix_same_label_mixes_only_same_label_codes(setup):
         del G.synthesis
     label_of_code = (seen[0][:, :, 0] >= 10).long()  # [N*K, L]
     assert (label_of_code == y.repeat_interleave(4)[:, None]).all()
+
+
+def rare_mode_bank(seed: int = 0):
+    """Two classes of 200 codes; in each, 10 (5%) sit in a distant mode of row 1 (a rare nuisance value)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(400, 3, 8, generator=g)
+    labels = torch.arange(400) % 2
+    rare = torch.zeros(400, dtype=torch.bool)
+    rare[torch.cat([torch.arange(0, 40, 2)[:10], torch.arange(1, 41, 2)[:10]])] = True
+    w[rare, 1] += 6.0
+    return w, labels, rare
+
+
+def test_stratified_partners_reach_a_rare_mode_that_uniform_draws_miss():
+    w, labels, rare = rare_mode_bank()
+    bank = LatentBank(w, labels, seed=0)
+    rows = torch.arange(len(labels))
+    common = ~rare
+    uniform = bank.partners(labels, 8, "same_label", torch.Generator().manual_seed(0), rows)
+    strat = bank.partners(labels, 8, "same_label", torch.Generator().manual_seed(0), rows, strata=8, layers=(1,))
+    for got in (uniform, strat):
+        assert (labels[got] == labels[:, None]).all() and not (got == rows[:, None]).any()
+    reach_uniform = rare[uniform[common]].any(1).float().mean().item()
+    reach_strat = rare[strat[common]].any(1).float().mean().item()
+    # uniform: 1 - 0.95^8 = 0.34 expected; stratified: one draw lands in the rare mode's own cluster
+    assert reach_uniform < 0.5, reach_uniform
+    assert reach_strat == 1.0, reach_strat
+    assert len(set(strat[0].tolist())) == 8, "K = strata: one partner per cluster, no repeats"
+
+
+def test_stratified_partners_are_seeded():
+    w, labels, _ = rare_mode_bank()
+    rows = torch.arange(len(labels))
+
+    def draw(bank_seed: int, draw_seed: int) -> torch.Tensor:
+        bank = LatentBank(w, labels, seed=bank_seed)
+        return bank.partners(labels, 4, "any", torch.Generator().manual_seed(draw_seed), rows, strata=5, layers=(1, 2))
+
+    assert torch.equal(draw(0, 0), draw(0, 0))
+    assert not torch.equal(draw(0, 0), draw(0, 1))
+    with pytest.raises(ValueError, match="mixing layers"):
+        LatentBank(w, labels).partners(labels, 4, "any", torch.Generator(), strata=5)
