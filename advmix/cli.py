@@ -303,6 +303,20 @@ def analyze_layers(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None)
                f"(any partner: {pert['any_partner']['label_change']:.3f} / "
                f"{pert['any_partner']['spurious_transfer']:.3f}); on inverted real faces: label change "
                f"{pert['real']['label_change']:.3f}, transfer {pert['real']['spurious_transfer']:.3f}")
+    warning = whole_code_warning(pert["layers"], G.n_latent, pert["partners"])
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
+
+
+def whole_code_warning(layers: list[int], n_latent: int, partners: str) -> str | None:
+    """A perturbation set that swaps every W+ row is not a nuisance change: say so (colordigits at 2,500 iterations
+    did this, and AdvMix then had no effect)."""
+    if len(set(layers)) < n_latent:
+        return None
+    what = "another image of the same class" if partners == "same_label" else "the partner's image, label included"
+    return (f"the perturbation set swaps all {n_latent} W+ rows, so a hard mix is {what}, not a nuisance change: "
+            "this generator has not put the spurious attribute in rows of its own (train it longer, or raise "
+            "gan.style_mixing), and AdvMix cannot target it")
 
 
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="training seed of the classifier (default: `seed`)")]

@@ -88,3 +88,11 @@ def test_analysis_schema_and_auto_respects_threshold(small):
                                        for k in qualifying)
     fixed = analyze(G, probe, ws[:12], "skin_dark", "fine", "any", 0.2, 0.5, seed=0)
     assert fixed["perturbation"]["layers"] == layer_groups(16)["fine"]
+
+
+def test_a_perturbation_set_of_every_row_is_flagged():
+    from advmix.cli import whole_code_warning
+
+    assert whole_code_warning([0, 1, 2, 3], 8, "same_label") is None
+    assert "same class" in whole_code_warning(list(range(8)), 8, "same_label")
+    assert "label included" in whole_code_warning(list(range(8)), 8, "any")
