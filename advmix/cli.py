@@ -446,11 +446,14 @@ def evaluate_cmd(
     except FileNotFoundError:
         raise _fail(f"{path}: no such classifier; run `advmix train --mode {mode} --seed {seed}` first") from None
     device = pick_device(p.train.device, "train.device")
-    G = latents = layers = None
+    G = latents = val_latents = layers = None
     if paths.GENERATOR.is_file() and paths.latents_file("test_balanced").is_file():
         G, layers, latents = _mixing_inputs(p, ds, "test_balanced")
+        if paths.latents_file("val").is_file():
+            val_latents = _mixing_inputs(p, ds, "val")[2]
     t0 = time.time()
-    result, by_group = evaluate_classifier(model, ds, p, device, G=G, latents=latents, layers=layers)
+    result, by_group = evaluate_classifier(model, ds, p, device, G=G, latents=latents, layers=layers,
+                                           val_latents=val_latents)
     result = {"mode": mode, "seed": seed, "uses_group_labels": mode in GROUP_LABEL_MODES} | result
     name = paths.run_name(mode, seed)
     atomic_write_bytes(paths.eval_dir(mode, seed) / "by_group.csv",
@@ -459,7 +462,8 @@ def evaluate_cmd(
     bal = result["splits"].get("test_balanced", {})
     typer.echo(f"{name}: test_balanced error {bal.get('error', float('nan')):.4f}, worst group "
                f"{bal.get('worst_group_acc', float('nan')):.4f}, semantic robust acc "
-               f"{result.get('semantic_robust_acc')}, mix consistency {result.get('mix_consistency')}, "
+               f"{result.get('semantic_robust_acc')}, mix consistency {result.get('mix_consistency')}, val robust "
+               f"acc (selection) {result.get('val_semantic_robust_acc')}, "
                f"{time.time() - t0:.0f} s")
 
 

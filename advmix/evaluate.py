@@ -132,16 +132,21 @@ def attack_configs(p, layers: list[int] | None):
     return base, replace(base, k=e.partners_k, strata=0, steps=e.steps, step_size=e.step_size)
 
 
-def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | None, p, device
-               ) -> dict[str, Any]:
-    """Semantic (AdvMix) and pixel (PGD) robust accuracy and mix consistency on a subset of `ds`."""
+def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | None, p, device, *,
+               rows: np.ndarray | None = None, pixel: bool = True) -> dict[str, Any]:
+    """Semantic (AdvMix) and pixel (PGD) robust accuracy and mix consistency on `rows` of `ds`.
+
+    `rows`: default, a seeded group-stratified subset of `evaluate.robust_images`. `pixel`: also PGD.
+    """
     import torch
 
     from advmix.attacks import Batch, LatentBank, advmix_attack, pgd_linf, randmix
     from advmix.probes import to_tensor
 
     e = p.evaluate
-    rows = stratified_subset(ds.manifest["group"].to_numpy(), e.robust_images, p.seed)
+    if rows is None:
+        rows = stratified_subset(ds.manifest["group"].to_numpy(), e.robust_images, p.seed)
+    epsilons = e.linf_epsilons if pixel else []
     y_all = torch.from_numpy(ds.manifest["label"].to_numpy().astype(np.int64))
     base, strong = attack_configs(p, layers)
     rng = torch.Generator().manual_seed(p.seed * 1000 + 31)
@@ -149,7 +154,7 @@ def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | 
     if G is not None and w is not None and layers:
         bank = LatentBank(torch.from_numpy(w), y_all).to(device)
         G = G.to(device).eval().requires_grad_(False)
-    counts = {"clean": 0, "semantic": 0, "changed": 0, "mixes": 0} | {f"linf_{eps}": 0 for eps in e.linf_epsilons}
+    counts = {"clean": 0, "semantic": 0, "changed": 0, "mixes": 0} | {f"linf_{eps}": 0 for eps in epsilons}
     model = model.to(device).eval()
     for chunk in np.array_split(rows, max(1, len(rows) // p.train.eval_batch + 1)):
         if not len(chunk):
@@ -170,7 +175,7 @@ def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | 
                     x_mix, _ = randmix(model, batch, bank, G, base, rng)
                     counts["changed"] += int((model(x_mix).argmax(1) != clean_pred).sum())
                     counts["mixes"] += len(chunk)
-        for eps in e.linf_epsilons:
+        for eps in epsilons:
             cfg = replace(base, epsilon=eps, pgd_steps=e.linf_steps, pgd_step_size=eps / 4)
             x_adv, _ = pgd_linf(model, batch, None, None, cfg, rng)
             with torch.no_grad():
@@ -179,14 +184,30 @@ def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | 
     out: dict[str, Any] = {"robust_images": int(n), "robust_clean_acc": counts["clean"] / n,
                            "semantic_robust_acc": counts["semantic"] / n if bank is not None else None,
                            "mix_consistency": counts["changed"] / counts["mixes"] if counts["mixes"] else None}
-    for eps in e.linf_epsilons:
+    for eps in epsilons:
         out[f"linf_robust_acc_{round(eps * 255)}"] = counts[f"linf_{eps}"] / n
     return out
 
 
+def val_selection(model, val: Dataset, w: np.ndarray, G, layers: list[int], p, device) -> dict[str, Any]:
+    """The label-free figure for choosing hyperparameters: AdvMix-robust accuracy on val at evaluation strength.
+
+    Val carries the training correlation, so its clean accuracy cannot see a shortcut (every AdvMix setting
+    measured scored 0.99-1.0); an attack that swaps the nuisance rows can. No group label is read: the images
+    are a seeded uniform subset and the partners are val's own codes of the same class.
+    """
+    n = min(p.evaluate.robust_images, len(val))
+    rows = np.sort(np.random.default_rng([p.seed, 11]).permutation(len(val))[:n])
+    r = robustness(model, val, w, G, layers, p, device, rows=rows, pixel=False)
+    return {"val_robust_images": n, "val_semantic_robust_acc": r["semantic_robust_acc"],
+            "val_mix_consistency": r["mix_consistency"]}
+
+
 def evaluate_classifier(model, ds: Dataset, p, device, *, G=None, latents: np.ndarray | None = None,
-                        layers: list[int] | None = None) -> tuple[dict[str, Any], list[dict]]:
-    """Every metric of one classifier. `ds` holds all splits; `latents`: W+ codes of test_balanced (row order).
+                        layers: list[int] | None = None, val_latents: np.ndarray | None = None
+                        ) -> tuple[dict[str, Any], list[dict]]:
+    """Every metric of one classifier. `ds` holds all splits; `latents`: W+ codes of test_balanced (row order),
+    `val_latents` those of val (for the selection figure, `val_selection`).
 
     Returns the metrics ({"splits": {split: {...}}, robust figures}) and the by-group rows of every split.
     """
@@ -204,6 +225,9 @@ def evaluate_classifier(model, ds: Dataset, p, device, *, G=None, latents: np.nd
     balanced = ds.split("test_balanced")
     if len(balanced):
         result |= robustness(model, balanced, latents, G, layers, p, device)
+    val = ds.split("val")
+    if G is not None and val_latents is not None and layers and len(val):
+        result |= val_selection(model, val, val_latents, G, layers, p, device)
     return result, by_group
 
 

@@ -195,3 +195,27 @@ def test_stratified_partners_are_seeded():
     assert not torch.equal(draw(0, 0), draw(0, 1))
     with pytest.raises(ValueError, match="mixing layers"):
         LatentBank(w, labels).partners(labels, 4, "any", torch.Generator(), strata=5)
+
+
+def test_val_selection_reads_no_group_label_and_is_seeded(setup):
+    """The hyperparameter-selection figure: AdvMix-robust accuracy on val, with no group column at hand."""
+    import numpy as np
+
+    from advmix.data.store import Dataset
+    from advmix.evaluate import robustness, val_selection
+    from advmix.params import parse_params
+
+    model, G, x, _, w = setup
+    p = parse_params({"mixing": {"partners": "any"}, "evaluate": {"robust_images": 24, "partners_k": 4, "steps": 2,
+                                                                    "random_mixes": 2}})
+    images = ((x.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    val = Dataset(images, build_dataset(tiny_params(resolution=16)).split("train").manifest.drop(columns="group"),
+                  {"n_classes": 2})
+    first = val_selection(model, val, w.numpy(), G, list(LAYERS), p, torch.device("cpu"))
+    assert first == val_selection(model, val, w.numpy(), G, list(LAYERS), p, torch.device("cpu"))
+    assert first["val_robust_images"] == 24
+    rows = np.sort(np.random.default_rng([p.seed, 11]).permutation(len(val))[:24])
+    clean = robustness(model, val, w.numpy(), G, list(LAYERS), p, torch.device("cpu"), rows=rows, pixel=False)
+    assert "linf_robust_acc_8" not in clean
+    # the fitted model is right on its training faces; swapping the nuisance rows of a random G breaks many
+    assert clean["robust_clean_acc"] > 0.9 and first["val_semantic_robust_acc"] < clean["robust_clean_acc"] - 0.2
