@@ -196,7 +196,7 @@ def val_selection(model, val: Dataset, w: np.ndarray, G, layers: list[int], p, d
     measured scored 0.99-1.0); an attack that swaps the nuisance rows can. No group label is read: the images
     are a seeded uniform subset and the partners are val's own codes of the same class.
     """
-    n = min(p.evaluate.robust_images, len(val))
+    n = min(p.evaluate.val_robust_images, len(val))
     rows = np.sort(np.random.default_rng([p.seed, 11]).permutation(len(val))[:n])
     r = robustness(model, val, w, G, layers, p, device, rows=rows, pixel=False)
     return {"val_robust_images": n, "val_semantic_robust_acc": r["semantic_robust_acc"],
@@ -211,6 +211,7 @@ def evaluate_classifier(model, ds: Dataset, p, device, *, G=None, latents: np.nd
 
     Returns the metrics ({"splits": {split: {...}}, robust figures}) and the by-group rows of every split.
     """
+    model = model.to(device).eval()  # a loaded classifier is on the CPU
     train_groups = ds.split("train").manifest["group"].to_numpy().astype(int)
     result: dict[str, Any] = {"splits": {}}
     by_group: list[dict] = []
@@ -226,7 +227,7 @@ def evaluate_classifier(model, ds: Dataset, p, device, *, G=None, latents: np.nd
     if len(balanced):
         result |= robustness(model, balanced, latents, G, layers, p, device)
     val = ds.split("val")
-    if G is not None and val_latents is not None and layers and len(val):
+    if G is not None and val_latents is not None and layers and len(val) and p.evaluate.val_robust_images:
         result |= val_selection(model, val, val_latents, G, layers, p, device)
     return result, by_group
 

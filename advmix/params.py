@@ -197,6 +197,7 @@ class EvaluateParams(Section):
     """Evaluation (advmix/evaluate.py): attacks stronger than in training, on a fixed subset of test_balanced."""
 
     robust_images: int = Field(256, ge=1)  # test_balanced images attacked (a seeded, group-stratified subset)
+    val_robust_images: int = Field(256, ge=0)  # val images for the selection figure (seeded, uniform); 0: none
     partners_k: int = Field(32, ge=1)  # AdvMix at evaluation strength: more partners and steps than in training
     steps: int = Field(5, ge=0)
     step_size: float = Field(0.25, gt=0, le=1)

@@ -206,7 +206,7 @@ def test_val_selection_reads_no_group_label_and_is_seeded(setup):
     from advmix.params import parse_params
 
     model, G, x, _, w = setup
-    p = parse_params({"mixing": {"partners": "any"}, "evaluate": {"robust_images": 24, "partners_k": 4, "steps": 2,
+    p = parse_params({"mixing": {"partners": "any"}, "evaluate": {"val_robust_images": 24, "partners_k": 4, "steps": 2,
                                                                     "random_mixes": 2}})
     images = ((x.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     val = Dataset(images, build_dataset(tiny_params(resolution=16)).split("train").manifest.drop(columns="group"),

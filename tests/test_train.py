@@ -248,7 +248,7 @@ def test_cli_train_advmix_with_a_saved_generator(project):
     assert result["robust_images"] == 12
     assert 0 <= result["semantic_robust_acc"] <= result["robust_clean_acc"]
     assert result["linf_robust_acc_8"] <= result["linf_robust_acc_2"] + 1 / 12 and 0 <= result["mix_consistency"] <= 1
-    assert result["val_robust_images"] == 8 and 0 <= result["val_semantic_robust_acc"] <= 1  # all of val (8 < 12)
+    assert result["val_robust_images"] == 8 and 0 <= result["val_semantic_robust_acc"] <= 1  # all of val (8 < 256)
     by_group = (root / "results" / "eval" / "advmix-s0" / "by_group.csv").read_text().splitlines()
     assert by_group[0] == "split,group,n,acc,selection_rate,tpr"
     assert sum(line.startswith("test_balanced,") for line in by_group) == 4
@@ -259,7 +259,10 @@ def test_cli_train_advmix_with_a_saved_generator(project):
     assert run_cli("--mode", "nominal").exit_code == 0
     small_eval = ["-S", "evaluate.robust_images=12", "-S", "evaluate.partners_k=2", "-S", "evaluate.steps=1",
                   "-S", "evaluate.worst_mixes=4"]
-    assert CliRunner().invoke(app, ["evaluate", "--mode", "nominal", *CLI_SETS, *small_eval]).exit_code == 0
+    assert CliRunner().invoke(app, ["evaluate", "--mode", "nominal", *CLI_SETS, *small_eval,
+                                    "-S", "evaluate.val_robust_images=0"]).exit_code == 0
+    nominal = json.loads((root / "metrics" / "eval" / "nominal-s0.json").read_text())["eval_nominal_s0"]
+    assert "val_semantic_robust_acc" not in nominal and nominal["semantic_robust_acc"] is not None  # 0 skips val only
     res = CliRunner().invoke(app, ["report", *CLI_SETS, *small_eval])
     assert res.exit_code == 0, (res.output, res.exception)
     with np.load(root / "results" / "report" / "worst_mixes.npz") as npz:
@@ -267,6 +270,20 @@ def test_cli_train_advmix_with_a_saved_generator(project):
     summary = json.loads((root / "metrics" / "summary.json").read_text())
     assert set(summary["modes"]) == {"nominal", "advmix"}
     assert "data:image/png;base64," in (root / "reports" / "summary.html").read_text()
+
+    # bench/seed_spread.py: the stages' train and evaluate calls, modes x seeds in one process, nothing written
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("seed_spread", Path(__file__).parents[1] / "bench" / "seed_spread.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    out = bench.main(["--modes", "nominal", "advmix", "--seeds", "0", "1", "--device", "cpu", *CLI_SETS, *small_eval])
+    assert [(r["mode"], r["seed"]) for r in out["rows"]] == [("nominal", 0), ("advmix", 0), ("nominal", 1),
+                                                              ("advmix", 1)]
+    nominal_errors = [r["error"] for r in out["rows"] if r["mode"] == "nominal"]
+    assert out["summary"]["nominal"]["error"] == pytest.approx(sum(nominal_errors) / 2)
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
 
 
 def test_bench_smoke():
