@@ -326,19 +326,28 @@ def _mixing_inputs(p, ds, split: str):
     """The generator, the resolved mixing layers and one split's W+ codes, or a clear exit."""
     from advmix import paths
     from advmix.gan import checkpoints
-    from advmix.gan.invert import LatentsError
     from advmix.mixing import resolve_layers
-    from advmix.train import load_latents
 
     try:
         G, _, _ = checkpoints.load_generator(paths.GENERATOR)
         if G.size != ds.images.shape[1]:
             raise _fail(f"{paths.GENERATOR} makes {G.size} px images but the dataset has {ds.images.shape[1]} px")
         layers = resolve_layers(p.mixing.layers, G.size, paths.LAYERS_METRICS)
-        latents = load_latents(paths.LATENTS_DIR, ds.split(split), split, G.n_latent, G.style_dim)
-    except (checkpoints.CheckpointError, LatentsError, FileNotFoundError, ValueError, KeyError) as exc:
+    except (checkpoints.CheckpointError, FileNotFoundError, ValueError, KeyError) as exc:
         raise _fail(str(exc)) from None
-    return G, layers, latents
+    return G, layers, _split_latents(ds, split, G)
+
+
+def _split_latents(ds, split: str, G):
+    """One split's W+ codes, checked against the split and the generator, or a clear exit."""
+    from advmix import paths
+    from advmix.gan.invert import LatentsError
+    from advmix.train import load_latents
+
+    try:
+        return load_latents(paths.LATENTS_DIR, ds.split(split), split, G.n_latent, G.style_dim)
+    except (LatentsError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
 
 
 def _mode(mode: str) -> str:
@@ -450,7 +459,7 @@ def evaluate_cmd(
     if paths.GENERATOR.is_file() and paths.latents_file("test_balanced").is_file():
         G, layers, latents = _mixing_inputs(p, ds, "test_balanced")
         if paths.latents_file("val").is_file():
-            val_latents = _mixing_inputs(p, ds, "val")[2]
+            val_latents = _split_latents(ds, "val", G)
     t0 = time.time()
     result, by_group = evaluate_classifier(model, ds, p, device, G=G, latents=latents, layers=layers,
                                            val_latents=val_latents)

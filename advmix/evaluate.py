@@ -120,6 +120,11 @@ def stratified_subset(groups: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.array(chosen))
 
 
+def uniform_subset(n_rows: int, n: int, seed: int) -> np.ndarray:
+    """Up to n row indices drawn uniformly (no group labels needed); sorted, fixed by `seed`."""
+    return np.sort(np.random.default_rng([seed, 11]).permutation(n_rows)[:n])
+
+
 def attack_configs(p, layers: list[int] | None):
     """The training perturbation set (random mixes) and AdvMix at evaluation strength (more partners and steps).
 
@@ -196,10 +201,9 @@ def val_selection(model, val: Dataset, w: np.ndarray, G, layers: list[int], p, d
     measured scored 0.99-1.0); an attack that swaps the nuisance rows can. No group label is read: the images
     are a seeded uniform subset and the partners are val's own codes of the same class.
     """
-    n = min(p.evaluate.val_robust_images, len(val))
-    rows = np.sort(np.random.default_rng([p.seed, 11]).permutation(len(val))[:n])
+    rows = uniform_subset(len(val), p.evaluate.val_robust_images, p.seed)
     r = robustness(model, val, w, G, layers, p, device, rows=rows, pixel=False)
-    return {"val_robust_images": n, "val_semantic_robust_acc": r["semantic_robust_acc"],
+    return {"val_robust_images": len(rows), "val_semantic_robust_acc": r["semantic_robust_acc"],
             "val_mix_consistency": r["mix_consistency"]}
 
 

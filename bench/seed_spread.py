@@ -21,7 +21,7 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> dict:
     import torch
 
-    from advmix.cli import _dataset, _load, _mixing_inputs
+    from advmix.cli import _dataset, _load, _mixing_inputs, _split_latents
     from advmix.evaluate import evaluate_classifier
     from advmix.runtime import pick_device
     from advmix.train import MIXING_MODES, MODES, train_classifier
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     ds = _dataset(p)
     train, val = ds.split("train"), ds.split("val")
     G, layers, w_train = _mixing_inputs(p, ds, "train")
-    w_balanced, w_val = _mixing_inputs(p, ds, "test_balanced")[2], _mixing_inputs(p, ds, "val")[2]
+    w_balanced, w_val = _split_latents(ds, "test_balanced", G), _split_latents(ds, "val", G)
     device = pick_device(args.device)
     rows = []
     for seed in args.seeds:

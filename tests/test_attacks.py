@@ -202,7 +202,7 @@ def test_val_selection_reads_no_group_label_and_is_seeded(setup):
     import numpy as np
 
     from advmix.data.store import Dataset
-    from advmix.evaluate import robustness, val_selection
+    from advmix.evaluate import robustness, uniform_subset, val_selection
     from advmix.params import parse_params
 
     model, G, x, _, w = setup
@@ -214,7 +214,8 @@ def test_val_selection_reads_no_group_label_and_is_seeded(setup):
     first = val_selection(model, val, w.numpy(), G, list(LAYERS), p, torch.device("cpu"))
     assert first == val_selection(model, val, w.numpy(), G, list(LAYERS), p, torch.device("cpu"))
     assert first["val_robust_images"] == 24
-    rows = np.sort(np.random.default_rng([p.seed, 11]).permutation(len(val))[:24])
+    rows = uniform_subset(len(val), 24, p.seed)
+    assert len(set(rows.tolist())) == 24 and (np.diff(rows) > 0).all()
     clean = robustness(model, val, w.numpy(), G, list(LAYERS), p, torch.device("cpu"), rows=rows, pixel=False)
     assert "linf_robust_acc_8" not in clean
     # the fitted model is right on its training faces; swapping the nuisance rows of a random G breaks many
