@@ -152,8 +152,11 @@ def probe(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
 
     p = _load(params, set_)
     ds = _dataset(p)
-    with _progress("probe", p.probe.epochs * max(1, p.data.sizes.train // p.probe.batch)) as step:
-        model, metrics, _ = train_probe(ds.split("train"), ds.split("val"), p.probe.epochs, p.probe.batch,
+    # a measuring instrument learns best where the attributes are independent: in the pool, when there is one
+    # (a probe taught on the skewed train split reads skin tone as part of the smile)
+    source = ds.split("pool") if len(ds.split("pool")) else ds.split("train")
+    with _progress("probe", p.probe.epochs * max(1, len(source) // p.probe.batch)) as step:
+        model, metrics, _ = train_probe(source, ds.split("val"), p.probe.epochs, p.probe.batch,
                                         p.probe.lr, p.probe.width, p.seed, progress=step)
     save_probe(paths.PROBE, model, ds.images.shape[1], p.probe.width)
     atomic_write_json(paths.PROBE_METRICS, metrics)
@@ -163,7 +166,8 @@ def probe(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
 
 @app.command("train-gan")
 def train_gan_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Train StyleGAN2 on the train split (or load gan.pretrained); write samples, mixing grid and quality."""
+    """Train StyleGAN2 on `gan.data` (the unlabelled pool by default) or load gan.pretrained; write samples, mixing
+    grid and quality."""
     import time
 
     from advmix import paths
@@ -176,7 +180,7 @@ def train_gan_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) 
 
     p = _load(params, set_)
     ds = _dataset(p)
-    train = ds.split("train")
+    train = _generator_data(p, ds)
     t0 = time.time()
     if p.gan.pretrained is not None:
         try:
@@ -198,6 +202,7 @@ def train_gan_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) 
         G, w_avg, config = run.pop("G_ema"), run.pop("w_avg"), run.pop("config")
         checkpoints.save_generator(paths.GENERATOR, G, config, w_avg)
         run = {k: v for k, v in run.items() if k in ("iterations", "seconds", "images_per_s", "resumed_from")}
+        run |= {"data": p.gan.data, "images": len(train)}
     save_png(grid(sample_images(G, 64, p.seed), ncol=8, scale=max(1, 96 // G.size)),
              paths.GAN_REPORTS / "samples.png")
     save_png(mixing_grid(G, layer_groups(G.size)["coarse"], 6, p.seed), paths.GAN_REPORTS / "mixing.png")
@@ -208,9 +213,20 @@ def train_gan_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) 
                f"mean attribute TV {quality['attribute_tv_mean']:.3f}, {time.time() - t0:.0f} s")
 
 
+def _generator_data(p, ds):
+    """The split the generator and the encoder learn from (`gan.data`); its labels are never read."""
+    part = ds.split(p.gan.data)
+    if not len(part):
+        raise _fail(f"gan.data: the dataset has no {p.gan.data!r} images; set data.sizes.pool > 0 and rerun "
+                    "`advmix prepare`, or set gan.data: train")
+    return part
+
+
 @app.command()
 def extract(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Invert every split into W+ (encoder, then per-image refinement): latents, encoder, metrics and a grid.
+    """Invert every labelled split into W+ (encoder, then per-image refinement): latents, encoder, metrics, a grid.
+
+    The encoder is fine-tuned on real images of `gan.data`, the split the generator learnt from.
 
     Writes data/latents/<split>.npy (row order = the split's manifest order) + info.json, models/encoder.pt,
     metrics/inversion.json (reconstruction and probe agreement, refined and encoder-only) and reports/inversion.png.
@@ -235,11 +251,11 @@ def extract(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> Non
         raise _fail(f"{paths.GENERATOR} makes {G.size} px images but the dataset has {ds.images.shape[1]} px")
     splits = {name: part for name in SPLITS if len(part := ds.split(name))}
     if "train" not in splits:
-        raise _fail("the dataset has no train split: the encoder is fine-tuned on it")
+        raise _fail("the dataset has no train split: its codes are the partners of every mix")
     t0 = time.time()
     with _progress("extract", invert.progress_total(p.extract, sum(len(s) for s in splits.values()))) as step:
         out = invert.extract(G, w_avg, probe_model, {k: s.images for k, s in splits.items()}, p.extract, p.seed,
-                             progress=step)
+                             encoder_images=_generator_data(p, ds).images, progress=step)
     invert.save_latents(paths.LATENTS_DIR, out["latents"], {k: s.manifest for k, s in splits.items()},
                         extra={"n_latent": G.n_latent, "style_dim": G.style_dim, "mode": p.extract.mode,
                                "generator": str(paths.GENERATOR)})

@@ -199,7 +199,7 @@ def val_selection(model, val: Dataset, w: np.ndarray, G, layers: list[int], p, d
 
     Val carries the training correlation, so its clean accuracy cannot see a shortcut (every AdvMix setting
     measured scored 0.99-1.0); an attack that swaps the nuisance rows can. No group label is read: the images
-    are a seeded uniform subset and the partners are val's own codes of the same class.
+    are a seeded uniform subset and the partners are val's own codes (under `mixing.partners`).
     """
     rows = uniform_subset(len(val), p.evaluate.val_robust_images, p.seed)
     r = robustness(model, val, w, G, layers, p, device, rows=rows, pixel=False)

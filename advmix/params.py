@@ -11,7 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-SPLITS = ("train", "val", "test_iid", "test_balanced", "test_flipped")
+SPLITS = ("train", "val", "test_iid", "test_balanced", "test_flipped")  # the labelled splits
+POOL = "pool"  # unlabelled for training: the generator and the encoder learn from it; no stage reads its labels
+ALL_SPLITS = (*SPLITS, POOL)
 
 
 class ParamsError(ValueError):
@@ -28,9 +30,10 @@ class SplitSizes(Section):
     test_iid: int = Field(400, ge=4)
     test_balanced: int = Field(800, ge=4)
     test_flipped: int = Field(400, ge=4)
+    pool: int = Field(10_000, ge=0)  # label-independent images for the GAN, the encoder and the probe
 
     def as_dict(self) -> dict[str, int]:
-        return {s: getattr(self, s) for s in SPLITS}
+        return {s: getattr(self, s) for s in ALL_SPLITS}
 
 
 class CelebAParams(Section):
@@ -44,6 +47,7 @@ class DataParams(Section):
     resolution: int = 32
     rho: float = Field(0.95, ge=0.0, le=1.0)  # label/spurious agreement in train, val and test_iid
     spurious: Literal["skin_dark", "glasses"] = "skin_dark"  # synthfaces only
+    mouth: Literal["subtle", "medium", "wide"] = "medium"  # synthfaces only: how salient the smile is in pixels
     sizes: SplitSizes = SplitSizes()
     celeba: CelebAParams = CelebAParams()
 
@@ -61,6 +65,7 @@ class ValidateParams(Section):
     min_pixel_std: float = Field(0.02, ge=0.0)  # per image, pixels in [0, 1]
     mean_range: tuple[float, float] = (0.02, 0.98)
     max_saturated: float = Field(0.5, ge=0.0, le=1.0)  # fraction of pixels at 0 or 255
+    pool_tolerance: float = Field(0.1, ge=0.0, le=0.5)  # the pool's label/spurious agreement must be 0.5 +- this
 
     @model_validator(mode="after")
     def _ordered(self) -> ValidateParams:
@@ -96,11 +101,12 @@ class GanParams(Section):
     checkpoint_minutes: float = Field(3.0, gt=0)
     eval_samples: int = Field(1000, ge=16)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: Literal["pool", "train"] = "pool"  # the split the generator and the encoder learn from (no labels read)
 
 
 class MixingParams(Section):
     layers: Literal["auto", "coarse", "middle", "fine", "middle+fine"] | list[int] = "auto"
-    partners: Literal["any", "same_label"] = "same_label"  # who may donate nuisance layers (the paper: anyone)
+    partners: Literal["any", "same_label"] = "any"  # who may donate nuisance layers (the paper: anyone)
     max_label_change: float = Field(0.1, ge=0, le=1)  # for `auto`: the label may change in at most this share
     min_transfer: float = Field(0.7, ge=0, le=1)  # for `auto`: the smallest range moving the spurious this often
     analysis_pairs: int = Field(2048, ge=8)

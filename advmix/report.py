@@ -342,6 +342,7 @@ def summarize(runs: list[Run], dataset: str, rho: float) -> dict[str, Any]:
         entry["seeds"] = sorted(r.seed for r in group)
         modes[mode] = entry
     wga = {m: modes.get(m, {}).get("test_balanced", {}).get("worst_group_acc") for m in ("nominal", "advmix")}
+    grouped = by_mode(runs)
     return {
         "dataset": dataset,
         "rho": rho,
@@ -349,8 +350,37 @@ def summarize(runs: list[Run], dataset: str, rho: float) -> dict[str, Any]:
         "advmix_vs_nominal": {
             "relative_error_reduction_balanced": relative_error_reduction(modes, "advmix"),
             "worst_group_gain": None if None in wga.values() else wga["advmix"] - wga["nominal"],
+            **paired_gain(grouped.get("nominal", []), grouped.get("advmix", [])),
         },
+        "vs_nominal": {m: paired_gain(grouped["nominal"], g) for m, g in grouped.items()
+                       if m != "nominal" and "nominal" in grouped},
+        "ci_method": CI_METHOD,
     }
+
+
+CI_METHOD = ("seed-paired percentile bootstrap, 10,000 resamples of the seeds both modes share (a resample keeps "
+             "each seed's pair together), 95%: relative test_balanced error reduction of the seed means, and "
+             "the gain in mean worst-group accuracy on test_balanced")
+
+
+def paired_gain(nominal: list[Run], other: list[Run]) -> dict[str, Any]:
+    """The seed-paired bootstrap CI of `other` against nominal on test_balanced; None values with < 2 seeds."""
+    from advmix.stats import paired_bootstrap
+
+    def at(runs: list[Run], key: str) -> dict[int, float]:
+        return {r.seed: float(r.splits["test_balanced"][key]) for r in runs
+                if r.splits.get("test_balanced", {}).get(key) is not None}
+
+    e0, e1, w0, w1 = at(nominal, "error"), at(other, "error"), at(nominal, "worst_group_acc"), at(other,
+                                                                                                 "worst_group_acc")
+    seeds = sorted(set(e0) & set(e1) & set(w0) & set(w1))
+    if len(seeds) < 2:
+        return {"paired_seeds": seeds, "relative_error_reduction_ci": None, "worst_group_gain_ci": None}
+    g = paired_bootstrap(seeds, [e0[s] for s in seeds], [e1[s] for s in seeds], [w0[s] for s in seeds],
+                         [w1[s] for s in seeds])
+    return {"paired_seeds": seeds, "relative_error_reduction": g.relative_error_reduction,
+            "relative_error_reduction_ci": list(g.relative_error_reduction_ci),
+            "worst_group_gain": g.worst_group_gain, "worst_group_gain_ci": list(g.worst_group_gain_ci)}
 
 
 def relative_error_reduction(modes: dict[str, Any], mode: str) -> float | None:
@@ -529,6 +559,10 @@ def report_blocks(summary: dict[str, Any], inputs: Inputs, figures: list[Figure]
         blocks.append(("p", (f"AdvMix vs nominal on test_balanced: relative error reduction "
                              f"{gain['relative_error_reduction_balanced']:+.1%}, worst-group accuracy gain "
                              f"{_fmt(gain['worst_group_gain'], signed=True)}.")))
+    if summary["vs_nominal"]:
+        blocks += [("h", 2, "Against nominal, with confidence intervals"),
+                   ("table", *gain_table(summary["vs_nominal"])),
+                   ("p", f"Intervals: {summary['ci_method']}. n/a: fewer than two shared seeds.")]
     blocks += [("h", 2, "Per seed"), ("table", *per_seed_table(inputs.runs))]
     blocks += [("h", 2, "Figures")]
     for fig in figures:
@@ -572,6 +606,20 @@ def comparison_table(summary: dict[str, Any], runs: list[Run]) -> tuple[list[str
             *(_fmt(*mean_std(_values(grouped[mode], None, k))) for k in RUN_KEYS),
             "yes" if entry["uses_group_labels"] else "no",
         ])
+    return headers, rows
+
+
+def gain_table(vs_nominal: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    headers = ["mode", "seeds", "rel. test_balanced error reduction", "95% CI", "worst-group gain", "95% CI"]
+
+    def ci(v: list[float] | None, pct: bool) -> str:
+        return "n/a" if v is None else (f"[{v[0]:+.1%}, {v[1]:+.1%}]" if pct else f"[{v[0]:+.3f}, {v[1]:+.3f}]")
+
+    rows = [[mode, ", ".join(map(str, g["paired_seeds"])),
+             "n/a" if g.get("relative_error_reduction") is None else f"{g['relative_error_reduction']:+.1%}",
+             ci(g["relative_error_reduction_ci"], True),
+             "n/a" if g.get("worst_group_gain") is None else f"{g['worst_group_gain']:+.3f}",
+             ci(g["worst_group_gain_ci"], False)] for mode, g in vs_nominal.items()]
     return headers, rows
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 
 from advmix.data.splits import agreement_of
 from advmix.data.store import Dataset, atomic_write_bytes, atomic_write_json
-from advmix.params import SPLITS, Params
+from advmix.params import ALL_SPLITS, POOL, Params
 
 INT_TYPES = ["int64", "int32", "int16", "int8", "Int64"]
 
@@ -62,16 +62,21 @@ def image_frame(ds: Dataset) -> pd.DataFrame:
 
 
 def split_frame(ds: Dataset, params: Params) -> pd.DataFrame:
-    """One row per split: size against params, agreement against its target, group balance."""
+    """One row per split: size against params, agreement against its target, group balance; for the pool, how far
+    label/spurious agreement is from 0.5 (independence)."""
     m, spur = ds.manifest, ds.info.get("spurious")
     sizes = params.data.sizes.as_dict()
     rows = []
-    for split in SPLITS:
+    for split in ALL_SPLITS:
         part = m[m["split"] == split]
         row = {"split": split, "n": len(part), "expected_n": sizes[split], "agreement": np.nan,
-               "agreement_error": 0.0, "group_share_error": 0.0}
+               "agreement_error": 0.0, "group_share_error": 0.0, "independence_error": 0.0}
         if {"label", spur} <= set(m.columns) and len(part):
             row["agreement"] = float((part["label"] == part[spur]).mean())
+            if split == POOL:  # the pool need not be balanced (celeba's is not), only free of the correlation
+                row["independence_error"] = abs(row["agreement"] - 0.5)
+                rows.append(row)
+                continue
             target = agreement_of(split, params.data.rho)
             if target is not None:
                 # a split of n images can only realise multiples of 1/n: allow that rounding on tiny splits
@@ -104,7 +109,7 @@ def image_expectations(info: dict[str, Any], params: Params) -> list:
         _named(gxe.ExpectTableColumnsToMatchSet(column_set=required, exact_match=False), "required_columns"),
         _named(gxe.ExpectColumnValuesToBeUnique(column="id"), "unique_ids"),
         _named(gxe.ExpectColumnValuesToNotBeNull(column="id"), "ids_present"),
-        _named(gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)), "split_names"),
+        _named(gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(ALL_SPLITS)), "split_names"),
         _named(gxe.ExpectColumnValuesToBeInTypeList(column="label", type_list=INT_TYPES), "label_type"),
         _named(gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(range(info["n_classes"]))),
                "label_set"),
@@ -134,6 +139,8 @@ def split_expectations(params: Params) -> list:
         _named(gxe.ExpectColumnValuesToNotBeNull(column="agreement_error"), "spurious_agreement_computable"),
         _named(gxe.ExpectColumnValuesToBeBetween(column="group_share_error", min_value=0,
                                                  max_value=v.balance_tolerance), "balanced_groups"),
+        _named(gxe.ExpectColumnValuesToBeBetween(column="independence_error", min_value=0,
+                                                 max_value=v.pool_tolerance), "pool_label_independent"),
     ]
 
 

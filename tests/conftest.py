@@ -15,7 +15,7 @@ import pytest
 
 from advmix.params import Params, parse_params
 
-TINY_SIZES = {"train": 40, "val": 8, "test_iid": 8, "test_balanced": 16, "test_flipped": 8}
+TINY_SIZES = {"train": 40, "val": 8, "test_iid": 8, "test_balanced": 16, "test_flipped": 8, "pool": 40}
 
 
 def tiny_params(**data) -> Params:

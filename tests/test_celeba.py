@@ -34,7 +34,7 @@ def make_celeba(root: Path, n: int = 160, seed: int = 0, with_optional: bool = F
     return root
 
 
-SIZES = {"train": 40, "val": 8, "test_iid": 8, "test_balanced": 8, "test_flipped": 8}
+SIZES = {"train": 40, "val": 8, "test_iid": 8, "test_balanced": 8, "test_flipped": 8, "pool": 8}
 
 
 def celeba_params(root: Path, **kw):

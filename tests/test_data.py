@@ -4,7 +4,7 @@ from conftest import TINY_SIZES, tiny_params
 
 from advmix.data import DatasetError, build_dataset, load_dataset, save_dataset
 from advmix.data.splits import cell_counts
-from advmix.params import SPLITS
+from advmix.params import ALL_SPLITS
 
 
 @pytest.mark.parametrize("name", ["synthfaces", "colordigits"])
@@ -19,7 +19,7 @@ def test_same_seed_same_bytes_other_seed_differs(name):
 
 @pytest.mark.parametrize("name,spurious,n_spur", [("synthfaces", "skin_dark", 2), ("colordigits", "color", 10)])
 def test_realised_rho_and_balance(name, spurious, n_spur):
-    sizes = {"train": 400, "val": 40, "test_iid": 40, "test_balanced": 40 * n_spur, "test_flipped": 40}
+    sizes = {"train": 400, "val": 40, "test_iid": 40, "test_balanced": 40 * n_spur, "test_flipped": 40, "pool": 200}
     ds = build_dataset(tiny_params(name=name, rho=0.9, sizes=sizes))
     m = ds.manifest
     for split, target in [("train", 0.9), ("val", 0.9), ("test_iid", 0.9), ("test_flipped", 0.1)]:
@@ -29,7 +29,17 @@ def test_realised_rho_and_balance(name, spurious, n_spur):
     balanced = m[m.split == "test_balanced"].groupby(["label", spurious]).size()
     assert balanced.nunique() == 1 and len(balanced) == ds.info["n_classes"] * n_spur
     assert (m.group == m.label * n_spur + m[spurious]).all()
-    assert set(m.split) == set(SPLITS) and m.id.is_unique
+    assert set(m.split) == set(ALL_SPLITS) and m.id.is_unique
+    pool = m[m.split == "pool"]
+    assert len(pool) == sizes["pool"] and (pool.label == pool[spurious]).mean() == pytest.approx(1 / n_spur)
+
+
+def test_colordigits_pool_recolours_train_digits_only():
+    sizes = {"train": 200, "val": 40, "test_iid": 40, "test_balanced": 100, "test_flipped": 40, "pool": 300}
+    m = build_dataset(tiny_params(name="colordigits", rho=0.95, sizes=sizes)).manifest
+    pool = m[m.split == "pool"]
+    assert set(pool.source_index) <= set(m[m.split == "train"].source_index)
+    assert pool.groupby(["label", "color"]).size().nunique() == 1  # colours drawn evenly, whatever the digit
 
 
 def test_cell_counts_exact():
@@ -123,7 +133,7 @@ def test_smile_is_in_the_pixels():
     from torch import nn
 
     torch.manual_seed(0)
-    sizes = {"train": 8, "val": 8, "test_iid": 8, "test_balanced": 1600, "test_flipped": 8}
+    sizes = {"train": 8, "val": 8, "test_iid": 8, "test_balanced": 1600, "test_flipped": 8, "pool": 0}
     ds = build_dataset(tiny_params(sizes=sizes)).split("test_balanced")
     x = torch.tensor(ds.images).permute(0, 3, 1, 2).float() / 127.5 - 1
     y = torch.tensor(ds.manifest.label.to_numpy())

@@ -19,7 +19,7 @@ from advmix.cli import app
 from advmix.params import parse_params
 
 ROOT = Path(__file__).parents[1]
-SIZES = {"train": 40, "val": 8, "test_iid": 8, "test_balanced": 16, "test_flipped": 8}
+SIZES = {"train": 40, "val": 8, "test_iid": 8, "test_balanced": 16, "test_flipped": 8, "pool": 40}
 BIN = Path(sys.executable).parent  # the stage commands call `advmix` and the test calls `dvc` from here
 
 

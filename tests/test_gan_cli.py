@@ -39,6 +39,7 @@ def test_probe_train_gan_analyze_layers(project):
         assert (project / f).is_file(), f
     gan = json.loads((project / "metrics" / "gan.json").read_text())
     assert gan["gan_iterations"] == 4 and gan["probe_frechet_distance"] > 0
+    assert gan["gan_data"] == "pool" and gan["gan_images"] == 40  # the unlabelled pool, not the 40 train faces
     assert set(gan["attributes"]) >= {"label", "skin_dark", "hair"}
     assert abs(sum(gan["attributes"]["hair"]["generated"]) - 1) < 1e-3
 
@@ -49,7 +50,7 @@ def test_probe_train_gan_analyze_layers(project):
     layers = json.loads((project / "metrics" / "layers.json").read_text())
     assert set(layers) >= {"layers", "auto", "perturbation"}
     pert = layers["perturbation"]
-    assert pert["spurious"] == "skin_dark" and pert["partners"] == "same_label" and pert["layers"] == layers["auto"]
+    assert pert["spurious"] == "skin_dark" and pert["partners"] == "any" and pert["layers"] == layers["auto"]
     assert set(pert["real"]) >= {"label_change", "spurious_transfer", "any_partner"} and pert["real"]["n"] == 16
     assert (project / "reports" / "layers.png").stat().st_size > 1000
 
@@ -63,3 +64,23 @@ def test_pretrained_errors_are_clear(project):
     (project / "bad.pt").write_bytes(b"not a checkpoint")
     res = CliRunner().invoke(app, ["train-gan", *TINY_GAN, "-S", f"gan.pretrained={project / 'bad.pt'}"])
     assert res.exit_code == 1 and "bad.pt" in res.output
+
+
+def test_gan_data_selects_the_split_the_generator_reads(project):
+    """gan.data=train reads the 40 train faces; gan.data=pool the pool, which this project sizes differently."""
+    save_dataset(project / "data" / "synthfaces", build_dataset(tiny_params(
+        resolution=16, sizes={"train": 40, "val": 8, "test_iid": 8, "test_balanced": 16, "test_flipped": 8,
+                              "pool": 24})))
+    run("probe")
+    for data, n in (("train", 40), ("pool", 24)):
+        run("train-gan", "-S", f"gan.data={data}", "-S", "gan.iterations=1")
+        gan = json.loads((project / "metrics" / "gan.json").read_text())
+        assert (gan["gan_data"], gan["gan_images"]) == (data, n)
+
+
+def test_gan_data_pool_without_a_pool_is_a_clear_error(project):
+    save_dataset(project / "data" / "synthfaces", build_dataset(tiny_params(resolution=16, sizes={
+        "train": 40, "val": 8, "test_iid": 8, "test_balanced": 16, "test_flipped": 8, "pool": 0})))
+    res = CliRunner().invoke(app, ["train-gan", *TINY_GAN])
+    assert res.exit_code == 1 and "gan.data: the dataset has no 'pool' images" in res.output
+    assert "Traceback" not in res.output

@@ -20,7 +20,7 @@ from advmix.data import load_dataset, save_dataset
 from advmix.params import parse_params
 
 ROOT = Path(__file__).parents[1]
-SIZES = {"train": 60, "val": 12, "test_iid": 12, "test_balanced": 24, "test_flipped": 12}
+SIZES = {"train": 60, "val": 12, "test_iid": 12, "test_balanced": 24, "test_flipped": 12, "pool": 60}
 
 
 def make_project(tmp: Path, params: dict) -> dict:

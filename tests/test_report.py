@@ -104,12 +104,18 @@ def test_summary_json_schema_and_means(built):
     gain = summary["advmix_vs_nominal"]
     assert gain["relative_error_reduction_balanced"] == pytest.approx(0.4)  # (0.25 - 0.15) / 0.25
     assert gain["worst_group_gain"] == pytest.approx(0.2)  # 0.75 - 0.55
+    # the seed-paired interval holds the point estimate, and every non-nominal mode has one
+    lo, hi = gain["relative_error_reduction_ci"]
+    assert lo <= gain["relative_error_reduction"] <= hi and gain["paired_seeds"] == summary["modes"]["advmix"]["seeds"]
+    assert set(summary["vs_nominal"]) == {"advmix", "linf"} and "bootstrap" in summary["ci_method"]
 
 
 def test_relative_reduction_null_when_nominal_error_is_zero_or_a_mode_is_missing(tmp_path):
     write_inputs(tmp_path, modes=("nominal", "linf"), by_group=False, extras=False)
     summary = report.build_report(tmp_path)
-    assert summary["advmix_vs_nominal"] == {"relative_error_reduction_balanced": None, "worst_group_gain": None}
+    assert summary["advmix_vs_nominal"] == {"relative_error_reduction_balanced": None, "worst_group_gain": None,
+                                            "paired_seeds": [], "relative_error_reduction_ci": None,
+                                            "worst_group_gain_ci": None}
     write_eval(tmp_path, "nominal", 0, 0.0, 1.0, 0.0)
     write_eval(tmp_path, "nominal", 1, 0.0, 1.0, 0.0)
     write_eval(tmp_path, "advmix", 0, 0.1, 0.9, 0.0)

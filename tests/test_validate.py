@@ -11,7 +11,7 @@ from advmix.cli import app
 from advmix.data import build_dataset, load_dataset, save_dataset
 from advmix.validate import run_suites
 
-SIZES = {"train": 100, "val": 20, "test_iid": 20, "test_balanced": 40, "test_flipped": 20}
+SIZES = {"train": 100, "val": 20, "test_iid": 20, "test_balanced": 40, "test_flipped": 20, "pool": 100}
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,7 @@ def test_good_data_passes(good):
     assert report.success, report.failures
     assert report.evaluated >= 25
     assert report.agreement["train"] == pytest.approx(0.95)
+    assert report.agreement["pool"] == pytest.approx(0.5)
 
 
 def zero_image(ds):
@@ -51,6 +52,18 @@ def wrong_rho(ds):
     m.loc[train, "skin_dark"] = 1 - m.loc[train, "label"]
 
 
+def correlated_pool(ds):
+    """A pool whose label follows the spurious attribute, as a skewed unlabelled collection would."""
+    m = ds.manifest
+    pool = m.index[m.split == "pool"]
+    m.loc[pool, "skin_dark"] = m.loc[pool, "label"]
+
+
+def pool_image_in_val(ds):
+    m = ds.manifest
+    ds.images[m.index[m.split == "pool"][0]] = ds.images[m.index[m.split == "val"][0]]
+
+
 def missing_column(ds):
     ds.manifest = ds.manifest.drop(columns=["makeup"])
 
@@ -61,6 +74,8 @@ def missing_column(ds):
     (label_outside_set, "label_set"),
     (wrong_rho, "spurious_agreement_rho"),
     (missing_column, "required_columns"),
+    (correlated_pool, "pool_label_independent"),
+    (pool_image_in_val, "no_image_in_two_splits"),
 ])
 def test_corruption_fails_named_expectation(good, corrupt, expected):
     params, ds = good
@@ -109,10 +124,10 @@ def test_cli_exit_codes_and_outputs(good, tmp_path, monkeypatch):
 def test_cli_prepare_writes_dataset(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("data:\n  name: colordigits\n  sizes: {train: 20, val: 10, test_iid: 10, "
-                                          "test_balanced: 100, test_flipped: 10}\n")
+                                          "test_balanced: 100, test_flipped: 10, pool: 20}\n")
     res = CliRunner().invoke(app, ["prepare"])
     assert res.exit_code == 0, res.output
     ds = load_dataset(tmp_path / "data" / "colordigits")
-    assert len(ds) == 150 and np.all(ds.manifest.groupby("split").size() > 0)
+    assert len(ds) == 170 and np.all(ds.manifest.groupby("split").size() > 0)
     bad = CliRunner().invoke(app, ["prepare", "-S", "data.sizes.train=9000"])
     assert bad.exit_code == 1 and "too few" in bad.output

@@ -17,7 +17,7 @@ import pandas as pd
 
 from advmix.data.splits import draw_cells, plan
 from advmix.data.store import Dataset, DatasetError, group_of
-from advmix.params import SPLITS, DataParams
+from advmix.params import ALL_SPLITS, POOL, SPLITS, DataParams
 
 REQUIRED = ("list_attr_celeba.txt", "list_eval_partition.txt")
 OPTIONAL = ("identity_CelebA.txt", "list_bbox_celeba.txt", "list_landmarks_align_celeba.txt")
@@ -113,8 +113,16 @@ def build(params: DataParams, seed: int, progress=None) -> Dataset:
                 pick = rng.choice(pool, need, replace=False)
                 taken[pick] = True
                 chosen += [(split, int(i)) for i in pick]
+    # the pool: official train-partition images that no labelled split took, drawn without looking at any label
+    # (CelebA's own mix of attributes, which the validate stage checks is near independence)
+    rest = np.flatnonzero((partitions == PARTITION["train"]) & ~taken)
+    n_pool = params.sizes.pool
+    if len(rest) < n_pool:
+        raise DatasetError(f"data.sizes.pool: needs {n_pool} unused train-partition images in {ds.root}, "
+                           f"found {len(rest)}; lower data.sizes.pool")
+    chosen += [(POOL, int(i)) for i in rng.choice(rest, n_pool, replace=False)]
     order = rng.permutation(len(chosen))
-    chosen = sorted((chosen[i] for i in order), key=lambda t: SPLITS.index(t[0]))
+    chosen = sorted((chosen[i] for i in order), key=lambda t: ALL_SPLITS.index(t[0]))
 
     images = np.empty((len(chosen), params.resolution, params.resolution, 3), dtype=np.uint8)
     for row, (_, i) in enumerate(chosen):

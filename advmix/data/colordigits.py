@@ -14,7 +14,7 @@ import pandas as pd
 
 from advmix.data.splits import draw_cells, plan
 from advmix.data.store import Dataset, DatasetError, group_of
-from advmix.params import SPLITS, DataParams
+from advmix.params import ALL_SPLITS, POOL, DataParams
 
 # Ten well-separated colours; colour k "belongs" to digit k.
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
@@ -49,13 +49,22 @@ def build(params: DataParams, seed: int, progress=None) -> Dataset:
     pools = {c: list(rng.permutation(np.flatnonzero(labels == c))) for c in range(10)}
 
     rows, images = [], []
-    for split in SPLITS:
+    seen_in_train: dict[int, list[int]] = {c: [] for c in range(10)}
+    for split in ALL_SPLITS:
         label, color = draw_cells(cells[split], rng)
         for y, k in zip(label, color):
-            if not pools[y]:
+            if split == POOL:  # the train split's handwriting, recoloured uniformly: never a val or test digit
+                if not seen_in_train[y]:
+                    raise DatasetError(f"data.sizes.pool: the train split has no digit {y} to recolour; "
+                                       "raise data.sizes.train")
+                idx = int(rng.choice(seen_in_train[y]))
+            elif not pools[y]:
                 raise DatasetError(f"data.sizes: {source} has {np.sum(labels == y)} images of digit {y}, too few "
                                    f"for the configured sizes (total {sum(sizes.values())})")
-            idx = pools[y].pop()
+            else:
+                idx = pools[y].pop()
+                if split == "train":
+                    seen_in_train[y].append(idx)
             canvas = np.zeros((32, 32), dtype=np.float32)
             dy, dx = rng.integers(0, 5, 2)
             canvas[dy:dy + 28, dx:dx + 28] = digits[idx]

@@ -2,19 +2,19 @@
 
 One rule for every dataset: labels are balanced; in train, val and test_iid the spurious
 attribute agrees with the label at rate rho; test_flipped agrees at 1 - rho; test_balanced
-makes every cell equal. Agreement means `spurious == label` (both are small integers).
+makes every cell equal, and so does the unlabelled pool (every attribute independent of the label). Agreement means `spurious == label` (both are small integers).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from advmix.params import SPLITS
+from advmix.params import ALL_SPLITS
 
 
 def agreement_of(split: str, rho: float) -> float | None:
     """Target agreement of a split; None means the cells are balanced."""
-    return {"test_balanced": None, "test_flipped": 1.0 - rho}.get(split, rho)
+    return {"test_balanced": None, "pool": None, "test_flipped": 1.0 - rho}.get(split, rho)
 
 
 def _even(n: int, k: int) -> np.ndarray:
@@ -50,4 +50,4 @@ def draw_cells(counts: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray
 
 
 def plan(sizes: dict[str, int], rho: float, n_classes: int, n_spurious: int) -> dict[str, np.ndarray]:
-    return {s: cell_counts(sizes[s], n_classes, n_spurious, agreement_of(s, rho)) for s in SPLITS}
+    return {s: cell_counts(sizes.get(s, 0), n_classes, n_spurious, agreement_of(s, rho)) for s in ALL_SPLITS}

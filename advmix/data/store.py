@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from advmix.params import SPLITS
+from advmix.params import ALL_SPLITS
 
 BASE_COLUMNS = ("id", "split", "label", "group")
 
@@ -152,6 +152,6 @@ def check_consistent(ds: Dataset, where: Path) -> None:
     missing = [c for c in ("id", "split") if c not in ds.manifest.columns]
     if missing:
         raise DatasetError(f"{where}/manifest.csv: missing column(s) {missing}")
-    unknown = sorted(set(ds.manifest["split"]) - set(SPLITS))
+    unknown = sorted(set(ds.manifest["split"]) - set(ALL_SPLITS))
     if unknown:
-        raise DatasetError(f"{where}/manifest.csv: unknown split(s) {unknown}; expected {list(SPLITS)}")
+        raise DatasetError(f"{where}/manifest.csv: unknown split(s) {unknown}; expected {list(ALL_SPLITS)}")

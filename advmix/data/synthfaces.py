@@ -14,14 +14,20 @@ import pandas as pd
 
 from advmix.data.splits import draw_cells, plan
 from advmix.data.store import Dataset, group_of
-from advmix.params import SPLITS, DataParams
+from advmix.params import ALL_SPLITS, DataParams
 
 SUPERSAMPLE = 4
-# The mouth, in fractions of the image: |smile| range, bend, half width, line thickness. Subtle on purpose:
-# with a wide, thick mouth (smile 0.6-1, bend 0.09-0.12, half width 0.17-0.23, thickness 0.04-0.05) a small CNN
-# learnt the smile at rho 0.99 and never took the skin-tone shortcut (test_balanced error 0.25% at rho 0.95), so
-# there was nothing for a robust method to fix. With these, nominal training errs on 6.5-13% of test_balanced.
-MOUTH = {"smile": (0.1, 1.0), "bend": (0.05, 0.08), "half_width": (0.12, 0.18), "thick": (0.025, 0.035)}
+# The mouth (the label), in fractions of the image: |smile| range, bend, half width, line thickness; `data.mouth`
+# picks one. The trade-off: a classifier must find the skin-tone shortcut easier than the smile (else there is
+# nothing for a robust method to fix), while the generator must draw the smile clearly enough to keep it in W+
+# rows of its own. `wide`: a small CNN learnt the smile at rho 0.99 and never took the shortcut (test_balanced
+# error 0.25% at rho 0.95). `subtle` (1-2 pixel mouths): nominal errs on 6.5-13% of test_balanced, but a GAN
+# trained on unbiased faces kept skin tone in the mouth's rows and a probe misread 8-13% of single-row swaps.
+MOUTHS = {
+    "subtle": {"smile": (0.1, 1.0), "bend": (0.05, 0.08), "half_width": (0.12, 0.18), "thick": (0.025, 0.035)},
+    "medium": {"smile": (0.3, 1.0), "bend": (0.07, 0.10), "half_width": (0.15, 0.21), "thick": (0.035, 0.045)},
+    "wide": {"smile": (0.6, 1.0), "bend": (0.09, 0.12), "half_width": (0.17, 0.23), "thick": (0.04, 0.05)},
+}
 
 # Eight skin tones from light to dark; levels 4-7 form the "dark" bin.
 SKIN = np.array([[255, 224, 196], [241, 194, 160], [224, 172, 130], [198, 144, 105],
@@ -68,7 +74,7 @@ def _mouth_curve(cx: float, y0: float, half_width: float, bend: float, k: int = 
     return [(cx + half_width * x, y0 + bend * (1 - x * x)) for x in u]
 
 
-def render_face(row: pd.Series, rng: np.random.Generator, resolution: int) -> np.ndarray:
+def render_face(row: pd.Series, rng: np.random.Generator, resolution: int, mouth: str = "medium") -> np.ndarray:
     """One face as uint8 H x W x 3. `rng` draws the per-image jitter (shape, pose, light strength)."""
     from PIL import Image, ImageDraw, ImageFilter
 
@@ -112,6 +118,7 @@ def render_face(row: pd.Series, rng: np.random.Generator, resolution: int) -> np
         draw = ImageDraw.Draw(img)
 
     # the mouth: the label; the lowest |smile| values are close to a flat, ambiguous mouth
+    MOUTH = MOUTHS[mouth]
     smile = rng.uniform(*MOUTH["smile"]) * (1 if row["label"] == 1 else -1)
     half_width = rng.uniform(*MOUTH["half_width"]) * scale
     bend = smile * rng.uniform(*MOUTH["bend"]) * scale
@@ -150,7 +157,7 @@ def build(params: DataParams, seed: int, progress=None) -> Dataset:
     rng = np.random.default_rng([seed, 1])
     cells = plan(params.sizes.as_dict(), params.rho, n_classes=2, n_spurious=2)
     frames = []
-    for split in SPLITS:
+    for split in ALL_SPLITS:  # the pool's cells are balanced: every attribute is independent of the label
         label, spurious = draw_cells(cells[split], rng)
         frame = _sample_attributes(rng, label, spurious, params.spurious)
         frame.insert(0, "split", split)
@@ -161,11 +168,12 @@ def build(params: DataParams, seed: int, progress=None) -> Dataset:
 
     images = np.empty((len(manifest), params.resolution, params.resolution, 3), dtype=np.uint8)
     for i, row in enumerate(manifest.itertuples(index=False)):
-        images[i] = render_face(row._asdict(), np.random.default_rng([seed, 2, i]), params.resolution)
+        images[i] = render_face(row._asdict(), np.random.default_rng([seed, 2, i]), params.resolution,
+                                params.mouth)
         if progress is not None:
             progress(1)
     info = {
-        "name": "synthfaces", "resolution": params.resolution, "rho": params.rho, "n_classes": 2,
+        "name": "synthfaces", "resolution": params.resolution, "rho": params.rho, "mouth": params.mouth, "n_classes": 2,
         "classes": ["not_smiling", "smiling"], "spurious": params.spurious,
         "attributes": {k: v for k, v in ATTRIBUTES.items()},
     }

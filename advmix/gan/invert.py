@@ -318,8 +318,9 @@ def progress_total(p, n_images: int) -> int:
 
 
 def extract(G, w_avg: Tensor, probe: nn.Module | None, splits: dict[str, np.ndarray], p, seed: int,
-            train_split: str = "train", progress: Progress = None) -> dict[str, Any]:
-    """Train the encoder on `splits[train_split]`, then invert every split (encoder, then refinement if asked).
+            encoder_images: np.ndarray | None = None, progress: Progress = None) -> dict[str, Any]:
+    """Train the encoder on `encoder_images` (default: `splits["train"]`), then invert every split (encoder, then
+    refinement if asked).
 
     `p` is an ExtractParams. Returns {"encoder", "latents" {split: float32 array}, "encoder_latents",
     "metrics" (the inversion.json content), "reconstructions" {split: (encoder-only, refined) tensors}}.
@@ -329,7 +330,9 @@ def extract(G, w_avg: Tensor, probe: nn.Module | None, splits: dict[str, np.ndar
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     real = {name: to_tensor(images) for name, images in splits.items()}
-    enc, losses = train_encoder(G, w_avg, real.get(train_split, torch.zeros(0, 3, G.size, G.size)), probe,
+    if encoder_images is None:
+        encoder_images = splits.get("train", np.zeros((0, G.size, G.size, 3), dtype=np.uint8))
+    enc, losses = train_encoder(G, w_avg, to_tensor(encoder_images), probe,
                                 steps=p.encoder_steps, real_steps=p.encoder_real_steps, batch=p.batch, lr=p.lr,
                                 feature_weight=p.feature_weight, width=p.width, seed=seed, progress=progress)
     enc_codes, enc_recs = {}, {}
