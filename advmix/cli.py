@@ -528,8 +528,9 @@ def report_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> 
         raise _fail(str(exc)) from None
     gain = summary.get("advmix_vs_nominal", {})
     typer.echo(f"{paths.REPORTS / 'summary.html'}: {len(summary['modes'])} modes; AdvMix vs nominal on "
-               f"test_balanced: relative error reduction {gain.get('relative_error_reduction_balanced')}, "
-               f"worst-group gain {gain.get('worst_group_gain')}")
+               f"test_balanced: relative error reduction {gain.get('relative_error_reduction_balanced')} "
+               f"(95% CI {gain.get('relative_error_reduction_ci')}), worst-group gain {gain.get('worst_group_gain')} "
+               f"(95% CI {gain.get('worst_group_gain_ci')}) over seeds {gain.get('paired_seeds')}")
 
 
 @app.command("sweep")

@@ -42,14 +42,24 @@ class CelebAParams(Section):
     spurious: str = "Male"
 
 
+class FolderParams(Section):
+    root: Path | None = None  # folder holding the metadata CSV and the images (paths in the CSV are relative to it)
+    metadata: str = "metadata.csv"  # the CSV, one row per image (the Waterbirds layout by default)
+    file: str = "img_filename"  # column: image path relative to root
+    label: str = "y"  # column: the class (integers or strings)
+    spurious: str = "place"  # column: the spurious attribute, as many values as classes
+    split: str | None = "split"  # column: 0/1/2 or train/val/test; None or absent: draw every split from all rows
+
+
 class DataParams(Section):
-    name: Literal["synthfaces", "colordigits", "celeba"] = "synthfaces"
+    name: Literal["synthfaces", "colordigits", "celeba", "folder"] = "synthfaces"
     resolution: int = 32
     rho: float = Field(0.95, ge=0.0, le=1.0)  # label/spurious agreement in train, val and test_iid
     spurious: Literal["skin_dark", "glasses"] = "skin_dark"  # synthfaces only
     mouth: Literal["subtle", "medium", "wide"] = "medium"  # synthfaces only: how salient the smile is in pixels
     sizes: SplitSizes = SplitSizes()
     celeba: CelebAParams = CelebAParams()
+    folder: FolderParams = FolderParams()
 
     @field_validator("resolution")
     @classmethod

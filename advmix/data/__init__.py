@@ -17,6 +17,8 @@ def build_dataset(params: Params, progress: Callable[[int], None] | None = None)
         from advmix.data import synthfaces as builder
     elif name == "colordigits":
         from advmix.data import colordigits as builder
+    elif name == "folder":
+        from advmix.data import folder as builder
     else:
         from advmix.data import celeba as builder
     return builder.build(params.data, params.seed, progress)
