@@ -141,6 +141,11 @@ class ExtractParams(Section):
     latent_weight: float = Field(0.01, ge=0)  # refinement: pull towards the encoder's code (units of W's spread)
 
 
+class NoKnobs(Section):
+    """A mode with no knobs of its own (nominal, randmix). The section exists so that every train stage can
+    declare `train.<mode>` in dvc.yaml, and a change to one mode's knobs reruns that mode alone."""
+
+
 class AdvMixParams(Section):
     """The AdvMix inner maximisation (the layers and the partner rule come from `mixing`)."""
 
@@ -191,6 +196,8 @@ class TrainParams(Section):
     warmup_epochs: float = Field(1.0, ge=0)
     clean_ratio: float = Field(0.5, ge=0, le=1)  # share of each batch kept clean; the rest is replaced (not nominal)
     residual: bool = False  # randmix/advmix: add back what inversion lost, x - G(E(x))
+    nominal: NoKnobs = NoKnobs()
+    randmix: NoKnobs = NoKnobs()
     advmix: AdvMixParams = AdvMixParams()
     linf: LinfParams = LinfParams()
     groupdro: GroupDROParams = GroupDROParams()

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from advmix.cli import _dataset, _load, _mixing_inputs, _split_latents
-    from advmix.evaluate import evaluate_classifier
+    from advmix.evaluate import evaluate_classifier, val_selection
     from advmix.runtime import pick_device
     from advmix.train import MIXING_MODES, MODES, train_classifier
 
@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("-S", "--set", dest="sets", action="append", default=[], help="a params override, key=value")
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--val-only", action="store_true",
+                    help="only the label-free val figure (for choosing hyperparameters): no test split is read")
     args = ap.parse_args(argv)
 
     p = _load(Path("params.yaml"), [f"train.device={args.device}", *args.sets])
@@ -50,9 +52,13 @@ def main(argv: list[str] | None = None) -> dict:
                                        None, G=G if mixing else None, latents=w_train if mixing else None,
                                        layers=layers if mixing else None)
             t1 = time.time()
-            result, _ = evaluate_classifier(run["model"], ds, p, device, G=G, latents=w_balanced, layers=layers,
-                                            val_latents=w_val)
-            bal = result["splits"]["test_balanced"]
+            if args.val_only:
+                result = val_selection(run["model"], val, w_val, G, layers, p, device)
+                bal = {"error": float("nan"), "worst_group_acc": float("nan")}
+            else:
+                result, _ = evaluate_classifier(run["model"], ds, p, device, G=G, latents=w_balanced, layers=layers,
+                                                val_latents=w_val)
+                bal = result["splits"]["test_balanced"]
             rows.append({"mode": mode, "seed": seed, "error": bal["error"], "worst_group_acc": bal["worst_group_acc"],
                          "semantic_robust_acc": result.get("semantic_robust_acc"),
                          "val_semantic_robust_acc": result.get("val_semantic_robust_acc"),
