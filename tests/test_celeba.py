@@ -46,13 +46,14 @@ def test_builds_skewed_splits_from_official_partitions(tmp_path, with_optional):
     make_celeba(tmp_path, with_optional=with_optional)
     ds = build_dataset(celeba_params(tmp_path))
     m = ds.manifest
-    assert ds.images.shape == (72, 32, 32, 3)
+    assert ds.images.shape == (80, 32, 32, 3)  # 72 labelled + 8 pool
     train = m[m.split == "train"]
     assert abs((train.label == train.male).mean() - 0.75) <= 0.02
     assert m[m.split == "test_balanced"].groupby(["label", "male"]).size().tolist() == [2, 2, 2, 2]
     assert m.id.is_unique  # test_iid, test_balanced and test_flipped are disjoint
     parts = {f"{i + 1:06d}.jpg": [0, 0, 1, 2][(i // 4) % 4] for i in range(160)}
-    assert {parts[i] for i in m[m.split == "train"].id} == {0}
+    assert {parts[i] for i in m[m.split.isin(["train", "pool"])].id} == {0}  # the pool: unused train-partition
+    assert not set(m[m.split == "pool"].id) & set(m[m.split != "pool"].id)
     assert {parts[i] for i in m[m.split.str.startswith("test")].id} == {2}
     assert ds.info["spurious"] == "male" and "smiling" not in ds.info["attributes"]
 
@@ -60,7 +61,7 @@ def test_builds_skewed_splits_from_official_partitions(tmp_path, with_optional):
 def test_files_given_directly_without_celeba_subfolder(tmp_path):
     make_celeba(tmp_path)
     ds = build_dataset(celeba_params(tmp_path / "celeba"))
-    assert len(ds) == 72
+    assert len(ds) == 80
 
 
 def test_missing_file_named(tmp_path):
