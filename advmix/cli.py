@@ -166,7 +166,8 @@ def probe(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     ds = _dataset(p)
     # a measuring instrument learns best where the attributes are independent: in the pool, when there is one
     # (a probe taught on the skewed train split reads skin tone as part of the smile)
-    source = ds.split("pool") if len(ds.split("pool")) else ds.split("train")
+    pool = ds.split("pool")
+    source = pool if len(pool) else ds.split("train")
     with _progress("probe", p.probe.epochs * max(1, len(source) // p.probe.batch)) as step:
         model, metrics, _ = train_probe(source, ds.split("val"), p.probe.epochs, p.probe.batch,
                                         p.probe.lr, p.probe.width, p.seed, progress=step)

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from advmix.data.splits import draw_cells, plan
+from advmix.data.splits import draw_rows
 from advmix.data.store import Dataset, DatasetError, group_of
-from advmix.params import ALL_SPLITS, POOL, SPLITS, DataParams
+from advmix.params import DataParams
 
 REQUIRED = ("list_attr_celeba.txt", "list_eval_partition.txt")
 OPTIONAL = ("identity_CelebA.txt", "list_bbox_celeba.txt", "list_landmarks_align_celeba.txt")
@@ -96,33 +96,15 @@ def build(params: DataParams, seed: int, progress=None) -> Dataset:
     label = attrs[cfg.target.lower()].to_numpy()
     spurious = attrs[cfg.spurious.lower()].to_numpy()
 
-    rng = np.random.default_rng([seed, 4])
-    cells = plan(params.sizes.as_dict(), params.rho, n_classes=2, n_spurious=2)
-    taken = np.zeros(len(label), dtype=bool)
-    chosen: list[tuple[str, int]] = []
-    for split in SPLITS:
-        want_label, want_spur = draw_cells(cells[split], rng)
-        for y in (0, 1):
-            for s in (0, 1):
-                need = int(np.sum((want_label == y) & (want_spur == s)))
-                pool = np.flatnonzero((partitions == PARTITION[split]) & (label == y) & (spurious == s) & ~taken)
-                if len(pool) < need:
-                    raise DatasetError(
-                        f"data.sizes.{split}: needs {need} images with {cfg.target}={y}, {cfg.spurious}={s} "
-                        f"in partition {PARTITION[split]} of {ds.root}, found {len(pool)}; lower the size or rho")
-                pick = rng.choice(pool, need, replace=False)
-                taken[pick] = True
-                chosen += [(split, int(i)) for i in pick]
-    # the pool: official train-partition images that no labelled split took, drawn without looking at any label
-    # (CelebA's own mix of attributes, which the validate stage checks is near independence)
-    rest = np.flatnonzero((partitions == PARTITION["train"]) & ~taken)
-    n_pool = params.sizes.pool
-    if len(rest) < n_pool:
-        raise DatasetError(f"data.sizes.pool: needs {n_pool} unused train-partition images in {ds.root}, "
-                           f"found {len(rest)}; lower data.sizes.pool")
-    chosen += [(POOL, int(i)) for i in rng.choice(rest, n_pool, replace=False)]
-    order = rng.permutation(len(chosen))
-    chosen = sorted((chosen[i] for i in order), key=lambda t: ALL_SPLITS.index(t[0]))
+    def shortage(split: str, need: int, found: int, cell: tuple[int, int] | None) -> str:
+        if cell is None:  # the pool: CelebA's own mix of attributes, which validate checks is near independence
+            return (f"data.sizes.pool: needs {need} unused train-partition images in {ds.root}, found {found}; "
+                    "lower data.sizes.pool")
+        return (f"data.sizes.{split}: needs {need} images with {cfg.target}={cell[0]}, {cfg.spurious}={cell[1]} "
+                f"in partition {PARTITION[split]} of {ds.root}, found {found}; lower the size or rho")
+
+    chosen = draw_rows(label, spurious, partitions, PARTITION, params.sizes.as_dict(), params.rho, 2,
+                       np.random.default_rng([seed, 4]), shortage)
 
     images = np.empty((len(chosen), params.resolution, params.resolution, 3), dtype=np.uint8)
     for row, (_, i) in enumerate(chosen):

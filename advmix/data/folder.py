@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from advmix.data.celeba import PARTITION, _square_resize
-from advmix.data.splits import draw_cells, plan
+from advmix.data.splits import draw_rows
 from advmix.data.store import BASE_COLUMNS, Dataset, DatasetError, group_of
-from advmix.params import ALL_SPLITS, POOL, SPLITS, DataParams, FolderParams
+from advmix.params import SPLITS, DataParams, FolderParams
 
 SPLIT_CODES = {"0": 0, "1": 1, "2": 2, "train": 0, "val": 1, "test": 2}
 
@@ -99,34 +99,16 @@ def build(params: DataParams, seed: int, progress=None) -> Dataset:
         partitions = np.zeros(len(frame), dtype=int)
     part_of = PARTITION if has_split else dict.fromkeys(SPLITS, 0)
 
-    rng = np.random.default_rng([seed, 5])
-    cells = plan(params.sizes.as_dict(), params.rho, n_classes=k, n_spurious=k)
-    taken = np.zeros(len(frame), dtype=bool)
-    chosen: list[tuple[str, int]] = []
-    for split in SPLITS:
-        want_label, want_spur = draw_cells(cells[split], rng)
-        for y in range(k):
-            for s in range(k):
-                need = int(np.sum((want_label == y) & (want_spur == s)))
-                rows = np.flatnonzero((partitions == part_of[split]) & (label == y) & (spurious == s) & ~taken)
-                if len(rows) < need:
-                    within = f" in partition {part_of[split]}" if has_split else ""
-                    raise DatasetError(
-                        f"data.sizes.{split}: needs {need} images with {cfg.label}={classes[y]}, "
-                        f"{cfg.spurious}={spurious_values[s]}{within} of {path}, found {len(rows)}; "
-                        "lower the size or rho")
-                pick = rng.choice(rows, need, replace=False)
-                taken[pick] = True
-                chosen += [(split, int(i)) for i in pick]
-    # the pool: unused train-partition rows (all rows without a split column), drawn without looking at labels
-    rest = np.flatnonzero((partitions == 0) & ~taken)
-    n_pool = params.sizes.pool
-    if len(rest) < n_pool:
-        raise DatasetError(f"data.sizes.pool: needs {n_pool} unused {'train-partition ' * has_split}"
-                           f"images in {path}, found {len(rest)}; lower data.sizes.pool")
-    chosen += [(POOL, int(i)) for i in rng.choice(rest, n_pool, replace=False)]
-    order = rng.permutation(len(chosen))
-    chosen = sorted((chosen[i] for i in order), key=lambda t: ALL_SPLITS.index(t[0]))
+    def shortage(split: str, need: int, found: int, cell: tuple[int, int] | None) -> str:
+        if cell is None:
+            return (f"data.sizes.pool: needs {need} unused {'train-partition ' * has_split}images in {path}, "
+                    f"found {found}; lower data.sizes.pool")
+        within = f" in partition {part_of[split]}" if has_split else ""
+        return (f"data.sizes.{split}: needs {need} images with {cfg.label}={classes[cell[0]]}, "
+                f"{cfg.spurious}={spurious_values[cell[1]]}{within} of {path}, found {found}; lower the size or rho")
+
+    chosen = draw_rows(label, spurious, partitions, part_of, params.sizes.as_dict(), params.rho, k,
+                       np.random.default_rng([seed, 5]), shortage)
 
     from PIL import Image
 

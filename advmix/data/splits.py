@@ -7,9 +7,12 @@ makes every cell equal, and so does the unlabelled pool (every attribute indepen
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from advmix.params import ALL_SPLITS
+from advmix.data.store import DatasetError
+from advmix.params import ALL_SPLITS, POOL, SPLITS
 
 
 def agreement_of(split: str, rho: float) -> float | None:
@@ -51,3 +54,35 @@ def draw_cells(counts: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray
 
 def plan(sizes: dict[str, int], rho: float, n_classes: int, n_spurious: int) -> dict[str, np.ndarray]:
     return {s: cell_counts(sizes.get(s, 0), n_classes, n_spurious, agreement_of(s, rho)) for s in ALL_SPLITS}
+
+
+def draw_rows(label: np.ndarray, spurious: np.ndarray, partition: np.ndarray, part_of: dict[str, int],
+              sizes: dict[str, int], rho: float, n_classes: int, rng: np.random.Generator,
+              shortage: Callable[[str, int, int, tuple[int, int] | None], str]) -> list[tuple[str, int]]:
+    """(split, row) pairs from a labelled table (celeba, folder): each labelled split takes its cells (`plan`) from
+    rows of its partition (`part_of[split]`); the pool takes `sizes["pool"]` rows of the train partition that no
+    split took, without looking at labels. Shuffled, then ordered by split.
+
+    `shortage(split, need, found, (label, spurious) or None for the pool)` is the error message when rows run out.
+    """
+    cells = plan(sizes, rho, n_classes=n_classes, n_spurious=n_classes)
+    taken = np.zeros(len(label), dtype=bool)
+    chosen: list[tuple[str, int]] = []
+    for split in SPLITS:
+        want_label, want_spur = draw_cells(cells[split], rng)
+        for y in range(n_classes):
+            for s in range(n_classes):
+                need = int(np.sum((want_label == y) & (want_spur == s)))
+                rows = np.flatnonzero((partition == part_of[split]) & (label == y) & (spurious == s) & ~taken)
+                if len(rows) < need:
+                    raise DatasetError(shortage(split, need, len(rows), (y, s)))
+                pick = rng.choice(rows, need, replace=False)
+                taken[pick] = True
+                chosen += [(split, int(i)) for i in pick]
+    rest = np.flatnonzero((partition == part_of["train"]) & ~taken)
+    n_pool = sizes.get(POOL, 0)
+    if len(rest) < n_pool:
+        raise DatasetError(shortage(POOL, n_pool, len(rest), None))
+    chosen += [(POOL, int(i)) for i in rng.choice(rest, n_pool, replace=False)]
+    order = rng.permutation(len(chosen))
+    return sorted((chosen[i] for i in order), key=lambda t: ALL_SPLITS.index(t[0]))
