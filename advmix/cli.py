@@ -6,7 +6,7 @@ Progress goes to stderr, results to stdout; any failure exits non-zero so DVC st
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -99,11 +99,34 @@ def _progress(description: str, total: int):
 
 
 @app.command("params")
-def params_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Print the resolved params (defaults filled in) as YAML."""
-    import yaml
+def params_cmd(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    profile: Annotated[str | None, typer.Option(help="start from profiles/NAME.yaml (cpu, gpu, celeba-gpu) or a file")
+                       ] = None,
+    write: Annotated[bool, typer.Option("--write", help="write the result to --params instead of printing it")] = False,
+) -> None:
+    """The resolved params, every key filled in: printed, or written in full with --write (what DVC needs).
 
-    typer.echo(yaml.safe_dump(_load(params, set_).to_dict(), sort_keys=False), nl=False)
+    The source is --profile when given, else the params file; -S overrides apply on top. Written files keep the
+    comments of profiles/cpu.yaml."""
+    from advmix.data.store import atomic_write_bytes
+    from advmix.params import PROFILES_DIR, TEMPLATE_PROFILE, ParamsError, load_profile, profile_path, render_params
+
+    template = Path(PROFILES_DIR) / f"{TEMPLATE_PROFILE}.yaml"
+    try:
+        source = profile_path(profile) if profile else params
+        resolved = load_profile(profile, _overrides(set_)) if profile else _load(params, set_)
+    except ParamsError as exc:
+        raise _fail(str(exc), 2) from None
+    text = render_params(resolved, template.read_text() if template.is_file() else None)
+    if profile and not (template.is_file() and source.resolve() == template.resolve()):
+        text = f"# written by `advmix params --profile {profile} --write`: {source} over {template}\n" + text
+    if not write:
+        typer.echo(text, nl=False)
+        return
+    atomic_write_bytes(params, text.encode())
+    _console().print(f"wrote {params}: {source}{' with ' + ', '.join(set_) if set_ else ''}", highlight=False)
 
 
 @app.command()
@@ -411,10 +434,11 @@ def train_cmd(
     import time
 
     from advmix import paths
-    from advmix.data.store import atomic_write_json
+    from advmix.data.store import atomic_folder, atomic_write_json
     from advmix.gan.invert import LatentsError
     from advmix.models import save_classifier
-    from advmix.train import MIXING_MODES, STATE_FILE, evaluate, train_classifier
+    from advmix.runtime import distributed
+    from advmix.train import MIXING_MODES, evaluate, train_classifier
 
     mode = _mode(mode)
     p = _load(params, set_)
@@ -425,14 +449,17 @@ def train_cmd(
     G = latents = layers = None
     if mode in MIXING_MODES:
         G, layers, latents = _mixing_inputs(p, ds, "train")
-    live_dir = paths.train_live_dir(mode, seed)
-    live_dir.mkdir(parents=True, exist_ok=True)
+    state = paths.train_state(mode, seed)
+    state.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    # dvclive writes into a temp folder that replaces the old one only on success: a failed run loses nothing
+    live = atomic_folder(paths.train_live_dir(mode, seed)) if distributed()[0] == 0 else nullcontext()
     with _progress(f"train {mode} seed {seed}", p.train.epochs * max(1, len(train) // p.train.batch)) as step:
         try:
-            run = train_classifier(mode, train, val, p, live_dir / STATE_FILE, live_dir, G=G, latents=latents,
-                                   layers=layers, progress=lambda done, total, s: step(
-                                       completed=done, info=f"epoch {s['epoch']} loss {s['loss']:.3f}"))
+            with live as live_dir:
+                run = train_classifier(mode, train, val, p, state, live_dir, G=G, latents=latents, layers=layers,
+                                       progress=lambda done, total, s: step(
+                                           completed=done, info=f"epoch {s['epoch']} loss {s['loss']:.3f}"))
         except (LatentsError, ValueError) as exc:
             raise _fail(str(exc)) from None
     if run["rank"] != 0:
@@ -514,7 +541,12 @@ def evaluate_cmd(
 
 
 @app.command("report")
-def report_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+def report_cmd(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="a partial report when planned runs lack "
+                                                "their evaluation (it says so)")] = False,
+) -> None:
     """The comparison of every mode: reports/summary.md, a self-contained reports/summary.html, metrics/summary.json.
 
     Reads metrics/eval/ and results/eval/ (the evaluate stages), the earlier stages' figures and metrics, and
@@ -544,7 +576,7 @@ def report_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> 
         np.savez_compressed(buffer, **arrays)
         atomic_write_bytes(paths.WORST_MIXES, buffer.getvalue())
     try:
-        summary = build_report(Path("."), class_names=ds.info.get("classes"))
+        summary = build_report(Path("."), class_names=ds.info.get("classes"), allow_missing=allow_missing)
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
     gain = summary.get("advmix_vs_nominal", {})

@@ -45,15 +45,21 @@ STATE_VERSION = 2
 MODES = ("nominal", "randmix", "advmix", "linf", "groupdro", "augmix")
 MIXING_MODES = ("randmix", "advmix")
 GROUP_LABEL_MODES = ("groupdro",)  # the modes that read group labels in training
-STATE_FILE = "state.pt"
 
 
 def load_latents(folder: str | Path, split: Dataset, name: str, n_latent: int, style_dim: int) -> np.ndarray:
     """data/latents/<name>.npy as float32 [rows of the split, n_latent, style_dim], checked against the split's
     manifest (row count, and the ids hash of info.json when present) by advmix.gan.invert.load_latents."""
+    from advmix.gan.invert import LatentsError
     from advmix.gan.invert import load_latents as load
 
-    return load(Path(folder) / f"{name}.npy", split.manifest, n_latent, style_dim)
+    path = Path(folder) / f"{name}.npy"
+    codes = load(path, split.manifest, n_latent, style_dim)
+    bad = ~np.isfinite(codes).all(axis=(1, 2))
+    if bad.any():
+        raise LatentsError(f"{path}: {int(bad.sum())} row(s) hold NaN or Inf (the first: row {int(np.argmax(bad))}); "
+                           "rerun `advmix extract` to rewrite data/latents")
+    return codes
 
 
 def model_config(p, n_classes: int, resolution: int) -> dict[str, Any]:
@@ -347,6 +353,9 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
             else:
                 loss = group_dro_loss(F.cross_entropy(logits, y, reduction="none"), groups[idx].to(device), q,
                                       t.groupdro.step_size, world)
+            if not torch.isfinite(loss):  # stop here: one NaN step leaves every weight NaN
+                raise ValueError(f"train {mode}: the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; likely "
+                                 f"non-finite images or W+ codes, or train.lr {t.lr} too high")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             average_grads(model, world)
