@@ -227,7 +227,7 @@ def train_gan_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) 
             raise _fail(f"gan.pretrained: {p.gan.pretrained} makes {G.size} px images but data.resolution is "
                         f"{ds.images.shape[1]}")
         run = {"iterations": 0, "seconds": 0.0, "images_per_s": 0.0, "pretrained": str(p.gan.pretrained)}
-        config = info.get("config", {})
+        checkpoints.save_generator(paths.GENERATOR, G, {}, w_avg)  # what every later stage reads
     else:
         paths.GAN_DIR.mkdir(parents=True, exist_ok=True)
         with _progress("train-gan", p.gan.iterations) as step:

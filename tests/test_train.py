@@ -325,4 +325,6 @@ def test_bench_smoke():
     assert res.returncode == 0, res.stderr[-3000:]
     for mode in ("nominal", "randmix", "advmix", "linf"):
         assert mode in res.stdout
-    assert "x nominal" in res.stdout
+    assert "x nominal" in res.stdout and "x floor" in res.stdout
+    advmix = next(line.split() for line in res.stdout.splitlines() if line.startswith("advmix "))
+    assert float(advmix[-1]) > 0  # measured / floor
