@@ -220,7 +220,7 @@ def train_gan_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) 
     t0 = time.time()
     if p.gan.pretrained is not None:
         try:
-            G, w_avg, info = checkpoints.load_generator(p.gan.pretrained)
+            G, w_avg, _ = checkpoints.load_generator(p.gan.pretrained)
         except (checkpoints.CheckpointError, FileNotFoundError) as exc:
             raise _fail(str(exc)) from None
         if G.size != ds.images.shape[1]:
