@@ -29,7 +29,7 @@ def _subcommand(ctx: typer.Context) -> None:
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)  # an error stays one line however narrow the terminal
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -518,6 +518,8 @@ def evaluate_cmd(
         model, _ = load_classifier(path)
     except FileNotFoundError:
         raise _fail(f"{path}: no such classifier; run `advmix train --mode {mode} --seed {seed}` first") from None
+    except ValueError as exc:  # a broken file
+        raise _fail(str(exc)) from None
     device = pick_device(p.train.device, "train.device")
     G = latents = val_latents = layers = None
     if paths.GENERATOR.is_file() and paths.latents_file("test_balanced").is_file():
@@ -569,7 +571,10 @@ def report_cmd(
         from advmix.runtime import pick_device
 
         G, layers, latents = _mixing_inputs(p, ds, "test_balanced")
-        loaded = {m: load_classifier(f)[0] for m, f in models.items()}
+        try:
+            loaded = {m: load_classifier(f)[0] for m, f in models.items()}
+        except ValueError as exc:  # a broken file
+            raise _fail(str(exc)) from None
         arrays = worst_mixes(loaded, ds.split("test_balanced"), latents, G, layers, p,
                              pick_device(p.train.device, "train.device"))
         buffer = io.BytesIO()

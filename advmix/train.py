@@ -284,8 +284,10 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
     best: dict[str, Any] = {"epoch": -1, "acc": -1.0, "state": None}
     sums = torch.zeros(5, dtype=torch.float64)  # loss*n, correct, n, adversarial correct, adversarial n
     if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") == fp and state.get("version") == STATE_VERSION and state["world"] == world:
+        from advmix.files import read_torch
+
+        state = read_torch(state_path, "training state", "delete it to start this run over")
+        if isinstance(state, dict) and state.get("fingerprint") == fp and state.get("version") == STATE_VERSION and state["world"] == world:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
