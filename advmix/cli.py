@@ -473,7 +473,8 @@ def train_cmd(
     device = torch.device(run["device"])
     model = model.to(device)
     out = {"best_epoch": run["best_epoch"], "epochs": run["epochs"], "seconds": round(run["seconds"], 2),
-           "images_per_s": round(run["images_per_s"], 2), "resumed_from_epoch": run["resumed_from"]["epoch"]}
+           "images_per_s": round(run["images_per_s"], 2), "resumed_from_epoch": run["resumed_from"]["epoch"],
+           "torch_threads": torch.get_num_threads()}  # CPU results are bitwise reproducible at the same count
     for split in ("val", "test_iid", "test_balanced", "test_flipped"):
         part = ds.split(split)
         if len(part):
@@ -529,7 +530,10 @@ def evaluate_cmd(
     t0 = time.time()
     result, by_group = evaluate_classifier(model, ds, p, device, G=G, latents=latents, layers=layers,
                                            val_latents=val_latents)
+    import torch
+
     result = {"mode": mode, "seed": seed, "uses_group_labels": mode in GROUP_LABEL_MODES} | result
+    result["torch_threads"] = torch.get_num_threads()  # CPU results are bitwise reproducible at the same count
     name = paths.run_name(mode, seed)
     atomic_write_bytes(paths.eval_dir(mode, seed) / "by_group.csv",
                        pd.DataFrame(by_group).to_csv(index=False).encode())
