@@ -6,7 +6,7 @@ Progress goes to stderr, results to stdout; any failure exits non-zero so DVC st
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -29,7 +29,7 @@ def _subcommand(ctx: typer.Context) -> None:
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)  # an error stays one line however narrow the terminal
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -99,11 +99,34 @@ def _progress(description: str, total: int):
 
 
 @app.command("params")
-def params_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Print the resolved params (defaults filled in) as YAML."""
-    import yaml
+def params_cmd(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    profile: Annotated[str | None, typer.Option(help="start from profiles/NAME.yaml (cpu, gpu, celeba-gpu) or a file")
+                       ] = None,
+    write: Annotated[bool, typer.Option("--write", help="write the result to --params instead of printing it")] = False,
+) -> None:
+    """The resolved params, every key filled in: printed, or written in full with --write (what DVC needs).
 
-    typer.echo(yaml.safe_dump(_load(params, set_).to_dict(), sort_keys=False), nl=False)
+    The source is --profile when given, else the params file; -S overrides apply on top. Written files keep the
+    comments of profiles/cpu.yaml."""
+    from advmix.data.store import atomic_write_bytes
+    from advmix.params import PROFILES_DIR, TEMPLATE_PROFILE, ParamsError, load_profile, profile_path, render_params
+
+    template = Path(PROFILES_DIR) / f"{TEMPLATE_PROFILE}.yaml"
+    try:
+        source = profile_path(profile) if profile else params
+        resolved = load_profile(profile, _overrides(set_)) if profile else _load(params, set_)
+    except ParamsError as exc:
+        raise _fail(str(exc), 2) from None
+    text = render_params(resolved, template.read_text() if template.is_file() else None)
+    if profile and not (template.is_file() and source.resolve() == template.resolve()):
+        text = f"# written by `advmix params --profile {profile} --write`: {source} over {template}\n" + text
+    if not write:
+        typer.echo(text, nl=False)
+        return
+    atomic_write_bytes(params, text.encode())
+    _console().print(f"wrote {params}: {source}{' with ' + ', '.join(set_) if set_ else ''}", highlight=False)
 
 
 @app.command()
@@ -197,14 +220,14 @@ def train_gan_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) 
     t0 = time.time()
     if p.gan.pretrained is not None:
         try:
-            G, w_avg, info = checkpoints.load_generator(p.gan.pretrained)
+            G, w_avg, _ = checkpoints.load_generator(p.gan.pretrained)
         except (checkpoints.CheckpointError, FileNotFoundError) as exc:
             raise _fail(str(exc)) from None
         if G.size != ds.images.shape[1]:
             raise _fail(f"gan.pretrained: {p.gan.pretrained} makes {G.size} px images but data.resolution is "
                         f"{ds.images.shape[1]}")
         run = {"iterations": 0, "seconds": 0.0, "images_per_s": 0.0, "pretrained": str(p.gan.pretrained)}
-        config = info.get("config", {})
+        checkpoints.save_generator(paths.GENERATOR, G, {}, w_avg)  # what every later stage reads
     else:
         paths.GAN_DIR.mkdir(parents=True, exist_ok=True)
         with _progress("train-gan", p.gan.iterations) as step:
@@ -411,10 +434,11 @@ def train_cmd(
     import time
 
     from advmix import paths
-    from advmix.data.store import atomic_write_json
+    from advmix.data.store import atomic_folder, atomic_write_json
     from advmix.gan.invert import LatentsError
     from advmix.models import save_classifier
-    from advmix.train import MIXING_MODES, STATE_FILE, evaluate, train_classifier
+    from advmix.runtime import distributed
+    from advmix.train import MIXING_MODES, evaluate, train_classifier
 
     mode = _mode(mode)
     p = _load(params, set_)
@@ -425,14 +449,17 @@ def train_cmd(
     G = latents = layers = None
     if mode in MIXING_MODES:
         G, layers, latents = _mixing_inputs(p, ds, "train")
-    live_dir = paths.train_live_dir(mode, seed)
-    live_dir.mkdir(parents=True, exist_ok=True)
+    state = paths.train_state(mode, seed)
+    state.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    # dvclive writes into a temp folder that replaces the old one only on success: a failed run loses nothing
+    live = atomic_folder(paths.train_live_dir(mode, seed)) if distributed()[0] == 0 else nullcontext()
     with _progress(f"train {mode} seed {seed}", p.train.epochs * max(1, len(train) // p.train.batch)) as step:
         try:
-            run = train_classifier(mode, train, val, p, live_dir / STATE_FILE, live_dir, G=G, latents=latents,
-                                   layers=layers, progress=lambda done, total, s: step(
-                                       completed=done, info=f"epoch {s['epoch']} loss {s['loss']:.3f}"))
+            with live as live_dir:
+                run = train_classifier(mode, train, val, p, state, live_dir, G=G, latents=latents, layers=layers,
+                                       progress=lambda done, total, s: step(
+                                           completed=done, info=f"epoch {s['epoch']} loss {s['loss']:.3f}"))
         except (LatentsError, ValueError) as exc:
             raise _fail(str(exc)) from None
     if run["rank"] != 0:
@@ -446,7 +473,8 @@ def train_cmd(
     device = torch.device(run["device"])
     model = model.to(device)
     out = {"best_epoch": run["best_epoch"], "epochs": run["epochs"], "seconds": round(run["seconds"], 2),
-           "images_per_s": round(run["images_per_s"], 2), "resumed_from_epoch": run["resumed_from"]["epoch"]}
+           "images_per_s": round(run["images_per_s"], 2), "resumed_from_epoch": run["resumed_from"]["epoch"],
+           "torch_threads": torch.get_num_threads()}  # CPU results are bitwise reproducible at the same count
     for split in ("val", "test_iid", "test_balanced", "test_flipped"):
         part = ds.split(split)
         if len(part):
@@ -491,6 +519,8 @@ def evaluate_cmd(
         model, _ = load_classifier(path)
     except FileNotFoundError:
         raise _fail(f"{path}: no such classifier; run `advmix train --mode {mode} --seed {seed}` first") from None
+    except ValueError as exc:  # a broken file
+        raise _fail(str(exc)) from None
     device = pick_device(p.train.device, "train.device")
     G = latents = val_latents = layers = None
     if paths.GENERATOR.is_file() and paths.latents_file("test_balanced").is_file():
@@ -500,7 +530,10 @@ def evaluate_cmd(
     t0 = time.time()
     result, by_group = evaluate_classifier(model, ds, p, device, G=G, latents=latents, layers=layers,
                                            val_latents=val_latents)
+    import torch
+
     result = {"mode": mode, "seed": seed, "uses_group_labels": mode in GROUP_LABEL_MODES} | result
+    result["torch_threads"] = torch.get_num_threads()  # CPU results are bitwise reproducible at the same count
     name = paths.run_name(mode, seed)
     atomic_write_bytes(paths.eval_dir(mode, seed) / "by_group.csv",
                        pd.DataFrame(by_group).to_csv(index=False).encode())
@@ -514,7 +547,12 @@ def evaluate_cmd(
 
 
 @app.command("report")
-def report_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+def report_cmd(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="a partial report when planned runs lack "
+                                                "their evaluation (it says so)")] = False,
+) -> None:
     """The comparison of every mode: reports/summary.md, a self-contained reports/summary.html, metrics/summary.json.
 
     Reads metrics/eval/ and results/eval/ (the evaluate stages), the earlier stages' figures and metrics, and
@@ -537,14 +575,17 @@ def report_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> 
         from advmix.runtime import pick_device
 
         G, layers, latents = _mixing_inputs(p, ds, "test_balanced")
-        loaded = {m: load_classifier(f)[0] for m, f in models.items()}
+        try:
+            loaded = {m: load_classifier(f)[0] for m, f in models.items()}
+        except ValueError as exc:  # a broken file
+            raise _fail(str(exc)) from None
         arrays = worst_mixes(loaded, ds.split("test_balanced"), latents, G, layers, p,
                              pick_device(p.train.device, "train.device"))
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         atomic_write_bytes(paths.WORST_MIXES, buffer.getvalue())
     try:
-        summary = build_report(Path("."), class_names=ds.info.get("classes"))
+        summary = build_report(Path("."), class_names=ds.info.get("classes"), allow_missing=allow_missing)
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
     gain = summary.get("advmix_vs_nominal", {})

@@ -90,10 +90,13 @@ def save_classifier(path: str | os.PathLike[str], model: nn.Module, config: dict
 
 def load_classifier(path: str | os.PathLike[str], device: str | torch.device = "cpu"
                     ) -> tuple[nn.Module, dict[str, Any]]:
-    """(model in eval mode on `device`, the whole payload without the weights)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    """(model in eval mode on `device`, the whole payload without the weights); BrokenFileError for a broken file."""
+    from advmix.files import BrokenFileError, read_torch
+
+    fix = "delete it and rerun `advmix train` for it"
+    payload = read_torch(path, "classifier checkpoint", fix)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an advmix classifier checkpoint")
+        raise BrokenFileError(f"{path}: not an advmix classifier checkpoint (format {FORMAT!r}); {fix}")
     cfg = payload["config"]
     model = build_model(cfg["model"], cfg["n_classes"], cfg["resolution"], cfg["width"])
     model.load_state_dict(payload.pop("state_dict"))

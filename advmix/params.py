@@ -269,20 +269,27 @@ def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
 
 def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
     """Read and validate params.yaml; `overrides` maps dotted keys to values (like `dvc exp run -S`)."""
+    raw = _read_mapping(Path(path), "params file")
+    if not overrides:
+        return parse_params(raw, str(path))
+    parse_params(raw, str(path))  # the file's own mistakes are blamed on the file, the rest on -S
+    for key, value in overrides.items():
+        set_dotted(raw, key, value)
+    return parse_params(raw, f"-S {' '.join(overrides)} (over {path})")
+
+
+def _read_mapping(path: Path, what: str) -> dict[str, Any]:
     import yaml
 
-    path = Path(path)
     if not path.is_file():
-        raise ParamsError(f"{path}: params file not found")
+        raise ParamsError(f"{path}: {what} not found")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    for key, value in (overrides or {}).items():
-        set_dotted(raw, key, value)
-    return parse_params(raw, str(path))
+    return raw
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -293,3 +300,69 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ParamsError(f"override {key}: {part} is not a section")
     node[leaf] = value
+
+
+PROFILES_DIR = "profiles"  # shipped params files: cpu.yaml (the committed default), gpu.yaml, celeba-gpu.yaml
+TEMPLATE_PROFILE = "cpu"  # its comments document every key; written params files keep them
+
+
+def profile_path(name: str, root: str | Path = ".") -> Path:
+    """profiles/<name>.yaml under `root`, or `name` itself when it is a path to a YAML file."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else Path(root) / PROFILES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in (Path(root) / PROFILES_DIR).glob("*.yaml"))
+        raise ParamsError(f"profile {name!r}: {path} not found; shipped profiles: {', '.join(shipped) or 'none'}")
+    return path
+
+
+def load_profile(name: str, overrides: dict[str, Any] | None = None, root: str | Path = ".") -> Params:
+    """A profile's params: its keys over those of the cpu profile (the committed default), then `overrides`."""
+    path = profile_path(name, root)
+    base = Path(root) / PROFILES_DIR / f"{TEMPLATE_PROFILE}.yaml"
+    raw = _read_mapping(base, "profile") if base.is_file() and base.resolve() != path.resolve() else {}
+
+    def merge(into: dict, new: dict) -> None:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    merge(raw, _read_mapping(path, "profile"))
+    for key, value in (overrides or {}).items():
+        set_dotted(raw, key, value)
+    return parse_params(raw, str(path))
+
+
+def render_params(p: Params, template: str | None = None) -> str:
+    """params.yaml text holding every key of `p`. With `template` (a commented params file, the cpu profile), its
+    layout and comments are kept and only the values change; keys it lacks are added at the end of their section."""
+    import io
+
+    import yaml
+
+    values = p.to_dict()
+    if template is None:
+        return yaml.safe_dump(values, sort_keys=False)
+    from ruamel.yaml import YAML
+
+    rt = YAML()
+    rt.width = 4096
+    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    tree = rt.load(template)
+
+    def update(node, new: dict) -> None:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(node.get(key), dict):
+                update(node[key], value)
+            elif key not in node or node[key] != value:
+                if isinstance(value, list) and getattr(node.get(key), "fa", None) is not None:
+                    seq = type(node[key])(value)  # a list keeps the flow style ([a, b]) it had
+                    seq.fa.set_flow_style() if node[key].fa.flow_style() else seq.fa.set_block_style()
+                    value = seq
+                node[key] = value
+
+    update(tree, values)
+    buf = io.StringIO()
+    rt.dump(tree, buf)
+    return buf.getvalue()

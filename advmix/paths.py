@@ -13,6 +13,7 @@ DATA = Path("data")
 METRICS = Path("metrics")
 REPORTS = Path("reports")
 MODELS = Path("models")
+SCRATCH = Path(".advmix")  # resumable training states: no DVC output, ignored by git
 
 
 def dataset_dir(name: str, root: Path = Path(".")) -> Path:
@@ -57,8 +58,14 @@ def classifier(mode: str, seed: int) -> Path:
 
 
 def train_live_dir(mode: str, seed: int) -> Path:
-    """The dvclive folder of train@<mode>-<seed>; its mid-training state (state.pt) lives there too."""
+    """The dvclive folder of train@<mode>-<seed>, swapped in whole when training succeeds."""
     return TRAIN_RESULTS / run_name(mode, seed)
+
+
+def train_state(mode: str, seed: int) -> Path:
+    """The mid-training state of train@<mode>-<seed>: scratch, outside every DVC output, so that no output needs
+    `persist` and DVC's run-cache can restore a stage; a state from other params is not resumed (its fingerprint)."""
+    return SCRATCH / "train" / run_name(mode, seed) / "state.pt"
 
 
 def train_metrics(mode: str, seed: int) -> Path:

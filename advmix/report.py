@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -86,6 +87,7 @@ class Inputs:
     rho: float
     params_text: str
     runs: list[Run]
+    missing: list[str] = field(default_factory=list)  # planned <mode>-s<seed> runs without an eval file (--allow-missing)
     class_names: list[str] | None = None
     worst_mixes: dict[str, Any] | None = None
     worst_mixes_path: Path | None = None
@@ -106,11 +108,14 @@ class Figure:
     note: str = ""
 
 
-def build_report(root: Path, class_names: list[str] | None = None) -> dict[str, Any]:
-    """Read every input, then render everything in memory, then write: a failed render leaves the old outputs."""
+def build_report(root: Path, class_names: list[str] | None = None, allow_missing: bool = False) -> dict[str, Any]:
+    """Read every input, then render everything in memory, then write: a failed render leaves the old outputs.
+
+    Every run that train.modes x train.seeds plans must have its eval file; `allow_missing` makes a partial report
+    instead, which says so in its title and in summary.json (`missing_runs`)."""
     root = Path(root)
-    inputs = collect(root, class_names)
-    summary = summarize(inputs.runs, inputs.dataset, inputs.rho)
+    inputs = collect(root, class_names, allow_missing)
+    summary = summarize(inputs.runs, inputs.dataset, inputs.rho) | {"missing_runs": inputs.missing}
     with atomic_folder(root / SUMMARY_DIR) as folder:
         figures = make_figures(inputs, folder)
         blocks = report_blocks(summary, inputs, figures)
@@ -125,14 +130,20 @@ def build_report(root: Path, class_names: list[str] | None = None) -> dict[str, 
 # ---------------------------------------------------------------- reading
 
 
-def collect(root: Path, class_names: list[str] | None = None) -> Inputs:
+def collect(root: Path, class_names: list[str] | None = None, allow_missing: bool = False) -> Inputs:
     """Read and check the inputs; required ones (params.yaml, eval jsons) raise when missing, others are noted."""
     root = Path(root)
     dataset, rho, params_text, planned = read_params(root / PARAMS)
     runs = read_runs(root, planned)
+    missing = sorted(f"{m}-s{s}" for m, s in planned - {(r.mode, r.seed) for r in runs})
+    if missing and not allow_missing:
+        raise ReportError(f"{root / EVAL_METRICS}: no eval file for the planned run(s) {', '.join(missing)} "
+                          "(train.modes x train.seeds); run `dvc repro`, or `advmix report --allow-missing` for a "
+                          "partial report")
     if class_names is None:
         class_names = _dataset_classes(dataset_dir(dataset, root) / "info.json")
-    inputs = Inputs(root=root, dataset=dataset, rho=rho, params_text=params_text, runs=runs, class_names=class_names)
+    inputs = Inputs(root=root, dataset=dataset, rho=rho, params_text=params_text, runs=runs, missing=missing,
+                    class_names=class_names)
     found = read_worst_mixes(root)
     if found is not None:
         inputs.worst_mixes_path, inputs.worst_mixes = found
@@ -231,12 +242,12 @@ def read_run(path: Path) -> Run:
             _is_number(metrics.get(k)) or (k in BINARY_ONLY and metrics.get(k, 0) is None))]
         if missing:
             hint = f" (or null: {', '.join(BINARY_ONLY)})" if set(missing) & set(BINARY_ONLY) else ""
-            raise ReportError(f"{path}: split {split!r} lacks a number for {missing}{hint}")
+            raise ReportError(f"{path}: split {split!r} lacks a finite number for {missing}{hint}")
     scalars = {}
     for key in RUN_KEYS:
         value = raw.get(key)
         if value is not None and not _is_number(value):
-            raise ReportError(f"{path}: {key} should be a number or null, got {value!r}")
+            raise ReportError(f"{path}: {key} should be a finite number or null, got {value!r}")
         scalars[key] = None if value is None else float(value)
     return Run(mode=mode, seed=int(seed), uses_group_labels=bool(raw.get("uses_group_labels", False)),
                splits=raw["splits"], scalars=scalars, path=path)
@@ -426,7 +437,8 @@ def _mode_rank(mode: str) -> tuple[int, str]:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite int or float: a NaN or an infinity is no metric."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # ---------------------------------------------------------------- figures
@@ -541,7 +553,9 @@ Block = tuple
 
 
 def _title(summary: dict[str, Any]) -> str:
-    return f"advmix report: {summary['dataset']}, rho = {summary['rho']:g}"
+    missing = summary.get("missing_runs")
+    partial = f" (PARTIAL: {len(missing)} planned runs missing: {', '.join(missing)})" if missing else ""
+    return f"advmix report: {summary['dataset']}, rho = {summary['rho']:g}{partial}"
 
 
 def report_blocks(summary: dict[str, Any], inputs: Inputs, figures: list[Figure]) -> list[Block]:

@@ -45,15 +45,21 @@ STATE_VERSION = 2
 MODES = ("nominal", "randmix", "advmix", "linf", "groupdro", "augmix")
 MIXING_MODES = ("randmix", "advmix")
 GROUP_LABEL_MODES = ("groupdro",)  # the modes that read group labels in training
-STATE_FILE = "state.pt"
 
 
 def load_latents(folder: str | Path, split: Dataset, name: str, n_latent: int, style_dim: int) -> np.ndarray:
     """data/latents/<name>.npy as float32 [rows of the split, n_latent, style_dim], checked against the split's
     manifest (row count, and the ids hash of info.json when present) by advmix.gan.invert.load_latents."""
+    from advmix.gan.invert import LatentsError
     from advmix.gan.invert import load_latents as load
 
-    return load(Path(folder) / f"{name}.npy", split.manifest, n_latent, style_dim)
+    path = Path(folder) / f"{name}.npy"
+    codes = load(path, split.manifest, n_latent, style_dim)
+    bad = ~np.isfinite(codes).all(axis=(1, 2))
+    if bad.any():
+        raise LatentsError(f"{path}: {int(bad.sum())} row(s) hold NaN or Inf (the first: row {int(np.argmax(bad))}); "
+                           "rerun `advmix extract` to rewrite data/latents")
+    return codes
 
 
 def model_config(p, n_classes: int, resolution: int) -> dict[str, Any]:
@@ -278,8 +284,10 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
     best: dict[str, Any] = {"epoch": -1, "acc": -1.0, "state": None}
     sums = torch.zeros(5, dtype=torch.float64)  # loss*n, correct, n, adversarial correct, adversarial n
     if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") == fp and state.get("version") == STATE_VERSION and state["world"] == world:
+        from advmix.files import read_torch
+
+        state = read_torch(state_path, "training state", "delete it to start this run over")
+        if isinstance(state, dict) and state.get("fingerprint") == fp and state.get("version") == STATE_VERSION and state["world"] == world:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
@@ -347,6 +355,9 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
             else:
                 loss = group_dro_loss(F.cross_entropy(logits, y, reduction="none"), groups[idx].to(device), q,
                                       t.groupdro.step_size, world)
+            if not torch.isfinite(loss):  # stop here: one NaN step leaves every weight NaN
+                raise ValueError(f"train {mode}: the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; likely "
+                                 f"non-finite images or W+ codes, or train.lr {t.lr} too high")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             average_grads(model, world)

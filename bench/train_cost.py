@@ -4,8 +4,18 @@
 
 Runs advmix.train.train_classifier for one epoch of n_batches batches per mode, on random images with random
 W+ codes and a randomly initialised generator of the default (CPU-sized) config unless --generator names a
-checkpoint. The first batch is warm-up and is not timed. Prints a table: seconds per batch and the ratio to
-nominal. The mixing layers are the `middle+fine` preset (the count matters for cost, not which ones).
+checkpoint. The first batch is warm-up and is not timed. Prints a table: seconds per batch, the ratio to
+nominal, and the ratio to the mode's floor. The mixing layers are the `middle+fine` preset (the count matters for
+cost, not which ones).
+
+The floor of a mode is nominal's measured step plus the passes the mode cannot avoid for the replaced share of a
+batch (n = batch x (1 - clean ratio) examples), each timed alone on the same device:
+  advmix   K generator forwards per example (the hard mixes, in one batch of n*K codes, no gradient) and S
+           generator + classifier forward/backward passes of n codes (the steps on alpha);
+  randmix  one generator forward of n codes;
+  linf     PGD steps x one classifier forward/backward of n images;
+  groupdro nominal's step; augmix: none given (its cost is torchvision's per-image CPU work).
+A ratio near 1 says the mode's loop adds little beyond that work.
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--model", default="smallcnn", choices=["smallcnn", "resnet18"])
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--k", type=int, default=4, help="AdvMix partners per example")
-    ap.add_argument("--steps", type=int, default=5, help="AdvMix steps on alpha (PGD keeps its default 5)")
+    ap.add_argument("--steps", type=int, default=1, help="AdvMix steps on alpha (PGD keeps its default 5)")
     ap.add_argument("--clean-ratio", type=float, default=0.5)
     ap.add_argument("--residual", action="store_true")
     ap.add_argument("--generator", type=Path, help="a generator checkpoint instead of a random default-config one")
@@ -73,6 +83,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "residual": args.residual, "advmix": {"partners_k": args.k, "steps": args.steps}, "device": args.device,
         "checkpoint_minutes": 1e6}})
 
+    floors = floor_seconds(G, p, layers, latents, args, pick_device(args.device))
     rows = []
     for mode in args.modes:
         stamps: list[float] = []
@@ -86,16 +97,73 @@ def main(argv: list[str] | None = None) -> list[dict]:
         timed = np.diff(stamps) if len(stamps) > 1 else np.array([float("nan")])
         rows.append({"mode": mode, "s_per_batch": float(np.mean(timed)), "batches_timed": len(timed)})
     base = next((r["s_per_batch"] for r in rows if r["mode"] == "nominal"), float("nan"))
+    for r in rows:
+        extra = floors.get(r["mode"])
+        r["floor_s"] = None if extra is None else base + extra
+        r["x_floor"] = None if extra is None else r["s_per_batch"] / r["floor_s"]
     device = pick_device(args.device)
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} thread(s)"
     print(f"device: {name}{' (bf16 autocast + channels_last)' if device.type == 'cuda' else ''}; {args.model} "
           f"width {args.width}, {res} px, batch {args.batch}, clean ratio {args.clean_ratio}, AdvMix K={args.k} "
           f"S={args.steps}, {len(layers)} mixing layers, G {sum(q.numel() for q in G.parameters()) / 1e6:.2f}M")
-    print(f"{'mode':8s} {'s/batch':>9s} {'img/s':>9s} {'x nominal':>10s}")
+    print(f"{'mode':8s} {'s/batch':>9s} {'img/s':>9s} {'x nominal':>10s} {'floor s':>9s} {'x floor':>8s}")
     for r in rows:
         r["x_nominal"] = r["s_per_batch"] / base
-        print(f"{r['mode']:8s} {r['s_per_batch']:9.4f} {args.batch / r['s_per_batch']:9.1f} {r['x_nominal']:10.2f}")
+        floor = "n/a" if r["floor_s"] is None else f"{r['floor_s']:.4f}"
+        ratio = "n/a" if r["x_floor"] is None else f"{r['x_floor']:.2f}"
+        print(f"{r['mode']:8s} {r['s_per_batch']:9.4f} {args.batch / r['s_per_batch']:9.1f} {r['x_nominal']:10.2f} "
+              f"{floor:>9s} {ratio:>8s}")
     return rows
+
+
+def floor_seconds(G, p, layers: list[int], latents: np.ndarray, args, device, repeats: int = 5) -> dict[str, float]:
+    """Seconds per batch of the passes each mode cannot avoid beyond nominal's step (see the module docstring)."""
+    import torch
+
+    from advmix.mixing import mix
+    from advmix.models import build_model
+
+    n = max(1, round(args.batch * (1 - args.clean_ratio)))
+    k, t = args.k, p.train
+    G = G.to(device).eval().requires_grad_(False)
+    model = build_model(t.model, 2, G.size, t.width).to(device).eval()
+    w = torch.from_numpy(latents[: n * k]).to(device)
+    y = torch.zeros(n, dtype=torch.long, device=device)
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / repeats
+
+    def hard_mixes():
+        with torch.no_grad():
+            G.synthesis(w, noise_mode="const")
+
+    def alpha_step():
+        a = torch.ones(n, len(layers), device=device, requires_grad=True)
+        x = G.synthesis(mix(w[:n], w[n: 2 * n] if k > 1 else w[:n], a, layers), noise_mode="const")
+        torch.autograd.grad(torch.nn.functional.cross_entropy(model(x.float()), y), a)
+
+    def one_forward():
+        with torch.no_grad():
+            G.synthesis(w[:n], noise_mode="const")
+
+    x0 = torch.zeros(n, 3, G.size, G.size, device=device)
+
+    def pgd_step():
+        x = x0.clone().requires_grad_(True)
+        torch.autograd.grad(torch.nn.functional.cross_entropy(model(x), y), x)
+
+    return {"nominal": 0.0, "groupdro": 0.0,
+            "advmix": timed(hard_mixes) + t.advmix.steps * timed(alpha_step),
+            "randmix": timed(one_forward),
+            "linf": t.linf.steps * timed(pgd_step)}
 
 
 if __name__ == "__main__":

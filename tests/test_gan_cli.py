@@ -58,6 +58,10 @@ def test_probe_train_gan_analyze_layers(project):
     (project / "models" / "gan" / "generator.pt").rename(project / "g.pt")
     run("train-gan", "-S", f"gan.pretrained={project / 'g.pt'}")
     assert json.loads((project / "metrics" / "gan.json").read_text())["gan_iterations"] == 0
+    from advmix.gan.checkpoints import load_generator
+
+    mine, theirs = load_generator(project / "models" / "gan" / "generator.pt")[0], load_generator(project / "g.pt")[0]
+    assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), theirs.state_dict().values(), strict=True))
 
 
 def test_pretrained_errors_are_clear(project):

@@ -46,8 +46,14 @@ def write_by_group(root, mode, seed, wga):
     (folder / "by_group.csv").write_text("\n".join(lines) + "\n")
 
 
+def write_params(root, modes, seeds=(0, 1)):
+    """params.yaml planning exactly `modes` x `seeds`."""
+    (root / "params.yaml").write_text(f"seed: 0\ndata:\n  name: synthfaces\n  rho: 0.9\n"
+                                      f"train:\n  modes: [{', '.join(modes)}]\n  seeds: {list(seeds)}\n")
+
+
 def write_inputs(root, modes=("nominal", "advmix", "linf"), by_group=True, extras=True):
-    (root / "params.yaml").write_text("seed: 0\ndata:\n  name: synthfaces\n  rho: 0.9\n")
+    write_params(root, modes)
     for (mode, seed), (err, wga, eod) in NUMBERS.items():
         if mode in modes:
             write_eval(root, mode, seed, err, wga, eod, SEMANTIC[mode][seed])
@@ -119,7 +125,9 @@ def test_relative_reduction_null_when_nominal_error_is_zero_or_a_mode_is_missing
     write_eval(tmp_path, "nominal", 0, 0.0, 1.0, 0.0)
     write_eval(tmp_path, "nominal", 1, 0.0, 1.0, 0.0)
     write_eval(tmp_path, "advmix", 0, 0.1, 0.9, 0.0)
-    summary = report.build_report(tmp_path)
+    write_params(tmp_path, ("nominal", "advmix", "linf"))
+    summary = report.build_report(tmp_path, allow_missing=True)  # advmix-s1 is missing
+    assert summary["missing_runs"] == ["advmix-s1"]
     assert summary["advmix_vs_nominal"]["relative_error_reduction_balanced"] is None
     assert summary["advmix_vs_nominal"]["worst_group_gain"] == pytest.approx(-0.1)
     assert summary["modes"]["advmix"]["seeds"] == [0]
@@ -177,7 +185,7 @@ def test_markdown_references_images_by_relative_path(built):
 
 
 def test_missing_eval_jsons_name_the_folder(tmp_path):
-    (tmp_path / "params.yaml").write_text("data:\n  name: synthfaces\n  rho: 0.9\n")
+    write_params(tmp_path, ("nominal",))
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "metrics"))):
         report.build_report(tmp_path)
     (tmp_path / "params.yaml").unlink()
@@ -187,6 +195,7 @@ def test_missing_eval_jsons_name_the_folder(tmp_path):
 
 def test_malformed_inputs_name_the_file(tmp_path):
     write_inputs(tmp_path, modes=("nominal",), by_group=False, extras=False)
+    write_params(tmp_path, ("nominal", "advmix"))
     bad = tmp_path / "metrics" / "eval" / "advmix-s0.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match=re.escape(str(bad)) + ".*not valid JSON"):
@@ -246,3 +255,22 @@ def test_a_failed_render_writes_nothing(tmp_path, monkeypatch):
         report.build_report(tmp_path)
     assert (tmp_path / "reports" / "summary.html").read_bytes() == before  # the old report stays whole
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["summary", "summary.html", "summary.md"]
+
+
+def test_an_incomplete_plan_is_refused_unless_a_partial_report_is_asked_for(tmp_path):
+    write_inputs(tmp_path, by_group=False, extras=False)
+    (tmp_path / "metrics" / "eval" / "advmix-s1.json").unlink()
+    with pytest.raises(report.ReportError, match="planned run.*advmix-s1.*--allow-missing"):
+        report.build_report(tmp_path)
+    assert not (tmp_path / "metrics" / "summary.json").exists()  # nothing written
+    summary = report.build_report(tmp_path, allow_missing=True)
+    assert summary["missing_runs"] == ["advmix-s1"] and summary["modes"]["advmix"]["seeds"] == [0]
+    assert "PARTIAL" in (tmp_path / "reports" / "summary.md").read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_metric_is_refused(tmp_path, bad):
+    write_inputs(tmp_path, modes=("nominal",), by_group=False, extras=False)
+    path = write_eval(tmp_path, "nominal", 1, bad, 0.5, 0.1)
+    with pytest.raises(report.ReportError, match=re.escape(str(path)) + ".*finite number.*error"):
+        report.build_report(tmp_path)

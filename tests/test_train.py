@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -92,6 +93,14 @@ def test_a_state_from_other_params_is_not_resumed(tiny_run, tmp_path):
     other = p.model_copy(update={"train": p.train.model_copy(update={"lr": 1e-3})})
     run = train_classifier("nominal", train, val, other, tmp_path / "state.pt", None)
     assert run["resumed_from"] == {"epoch": 0, "step": 0}
+
+
+def test_a_non_finite_loss_stops_training_naming_the_step(tiny_run, tmp_path):
+    p, train, val, G, latents = tiny_run
+    bad = latents.copy()
+    bad[:] = np.nan  # codes that bypassed load_latents' check: every mix is NaN
+    with pytest.raises(ValueError, match=r"train advmix: the loss is nan at epoch 1, step 1; likely non-finite"):
+        train_classifier("advmix", train, val, p, tmp_path / "state.pt", None, G=G, latents=bad, layers=[2, 3, 4, 5])
 
 
 def test_model_selection_keeps_the_best_val_epoch(tiny_run, tmp_path):
@@ -203,6 +212,16 @@ def test_cli_train_nominal(project):
     assert res.exit_code == 0, res.output
     assert "best epoch 1/1" in res.output
     check_outputs(root, "nominal")
+
+    # a run that fails mid-training leaves the previous run's outputs, its dvclive folder included, as they were
+    def snapshot():
+        files = [*(root / "results" / "train" / "nominal-s0").rglob("*"), root / "models" / "classifier-nominal-s0.pt"]
+        return {f: f.read_bytes() for f in files if f.is_file()}
+
+    before = snapshot()
+    res = run_cli("--mode", "nominal", "-S", "train.lr=1e30")
+    assert res.exit_code == 1 and re.search(r"the loss is (nan|inf)", res.output), res.output
+    assert snapshot() == before
     res = run_cli("--mode", "groupdro", "--seed", "3")
     assert res.exit_code == 0, res.output
     check_outputs(root, "groupdro", 3)
@@ -231,7 +250,14 @@ def test_cli_train_advmix_with_a_saved_generator(project):
         np.save(root / "data" / "latents" / f"{split}.npy", rng.normal(size=(rows, 6, 32)).astype(np.float32))
     res = run_cli("--mode", "advmix")
     assert res.exit_code == 1 and "expected shape (40, 6, 32)" in res.output
-    np.save(root / "data" / "latents" / "train.npy", rng.normal(size=(40, 6, 32)).astype(np.float32))
+    codes = rng.normal(size=(40, 6, 32)).astype(np.float32)
+    codes[7, 2, 5] = np.nan  # one NaN element is enough to make every weight NaN
+    np.save(root / "data" / "latents" / "train.npy", codes)
+    res = run_cli("--mode", "advmix")
+    assert res.exit_code == 1 and "train.npy: 1 row(s) hold NaN or Inf (the first: row 7)" in res.output
+    assert not (root / "models" / "classifier-advmix-s0.pt").exists()
+    codes[7, 2, 5] = 0.0
+    np.save(root / "data" / "latents" / "train.npy", codes)
     res = run_cli("--mode", "advmix")
     assert res.exit_code == 0, res.output
     check_outputs(root, "advmix")
@@ -264,6 +290,10 @@ def test_cli_train_advmix_with_a_saved_generator(project):
     nominal = json.loads((root / "metrics" / "eval" / "nominal-s0.json").read_text())["eval_nominal_s0"]
     assert "val_semantic_robust_acc" not in nominal and nominal["semantic_robust_acc"] is not None  # 0 skips val only
     res = CliRunner().invoke(app, ["report", *CLI_SETS, *small_eval])
+    assert res.exit_code == 1 and "no eval file for the planned run(s)" in res.output  # params plan 6 modes x 5 seeds
+    (root / "params.yaml").write_text(json.dumps({"data": {"sizes": TINY_SIZES},
+                                                  "train": {"modes": ["nominal", "advmix"], "seeds": [0]}}) + "\n")
+    res = CliRunner().invoke(app, ["report", *CLI_SETS, *small_eval])
     assert res.exit_code == 0, (res.output, res.exception)
     with np.load(root / "results" / "report" / "worst_mixes.npz") as npz:
         assert npz["mixed"].shape == (4, 16, 16, 3) and set(npz.files) >= {"pred_nominal", "pred_advmix", "label"}
@@ -295,4 +325,6 @@ def test_bench_smoke():
     assert res.returncode == 0, res.stderr[-3000:]
     for mode in ("nominal", "randmix", "advmix", "linf"):
         assert mode in res.stdout
-    assert "x nominal" in res.stdout
+    assert "x nominal" in res.stdout and "x floor" in res.stdout
+    advmix = next(line.split() for line in res.stdout.splitlines() if line.startswith("advmix "))
+    assert float(advmix[-1]) > 0  # measured / floor

@@ -1,0 +1,192 @@
+"""Fault injection: a user's mistake or a broken file gets a non-zero exit, one clear line that names the file or key,
+and leaves every earlier output as it was.
+
+One tiny project is built through the real stages once (module scope); each case works on a copy of it."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import TINY_SIZES
+from typer.testing import CliRunner
+
+from advmix.cli import app
+
+PARAMS = {
+    "data": {"resolution": 16, "sizes": TINY_SIZES},
+    "probe": {"epochs": 1, "width": 8},
+    "gan": {"style_dim": 32, "n_mlp": 2, "channel_base": 256, "channel_max": 32, "batch": 8, "iterations": 4,
+            "eval_samples": 32},
+    "mixing": {"analysis_pairs": 16},
+    "extract": {"encoder_steps": 4, "encoder_real_steps": 2, "batch": 4, "width": 4, "refine_steps": 2},
+    "train": {"modes": ["nominal", "advmix"], "seeds": [0], "epochs": 1, "batch": 8, "width": 8, "device": "cpu",
+              "advmix": {"partners_k": 2, "steps": 1}},
+    "evaluate": {"robust_images": 8, "val_robust_images": 8, "partners_k": 2, "steps": 1, "linf_steps": 1,
+                 "worst_mixes": 4},
+}
+STAGES = [["prepare"], ["validate"], ["probe"], ["train-gan"], ["extract"], ["analyze-layers"],
+          ["train", "--mode", "nominal"], ["train", "--mode", "advmix"], ["evaluate", "--mode", "nominal"],
+          ["evaluate", "--mode", "advmix"], ["report"]]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    here, threads = os.getcwd(), torch.get_num_threads()
+    os.chdir(root)
+    torch.set_num_threads(1)
+    try:
+        for stage in STAGES:
+            res = invoke(*stage)
+            assert res.exit_code == 0, (stage, res.output)
+    finally:
+        os.chdir(here)
+        torch.set_num_threads(threads)
+    return root
+
+
+@pytest.fixture
+def project(built, tmp_path, monkeypatch):
+    root = tmp_path / "p"
+    shutil.copytree(built, root)
+    monkeypatch.chdir(root)
+    torch.set_num_threads(1)
+    return root
+
+
+def outputs(root: Path) -> dict[Path, bytes]:
+    """Every file the stages wrote (the scratch states aside)."""
+    return {f.relative_to(root): f.read_bytes() for folder in ("models", "metrics", "results", "reports", "data")
+            for f in (root / folder).rglob("*") if f.is_file()}
+
+
+def fails(root: Path, args: list[str], code: int, *needles: str) -> str:
+    """Run the command; assert its exit code, that its error is one line holding every needle, that nothing the
+    stages wrote changed, and that no traceback was printed."""
+    before = outputs(root)
+    res = invoke(*args)
+    assert res.exit_code == code, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, res.output
+    message = res.output[res.output.index("error:"):]  # one line; a params error lists each bad key below it
+    for needle in needles:
+        assert needle in message, (needle, res.output)
+    assert "Traceback" not in res.output
+    assert outputs(root) == before
+    return errors[0]
+
+
+def break_latents(root: Path, split: str) -> None:
+    path = root / "data" / "latents" / f"{split}.npy"
+    codes = np.load(path)
+    codes[1, 0, 3] = np.nan
+    np.save(path, codes)
+
+
+@pytest.mark.slow
+def test_nan_in_the_train_codes_stops_training(project):
+    break_latents(project, "train")
+    before = outputs(project)
+    res = invoke("train", "--mode", "advmix")
+    assert res.exit_code == 1 and "train.npy: 1 row(s) hold NaN or Inf (the first: row 1)" in res.output
+    assert outputs(project) == before
+
+
+@pytest.mark.slow
+def test_nan_in_the_test_codes_stops_evaluation(project):
+    break_latents(project, "test_balanced")
+    fails(project, ["evaluate", "--mode", "advmix"], 1, "test_balanced.npy", "NaN or Inf", "advmix extract")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncated", "foreign", "hostile"])
+def test_a_broken_classifier_is_named(project, damage):
+    path = project / "models" / "classifier-advmix-s0.pt"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    elif damage == "foreign":
+        torch.save({"weights": torch.zeros(2)}, path)
+    else:  # a pickle that would run a shell command when unpickled
+        class Evil:
+            def __reduce__(self):
+                return (os.system, ("echo pwned > pwned.txt",))
+
+        torch.save(Evil(), path)
+    line = fails(project, ["evaluate", "--mode", "advmix"], 1, "classifier-advmix-s0.pt", "advmix train")
+    if damage == "hostile":
+        assert "GLOBAL" in line and not (project / "pwned.txt").exists()
+    fails(project, ["report"], 1, "classifier-advmix-s0.pt")
+
+
+@pytest.mark.slow
+def test_a_broken_training_state_is_named(project):
+    state = project / ".advmix" / "train" / "nominal-s0" / "state.pt"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_bytes(b"\x80\x02garbage")
+    fails(project, ["train", "--mode", "nominal"], 1, "state.pt", "training state", "delete it")
+
+
+@pytest.mark.slow
+def test_the_report_refuses_an_incomplete_plan_and_a_nan_metric(project):
+    (project / "metrics" / "eval" / "advmix-s0.json").unlink()
+    fails(project, ["report"], 1, "advmix-s0", "--allow-missing")
+    res = invoke("report", "--allow-missing")
+    assert res.exit_code == 0, res.output
+    assert json.loads((project / "metrics" / "summary.json").read_text())["missing_runs"] == ["advmix-s0"]
+    path = project / "metrics" / "eval" / "nominal-s0.json"
+    raw = json.loads(path.read_text())
+    next(iter(raw.values()))["splits"]["val"]["ece"] = float("nan")
+    path.write_text(json.dumps(raw))
+    fails(project, ["report", "--allow-missing"], 1, "nominal-s0.json", "finite number", "ece")
+
+
+@pytest.mark.slow
+def test_a_failed_training_run_keeps_the_previous_outputs(project):
+    fails(project, ["train", "--mode", "nominal", "-S", "train.lr=1e30"], 1, "the loss is", "train.lr")
+
+
+@pytest.mark.slow
+def test_bad_overrides_name_the_override(project):
+    line = fails(project, ["train", "--mode", "nominal", "-S", "train.lrr=0.1"], 2, "train.lrr: unknown key")
+    assert line.startswith("error: -S train.lrr")
+    fails(project, ["train", "--mode", "nominal", "-S", "train.lr"], 2, "--set 'train.lr'", "KEY=VALUE")
+
+
+@pytest.mark.slow
+def test_kill_during_train_gan_then_rerun_gives_the_uninterrupted_generator(project):
+    """kill -9 mid-training (after a state was written), rerun: the generator equals an uninterrupted run's."""
+    env = {**os.environ, "ADVMIX_THREADS": "1"}
+    cmd = [str(Path(sys.executable).parent / "advmix"), "train-gan", "-S", "gan.iterations=40",
+           "-S", "gan.checkpoint_minutes=0.001"]
+    state = project / "models" / "gan" / "state.pt"
+    state.unlink(missing_ok=True)  # the fixture's finished run
+    reference = project.parent / "reference"
+    shutil.copytree(project, reference)
+    assert subprocess.run(cmd, cwd=reference, env=env, capture_output=True, check=False).returncode == 0
+    proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "finished before a state was written; raise gan.iterations"
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    res = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    mine = torch.load(project / "models" / "gan" / "generator.pt", weights_only=True)["g_ema"]
+    theirs = torch.load(reference / "models" / "gan" / "generator.pt", weights_only=True)["g_ema"]
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
