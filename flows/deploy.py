@@ -31,7 +31,8 @@ DEPLOYMENT_NAME = "weekly"
 
 
 def build_deployment(cron: str = DEFAULT_CRON, root: str | Path = ROOT, parameters: dict[str, Any] | None = None):
-    """The `advmix-pipeline/weekly` RunnerDeployment: every stage, no force, params.yaml as committed."""
+    """The `advmix-pipeline/weekly` RunnerDeployment: every stage (or `parameters["stages"]`), no force, the
+    project's params.yaml as committed."""
     return advmix_pipeline.to_deployment(
         name=DEPLOYMENT_NAME,
         schedules=[Cron(cron, timezone=TIMEZONE)],
@@ -46,9 +47,11 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="Serve the advmix pipeline on a cron schedule (UTC).")
     parser.add_argument("--cron", default=DEFAULT_CRON, help=f"cron expression, UTC (default: {DEFAULT_CRON!r})")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the project the runs work in (default: this one)")
+    parser.add_argument("--stage", action="append", dest="stages", help="run only this stage (repeatable)")
     args = parser.parse_args(argv)
-    os.chdir(ROOT)  # the deployment's entrypoint flows/pipeline.py is relative to the project folder
-    serve(build_deployment(args.cron))
+    os.chdir(ROOT)  # the deployment's entrypoint flows/pipeline.py is relative to this checkout
+    serve(build_deployment(args.cron, args.root.resolve(), {"stages": args.stages} if args.stages else None))
 
 
 if __name__ == "__main__":

@@ -327,3 +327,103 @@ def test_run_once_from_the_project_folder(flow_run, monkeypatch):
     assert json.loads(result.stdout)["success"] is True
     result = runner.invoke(app, ["run", "--stage", "nosuch"])
     assert result.exit_code == 1 and "unknown stage 'nosuch'" in " ".join(result.output.split()), result.output
+
+
+# ---------------------------------------------------------------- a schedule that fires, on a real server
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(check, timeout: float, what: str, procs: list[subprocess.Popen]):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            assert proc.poll() is None, f"{proc.args[:3]} exited with {proc.returncode} while waiting for {what}"
+        value = check()
+        if value:
+            return value
+        time.sleep(1.0)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.mark.slow
+def test_a_cron_schedule_fires_on_a_real_server(tmp_path):
+    """`prefect server start` on 127.0.0.1 with a temporary home, `flows/deploy.py --cron '* * * * *'` serving the
+    deployment on a tiny project: a scheduled run starts within about a minute, completes, and publishes the
+    metrics artifact. Both processes are stopped at the end, whatever happens."""
+    project = make_project(tmp_path / "project")
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+           "PREFECT_RUNNER_POLL_FREQUENCY": "2", "PREFECT_UI_ENABLED": "false", "ADVMIX_THREADS": "1"}
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs: list[subprocess.Popen] = []
+    with open(logs / "server.log", "w") as server_log, open(logs / "serve.log", "w") as serve_log:
+        try:
+            _serve_and_check(api, port, env, project, logs, procs, server_log, serve_log)
+        finally:
+            for proc in reversed(procs):
+                if proc.poll() is None:
+                    os.killpg(proc.pid, 15)
+                    try:
+                        proc.wait(timeout=20)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(proc.pid, 9)
+                        proc.wait()
+    assert all(proc.poll() is not None for proc in procs)
+
+
+def _serve_and_check(api, port, env, project, logs, procs, server_log, serve_log) -> None:
+    """Start the server, wait until it answers, serve the deployment, wait for a scheduled run; check it."""
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    procs.append(subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                                   str(port)], env=env, stdout=server_log,
+                                  stderr=subprocess.STDOUT, start_new_session=True))
+
+    def healthy():
+        try:
+            return httpx.get(f"{api}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    _wait_for(healthy, 120, "the server's health endpoint", procs)
+    procs.append(subprocess.Popen([sys.executable, str(ROOT / "flows" / "deploy.py"), "--cron", "* * * * *",
+                                   "--root", str(project), "--stage", "prepare", "--stage", "validate"],
+                                  env=env, stdout=serve_log, stderr=subprocess.STDOUT,
+                                  start_new_session=True))
+
+    def finished_run():  # the scheduler books many runs ahead: ask for the finished ones
+        final = FlowRunFilterStateType(any_=[StateType.COMPLETED, StateType.FAILED, StateType.CRASHED])
+        with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+            done = client.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=final)))
+        return done[0] if done else None
+
+    run = _wait_for(finished_run, 240, "a scheduled flow run to finish", procs)
+    assert run.state.is_completed(), (run.state, (logs / "serve.log").read_text()[-3000:])
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        deployment = client.read_deployment(run.deployment_id)
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+    assert deployment.name == "weekly" and run.auto_scheduled  # made by the scheduler, not by hand
+    assert "advmix-metrics" in {a.key for a in artifacts}
+    assert (project / "metrics" / "validation.json").is_file()  # the stages ran in the project it names
