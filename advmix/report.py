@@ -599,6 +599,38 @@ def report_blocks(summary: dict[str, Any], inputs: Inputs, figures: list[Figure]
     return blocks
 
 
+RESULTS_BEGIN, RESULTS_END = "<!-- results: advmix report --results-doc -->", "<!-- /results -->"
+
+
+def results_section(summary: dict[str, Any], runs: list[Run]) -> str:
+    """The committed default's numbers for docs/results.md, from the same summary and runs as the report:
+    test_balanced error per seed, the comparison, and each mode against nominal with its interval."""
+    seeds = sorted({r.seed for r in runs})
+    per_seed = [[mode, *(_fmt(next((r.splits["test_balanced"]["error"] for r in group if r.seed == s
+                                     and "test_balanced" in r.splits), None)) for s in seeds)]
+                for mode, group in by_mode(runs).items()]
+    blocks: list[Block] = [
+        ("p", (f"Dataset `{summary['dataset']}`, rho = {summary['rho']:g}; seeds {', '.join(map(str, seeds))}. "
+              "Test_balanced error per seed:")),
+        ("table", ["mode", *(f"s{s}" for s in seeds)], per_seed),
+        ("p", "Means ± sample std over seeds:"),
+        ("table", *comparison_table(summary, runs)),
+        ("p", f"Against nominal ({summary['ci_method']}):"),
+        ("table", *gain_table(summary["vs_nominal"])),
+    ]
+    return render_markdown(blocks)
+
+
+def replace_results_section(doc: Path, section: str) -> None:
+    """Rewrite the part of `doc` between RESULTS_BEGIN and RESULTS_END (atomically); ReportError without them."""
+    text = doc.read_text()
+    if RESULTS_BEGIN not in text or RESULTS_END not in text:
+        raise ReportError(f"{doc}: expected the markers {RESULTS_BEGIN} and {RESULTS_END} around the section")
+    head, rest = text.split(RESULTS_BEGIN, 1)
+    tail = rest.split(RESULTS_END, 1)[1]
+    atomic_write_bytes(doc, f"{head}{RESULTS_BEGIN}\n{section}{RESULTS_END}{tail}".encode())
+
+
 def comparison_table(summary: dict[str, Any], runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     headers = ["mode", "test_balanced error", "rel. error reduction vs nominal", "worst-group acc (balanced)",
                "test_flipped error", "EOD (balanced)", "DPD (balanced)", "ECE (balanced)", "semantic robust acc",

@@ -274,3 +274,34 @@ def test_a_non_finite_metric_is_refused(tmp_path, bad):
     path = write_eval(tmp_path, "nominal", 1, bad, 0.5, 0.1)
     with pytest.raises(report.ReportError, match=re.escape(str(path)) + ".*finite number.*error"):
         report.build_report(tmp_path)
+
+
+def test_the_results_section_is_regenerated_between_its_markers(built, tmp_path):
+    root, summary = built
+    runs = report.read_runs(root)
+    section = report.results_section(summary, runs)
+    assert "| nominal | 0.300 | 0.200 |" in section  # test_balanced error per seed
+    assert "bootstrap" in section and "| advmix |" in section
+    doc = tmp_path / "results.md"
+    doc.write_text(f"# Results\nintro\n{report.RESULTS_BEGIN}\nstale\n{report.RESULTS_END}\nhistory\n")
+    report.replace_results_section(doc, section)
+    text = doc.read_text()
+    assert "stale" not in text and section in text and text.startswith("# Results\nintro\n")
+    assert text.endswith(f"{report.RESULTS_END}\nhistory\n")
+    doc.write_text("no markers\n")
+    with pytest.raises(report.ReportError, match="markers"):
+        report.replace_results_section(doc, section)
+
+
+def test_docs_results_quote_the_committed_metrics():
+    """docs/results.md's generated section is what `advmix report --results-doc docs/results.md` writes from
+    the committed metrics: a quoted number cannot drift from metrics/."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    dataset, rho, _, planned = report.read_params(root / "params.yaml")
+    runs = report.read_runs(root, planned)
+    summary = json.loads((root / "metrics" / "summary.json").read_text())
+    text = (root / "docs" / "results.md").read_text()
+    generated = text.split(report.RESULTS_BEGIN, 1)[1].split(report.RESULTS_END, 1)[0].strip("\n")
+    assert generated == report.results_section(summary, runs).strip("\n")
