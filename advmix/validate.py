@@ -63,7 +63,7 @@ def image_frame(ds: Dataset) -> pd.DataFrame:
 
 def split_frame(ds: Dataset, params: Params) -> pd.DataFrame:
     """One row per split: size against params, agreement against its target, group balance; for the pool, how far
-    label/spurious agreement is from 0.5 (independence)."""
+    label/spurious agreement is from what independence gives."""
     m, spur = ds.manifest, ds.info.get("spurious")
     sizes = params.data.sizes.as_dict()
     rows = []
@@ -73,8 +73,13 @@ def split_frame(ds: Dataset, params: Params) -> pd.DataFrame:
                "agreement_error": 0.0, "group_share_error": 0.0, "independence_error": 0.0}
         if {"label", spur} <= set(m.columns) and len(part):
             row["agreement"] = float((part["label"] == part[spur]).mean())
-            if split == POOL:  # the pool need not be balanced (celeba's is not), only free of the correlation
-                row["independence_error"] = abs(row["agreement"] - 0.5)
+            if split == POOL:  # the pool need not be balanced (celeba's is not), only free of the correlation:
+                # its agreement should be what independent label and attribute give, sum_k P(y=k) P(s=k)
+                # (0.5 for two balanced classes, 0.1 for colordigits' ten)
+                p_label = part["label"].value_counts(normalize=True)
+                p_spur = part[spur].value_counts(normalize=True)
+                independent = float(sum(p_label.get(k, 0.0) * p_spur.get(k, 0.0) for k in p_label.index))
+                row["independence_error"] = abs(row["agreement"] - independent)
                 rows.append(row)
                 continue
             target = agreement_of(split, params.data.rho)

@@ -68,6 +68,19 @@ def missing_column(ds):
     ds.manifest = ds.manifest.drop(columns=["makeup"])
 
 
+def test_a_ten_class_pool_is_judged_against_independence_not_one_half():
+    """colordigits' pool: colour independent of the digit agrees with it 10% of the time, and that passes."""
+    params = tiny_params(name="colordigits", sizes={**SIZES, "pool": 400}, rho=0.95)
+    ds = build_dataset(params)
+    report = run_suites(ds, params)
+    assert report.success, report.failures
+    assert report.agreement["pool"] == pytest.approx(0.1, abs=0.05)
+    m = ds.manifest
+    pool = m.index[m.split == "pool"]
+    m.loc[pool, "color"] = m.loc[pool, "label"]  # every pooled digit in its own colour
+    assert "pool_label_independent" in [f.name for f in run_suites(ds, params).failures]
+
+
 @pytest.mark.parametrize("corrupt,expected", [
     (zero_image, "image_contrast"),
     (duplicate_across_splits, "no_image_in_two_splits"),
