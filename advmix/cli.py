@@ -552,8 +552,10 @@ def report_cmd(
     set_: SetOpt = None,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="a partial report when planned runs lack "
                                                 "their evaluation (it says so)")] = False,
-    results_doc: Annotated[Path | None, typer.Option("--results-doc", help="also rewrite the generated section of "
-                                                     "this file (docs/results.md)", dir_okay=False)] = None,
+    results_doc: Annotated[Path | None, typer.Option("--results-doc", help="only rewrite the generated section of "
+                                                     "this file (docs/results.md) from metrics/summary.json and "
+                                                     "metrics/eval/; the report is left as it is", dir_okay=False)
+                           ] = None,
 ) -> None:
     """The comparison of every mode: reports/summary.md, a self-contained reports/summary.html, metrics/summary.json.
 
@@ -569,6 +571,19 @@ def report_cmd(
     from advmix.report import build_report
 
     p = _load(params, set_)
+    if results_doc is not None:
+        import json
+
+        from advmix.report import read_runs, replace_results_section, results_section
+
+        try:
+            summary = json.loads(paths.SUMMARY_METRICS.read_text())
+            runs = read_runs(Path("."), {(m, s) for m in p.train.modes for s in p.train.seeds})
+            replace_results_section(results_doc, results_section(summary, runs))
+        except (FileNotFoundError, ValueError) as exc:
+            raise _fail(str(exc)) from None
+        typer.echo(f"{results_doc}: the generated section rewritten from {paths.SUMMARY_METRICS}")
+        return
     ds = _dataset(p)
     models = {m: paths.classifier(m, p.seed) for m in ("nominal", "advmix")}
     if all(f.is_file() for f in models.values()) and paths.GENERATOR.is_file():
@@ -588,11 +603,6 @@ def report_cmd(
         atomic_write_bytes(paths.WORST_MIXES, buffer.getvalue())
     try:
         summary = build_report(Path("."), class_names=ds.info.get("classes"), allow_missing=allow_missing)
-        if results_doc is not None:
-            from advmix.report import read_runs, replace_results_section, results_section
-
-            replace_results_section(results_doc, results_section(summary, read_runs(Path("."), {
-                (m, s) for m in p.train.modes for s in p.train.seeds})))
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
     gain = summary.get("advmix_vs_nominal", {})
