@@ -38,7 +38,7 @@ def tiny_generator(size: int = 16, seed: int = 0) -> Generator:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The expected layout, written from the table in shared/notes/stylegan2-checkpoints.md
+# The expected layout, written from the published rosinality/stylegan2-pytorch checkpoint key table
 
 
 def rosinality_generator_shapes(size: int, style_dim: int = 512, n_mlp: int = 8, cm: int = 2) -> dict[str, tuple]:
