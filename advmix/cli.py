@@ -502,6 +502,7 @@ def evaluate_cmd(
     import time
 
     import pandas as pd
+    import torch
 
     from advmix import paths
     from advmix.data.store import atomic_write_bytes, atomic_write_json
@@ -530,8 +531,6 @@ def evaluate_cmd(
     t0 = time.time()
     result, by_group = evaluate_classifier(model, ds, p, device, G=G, latents=latents, layers=layers,
                                            val_latents=val_latents)
-    import torch
-
     result = {"mode": mode, "seed": seed, "uses_group_labels": mode in GROUP_LABEL_MODES} | result
     result["torch_threads"] = torch.get_num_threads()  # CPU results are bitwise reproducible at the same count
     name = paths.run_name(mode, seed)

@@ -5,6 +5,7 @@ the params and code each stage declares without running any of them."""
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,8 @@ def committed(tmp_path_factory):
     assert "train@nominal-0" in listed
     code = ("import json; from dvc.repo import Repo; r = Repo('.'); "
             "print(json.dumps([str(o.fs_path) for s in r.index.stages for o in s.outs]))")
-    outs = json.loads(subprocess.run([str(Path(env["PATH"].split(":")[0]) / "python"), "-c", code], cwd=tmp, env=env,
-                                     capture_output=True, text=True, check=True).stdout)
+    outs = json.loads(subprocess.run([sys.executable, "-c", code], cwd=tmp, env=env, capture_output=True, text=True,
+                                     check=True).stdout)
     for out in map(Path, outs):
         if out.suffix:  # a file
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -299,7 +299,7 @@ def test_docs_results_quote_the_committed_metrics():
     from pathlib import Path
 
     root = Path(__file__).parents[1]
-    dataset, rho, _, planned = report.read_params(root / "params.yaml")
+    *_, planned = report.read_params(root / "params.yaml")
     runs = report.read_runs(root, planned)
     summary = json.loads((root / "metrics" / "summary.json").read_text())
     text = (root / "docs" / "results.md").read_text()
