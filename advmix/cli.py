@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from advmix.modes import NAMES as MODE_NAMES  # a leaf module: no torch
+
 app = typer.Typer(help="advmix: adversarial mixing with disentangled representations. One command per stage.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
@@ -86,9 +88,10 @@ def _progress(description: str, total: int):
         task = bar.add_task(description, total=total)
         last = time.time()
 
-        def step(n: int = 1, completed: int | None = None, info: str = "") -> None:
-            nonlocal last
-            bar.update(task, advance=None if completed is not None else n, completed=completed,
+        def step(n: int = 1, completed: int | None = None, info: str = "", of: int | None = None) -> None:
+            nonlocal last, total
+            total = of or total
+            bar.update(task, advance=None if completed is not None else n, completed=completed, total=total,
                        description=f"{description} {info}".strip())
             done = bar.tasks[0].completed
             if not console.is_terminal and (done >= total or time.time() - last > 30):
@@ -341,13 +344,17 @@ def analyze_layers(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None)
     bank = load_latents(paths.latents_file("train"), train.manifest, G.n_latent, G.style_dim)
     rows = np.random.default_rng(p.seed).permutation(len(bank))[: p.mixing.analysis_pairs]
     ws, labels = torch.from_numpy(bank[rows]), train.manifest["label"].to_numpy()[rows]
-    total = G.n_latent + len(layer_groups(G.size)) + len(candidate_sets(G.n_latent))
+    greedy = G.n_latent * (G.n_latent + 1) // 2  # at most; the search usually stops after a few rows
+    total = G.n_latent + len(layer_groups(G.size)) + len(candidate_sets(G.n_latent)) + greedy
     with _progress("analyze-layers", total) as step:
         result = analyze(G, probe_model, ws, ds.info["spurious"], p.mixing.layers, p.mixing.partners,
                          p.mixing.max_label_change, p.mixing.min_transfer, p.seed, labels=labels, progress=step)
+        step(completed=total)
     result["source"] = "inverted real train faces"
+    held = slice(result["n_search"], None)  # the half the search did not read
     result["perturbation"]["real"] = perturbation_on_bank(
-        G, probe_model, ws, labels, ds.info["spurious"], result["perturbation"]["layers"], p.mixing.partners, p.seed)
+        G, probe_model, ws[held], labels[held], ds.info["spurious"], result["perturbation"]["layers"],
+        p.mixing.partners, p.seed)
     # the same set on generated samples, for comparison
     gen = torch.Generator().manual_seed(p.seed)
     with torch.no_grad():
@@ -411,7 +418,7 @@ def _split_latents(ds, split: str, G):
 
 
 def _mode(mode: str) -> str:
-    from advmix.train import MODES
+    from advmix.modes import NAMES as MODES
 
     if mode not in MODES:
         raise _fail(f"--mode {mode!r}: expected one of {', '.join(MODES)}", 2)
@@ -420,8 +427,7 @@ def _mode(mode: str) -> str:
 
 @app.command("train")
 def train_cmd(
-    mode: Annotated[str, typer.Option("--mode", help="nominal | randmix | advmix | linf | groupdro | augmix")
-                    ] = "nominal",
+    mode: Annotated[str, typer.Option("--mode", help=" | ".join(MODE_NAMES))] = "nominal",
     seed: SeedOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
@@ -438,7 +444,8 @@ def train_cmd(
     from advmix.gan.invert import LatentsError
     from advmix.models import save_classifier
     from advmix.runtime import distributed
-    from advmix.train import MIXING_MODES, evaluate, train_classifier
+    from advmix.modes import MIXING_MODES
+    from advmix.train import evaluate, train_classifier, train_jtt
 
     mode = _mode(mode)
     p = _load(params, set_)
@@ -456,10 +463,15 @@ def train_cmd(
     live = atomic_folder(paths.train_live_dir(mode, seed)) if distributed()[0] == 0 else nullcontext()
     with _progress(f"train {mode} seed {seed}", p.train.epochs * max(1, len(train) // p.train.batch)) as step:
         try:
+            def progress(done: int, total: int, s: dict[str, float]) -> None:
+                step(completed=done, of=total, info=f"epoch {s['epoch']} loss {s['loss']:.3f}")
+
             with live as live_dir:
-                run = train_classifier(mode, train, val, p, state, live_dir, G=G, latents=latents, layers=layers,
-                                       progress=lambda done, total, s: step(
-                                           completed=done, info=f"epoch {s['epoch']} loss {s['loss']:.3f}"))
+                if mode == "jtt":
+                    run = train_jtt(train, val, p, state, live_dir, progress=progress)
+                else:
+                    run = train_classifier(mode, train, val, p, state, live_dir, G=G, latents=latents, layers=layers,
+                                           progress=progress)
         except (LatentsError, ValueError) as exc:
             raise _fail(str(exc)) from None
     if run["rank"] != 0:
@@ -509,7 +521,7 @@ def evaluate_cmd(
     from advmix.evaluate import evaluate_classifier
     from advmix.models import load_classifier
     from advmix.runtime import pick_device
-    from advmix.train import GROUP_LABEL_MODES
+    from advmix.modes import GROUP_LABEL_MODES
 
     mode = _mode(mode)
     p = _load(params, set_)
@@ -540,7 +552,7 @@ def evaluate_cmd(
     bal = result["splits"].get("test_balanced", {})
     typer.echo(f"{name}: test_balanced error {bal.get('error', float('nan')):.4f}, worst group "
                f"{bal.get('worst_group_acc', float('nan')):.4f}, semantic robust acc "
-               f"{result.get('semantic_robust_acc')}, mix consistency {result.get('mix_consistency')}, val robust "
+               f"{result.get('semantic_robust_acc')}, mix change error {result.get('mix_change_error')}, val robust "
                f"acc (selection) {result.get('val_semantic_robust_acc')}, "
                f"{time.time() - t0:.0f} s")
 

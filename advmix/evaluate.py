@@ -1,6 +1,6 @@
 """Evaluation of one trained classifier: accuracy, group and fairness metrics, calibration, and robustness.
 
-Definitions follow shared/notes/evaluation.md, so the numbers sit beside the peers':
+Definitions follow the conventions of the spurious-correlation literature, so the numbers sit beside the peers':
 - groups are (label, spurious attribute) cells; worst-group accuracy is the lowest group accuracy, and the
   average accuracy is re-weighted by the train split's group proportions (Group DRO's and JTT's convention);
 - fairness is measured with respect to the spurious attribute with fairlearn: equalized-odds difference
@@ -11,7 +11,7 @@ Definitions follow shared/notes/evaluation.md, so the numbers sit beside the pee
   attack's output are right, so a robust accuracy can never exceed the clean accuracy of the same images:
   semantic robust accuracy under AdvMix at evaluation strength (more partners and steps than in training) and
   pixel PGD at each `evaluate.linf_epsilons`, on a seeded, group-stratified subset of test_balanced;
-- mix consistency: the share of random mixes (RandMix's perturbation set) whose prediction differs from the
+- mix change error: the share of random mixes (RandMix's perturbation set) whose prediction differs from the
   clean prediction of the same image (lower is more invariant).
 """
 
@@ -139,7 +139,7 @@ def attack_configs(p, layers: list[int] | None):
 
 def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | None, p, device, *,
                rows: np.ndarray | None = None, pixel: bool = True) -> dict[str, Any]:
-    """Semantic (AdvMix) and pixel (PGD) robust accuracy and mix consistency on `rows` of `ds`.
+    """Semantic (AdvMix) and pixel (PGD) robust accuracy and mix change error on `rows` of `ds`.
 
     `rows`: default, a seeded group-stratified subset of `evaluate.robust_images`. `pixel`: also PGD.
     """
@@ -188,7 +188,7 @@ def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | 
     n = len(rows)
     out: dict[str, Any] = {"robust_images": int(n), "robust_clean_acc": counts["clean"] / n,
                            "semantic_robust_acc": counts["semantic"] / n if bank is not None else None,
-                           "mix_consistency": counts["changed"] / counts["mixes"] if counts["mixes"] else None}
+                           "mix_change_error": counts["changed"] / counts["mixes"] if counts["mixes"] else None}
     for eps in epsilons:
         out[f"linf_robust_acc_{round(eps * 255)}"] = counts[f"linf_{eps}"] / n
     return out
@@ -204,7 +204,7 @@ def val_selection(model, val: Dataset, w: np.ndarray, G, layers: list[int], p, d
     rows = uniform_subset(len(val), p.evaluate.val_robust_images, p.seed)
     r = robustness(model, val, w, G, layers, p, device, rows=rows, pixel=False)
     return {"val_robust_images": len(rows), "val_semantic_robust_acc": r["semantic_robust_acc"],
-            "val_mix_consistency": r["mix_consistency"]}
+            "val_mix_change_error": r["mix_change_error"]}
 
 
 def evaluate_classifier(model, ds: Dataset, p, device, *, G=None, latents: np.ndarray | None = None,

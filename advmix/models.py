@@ -4,7 +4,7 @@
 defaults to 32). Neither model loads pretrained weights, so nothing is downloaded.
 
 The small CNN flattens its last 4 x 4 feature map instead of pooling it away: the label of the procedural
-faces is a small mouth, and global pooling could not tell where a feature sits (shared/notes/data-and-gan.md).
+faces is a small mouth, and after global pooling the network cannot tell where a feature sits.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from advmix.modes import NAMES
+
 SPLITS = ("train", "val", "test_iid", "test_balanced", "test_flipped")  # the labelled splits
 POOL = "pool"  # unlabelled for training: the generator and the encoder learn from it; no stage reads its labels
 ALL_SPLITS = (*SPLITS, POOL)
@@ -54,7 +56,7 @@ class FolderParams(Section):
 class DataParams(Section):
     name: Literal["synthfaces", "colordigits", "celeba", "folder"] = "synthfaces"
     resolution: int = 32
-    rho: float = Field(0.95, ge=0.0, le=1.0)  # label/spurious agreement in train, val and test_iid
+    rho: float = Field(0.99, ge=0.0, le=1.0)  # label/spurious agreement in train, val and test_iid
     spurious: Literal["skin_dark", "glasses"] = "skin_dark"  # synthfaces only
     mouth: Literal["subtle", "medium", "wide"] = "medium"  # synthfaces only: how salient the smile is in pixels
     sizes: SplitSizes = SplitSizes()
@@ -149,7 +151,7 @@ class NoKnobs(Section):
 class AdvMixParams(Section):
     """The AdvMix inner maximisation (the layers and the partner rule come from `mixing`)."""
 
-    partners_k: int = Field(16, ge=1)  # partners tried per example (hard swaps, one batched generator pass)
+    partners_k: int = Field(4, ge=1)  # partners tried per example (hard swaps, one batched generator pass)
     strata: int = Field(0, ge=0)  # >0: the K partners visit this many k-means clusters of the pool's codes in turn
     steps: int = Field(2, ge=0)  # projected signed-gradient steps on alpha in [0, 1]^|layers|
     step_size: float = Field(0.5, gt=0, le=1)
@@ -169,6 +171,14 @@ class GroupDROParams(Section):
     step_size: float = Field(0.01, gt=0)  # eta of q <- q * exp(eta * group loss)
 
 
+class JTTParams(Section):
+    """Just Train Twice (Liu et al. 2021): no group labels. An ERM model trained for `epochs_first` epochs
+    marks the train images it gets wrong; the final model trains on train with those images `upweight` times."""
+
+    epochs_first: int = Field(1, ge=1)  # T: epochs of the identification model
+    upweight: int = Field(50, ge=1)  # lambda: how many times each error appears in the second run's epoch
+
+
 class AugMixParams(Section):
     """torchvision's AugMix (Hendrycks et al. 2020) on the replaced share of each batch."""
 
@@ -177,14 +187,14 @@ class AugMixParams(Section):
     depth: int = Field(-1, ge=-1)  # ops per chain; -1: random in [1, 3]
 
 
-Mode = Literal["nominal", "randmix", "advmix", "linf", "groupdro", "augmix"]
+Mode = Literal[NAMES]  # advmix/modes.py
 
 
 class TrainParams(Section):
     """Classifier training for every mode (owned by advmix/train.py)."""
 
-    modes: list[Mode] = ["nominal", "randmix", "advmix", "linf", "groupdro", "augmix"]
-    seeds: list[int] = [0, 1, 2]  # one train and one evaluate stage per (mode, seed); upstream stages use `seed`
+    modes: list[Mode] = list(NAMES)
+    seeds: list[int] = [0, 1, 2, 3, 4]  # one train and one evaluate stage per (mode, seed); upstream stages use `seed`
     model: Literal["smallcnn", "resnet18"] = "smallcnn"
     width: int = Field(32, ge=4)  # channels of the first stage (64 = the standard ResNet-18)
     epochs: int = Field(8, ge=1)
@@ -195,13 +205,14 @@ class TrainParams(Section):
     schedule: Literal["cosine", "constant"] = "cosine"  # after a linear warmup
     warmup_epochs: float = Field(1.0, ge=0)
     clean_ratio: float = Field(0.5, ge=0, le=1)  # share of each batch kept clean; the rest is replaced (not nominal)
-    residual: bool = False  # randmix/advmix: add back what inversion lost, x - G(E(x))
+    residual: bool = True  # randmix/advmix: add back what inversion lost, x - G(E(x))
     nominal: NoKnobs = NoKnobs()
     randmix: NoKnobs = NoKnobs()
     advmix: AdvMixParams = AdvMixParams()
     linf: LinfParams = LinfParams()
     groupdro: GroupDROParams = GroupDROParams()
     augmix: AugMixParams = AugMixParams()
+    jtt: JTTParams = JTTParams()
     eval_batch: int = Field(256, ge=1)
     checkpoint_minutes: float = Field(2.0, gt=0)  # mid-epoch training state; one is written every epoch too
     device: Literal["auto", "cpu", "cuda"] = "auto"

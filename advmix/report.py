@@ -19,6 +19,7 @@ from typing import Any
 
 from advmix.data.store import atomic_folder, atomic_write_bytes, atomic_write_json
 from advmix.figures import save_figure
+from advmix.modes import NAMES as MODE_NAMES
 from advmix.params import SPLITS, DataParams, TrainParams
 from advmix.paths import (
     EVAL_METRICS,
@@ -42,10 +43,10 @@ SUMMARY_MD = REPORTS / "summary.md"
 SUMMARY_HTML = REPORTS / "summary.html"
 DVC_LOCK = Path("dvc.lock")
 
-MODE_ORDER = ("nominal", "randmix", "advmix", "linf", "groupdro", "augmix")
+MODE_ORDER = MODE_NAMES  # advmix/modes.py
 SPLIT_KEYS = ("error", "worst_group_acc", "eod", "dpd", "ece")  # in every split of an eval json
 BINARY_ONLY = ("eod", "dpd")  # fairlearn's gaps are defined for two classes: null for colordigits' ten
-RUN_KEYS = ("semantic_robust_acc", "mix_consistency", "linf_robust_acc_2", "linf_robust_acc_8",  # may be null
+RUN_KEYS = ("semantic_robust_acc", "mix_change_error", "linf_robust_acc_2", "linf_robust_acc_8",  # may be null
             "val_semantic_robust_acc")  # the label-free selection figure (evaluate.val_selection)
 BY_GROUP_COLUMNS = ("split", "group", "n", "acc")
 WORST_MIXES_KEYS = ("clean", "mixed", "label", "pred_nominal", "pred_advmix")
@@ -347,7 +348,7 @@ def summarize(runs: list[Run], dataset: str, rho: float) -> dict[str, Any]:
                 mean, std = mean_std(_values(group, split, key))
                 entry[split][key] = mean
                 entry[split][f"{key}_std"] = std
-        for key in ("semantic_robust_acc", "mix_consistency", "val_semantic_robust_acc"):
+        for key in ("semantic_robust_acc", "mix_change_error", "val_semantic_robust_acc"):
             entry[key] = mean_std(_values(group, None, key))[0]
         entry["uses_group_labels"] = any(r.uses_group_labels for r in group)
         entry["seeds"] = sorted(r.seed for r in group)
@@ -634,7 +635,7 @@ def replace_results_section(doc: Path, section: str) -> None:
 def comparison_table(summary: dict[str, Any], runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     headers = ["mode", "test_balanced error", "rel. error reduction vs nominal", "worst-group acc (balanced)",
                "test_flipped error", "EOD (balanced)", "DPD (balanced)", "ECE (balanced)", "semantic robust acc",
-               "mix consistency", "PGD acc 2/255", "PGD acc 8/255", "val robust acc (selection)", "group labels"]
+               "mix change error", "PGD acc 2/255", "PGD acc 8/255", "val robust acc (selection)", "group labels"]
     rows = []
     grouped = by_mode(runs)
     for mode, entry in summary["modes"].items():
@@ -672,7 +673,7 @@ def gain_table(vs_nominal: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def per_seed_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     splits = _splits(runs)
     headers = ["mode", "seed", *(f"{s} error" for s in splits), "worst-group acc (balanced)",
-               "semantic robust acc", "mix consistency", "PGD acc 2/255", "PGD acc 8/255", "val robust acc (selection)"]
+               "semantic robust acc", "mix change error", "PGD acc 2/255", "PGD acc 8/255", "val robust acc (selection)"]
     rows = []
     for run in sorted(runs, key=lambda r: (_mode_rank(r.mode), r.seed)):
         rows.append([run.mode, str(run.seed),

@@ -1,4 +1,5 @@
-"""One training loop for every mode: nominal (ERM), randmix, advmix, linf (pixel PGD), groupdro and augmix.
+"""One training loop for every mode of advmix/modes.py: nominal (ERM), randmix, advmix, linf (pixel PGD),
+groupdro, augmix and jtt.
 
 Each batch of the train split is drawn from a per-epoch permutation fixed by (seed, epoch). In every mode but
 nominal, a share `1 - train.clean_ratio` of the batch (chosen at random) is replaced by its adversarial or
@@ -6,6 +7,8 @@ random-mix version (AugMix: its augmented version), with the label unchanged, an
 the mixed batch. Group DRO (Sagawa et al. 2020) is the one mode that reads group labels (label x spurious
 attribute): its loss is the q-weighted mean of the per-group losses of the batch, q updated by exponentiated
 gradient (q_g <- q_g exp(eta l_g), renormalised) before each step, without the generalisation adjustment.
+JTT (Liu et al. 2021) is nominal training twice: an identification run of `train.jtt.epochs_first` epochs, whose
+errors on train then appear `train.jtt.upweight` times in every epoch of the final run (`train_jtt`).
 
 Model selection follows the paper's setting, in which no group labels are available: the weights kept are
 those of the epoch with the best accuracy on the val split, which has the same spurious correlation as train.
@@ -39,12 +42,11 @@ import numpy as np
 
 from advmix.data.store import Dataset, atomic_torch_save
 from advmix.gan.invert import LatentsError
+from advmix.modes import GROUP_LABEL_MODES, MIXING_MODES, NAMES
 from advmix.runtime import all_ranks, average_grads, distributed, pick_device
 
 STATE_VERSION = 2
-MODES = ("nominal", "randmix", "advmix", "linf", "groupdro", "augmix")
-MIXING_MODES = ("randmix", "advmix")
-GROUP_LABEL_MODES = ("groupdro",)  # the modes that read group labels in training
+MODES = NAMES  # advmix/modes.py
 
 
 def load_latents(folder: str | Path, split: Dataset, name: str, n_latent: int, style_dim: int) -> np.ndarray:
@@ -67,7 +69,8 @@ def model_config(p, n_classes: int, resolution: int) -> dict[str, Any]:
             "width": p.train.width}
 
 
-def fingerprint(mode: str, p, attack_cfg, train: Dataset, val: Dataset, latents: np.ndarray | None) -> str:
+def fingerprint(mode: str, p, attack_cfg, train: Dataset, val: Dataset, latents: np.ndarray | None,
+                epoch_rows: np.ndarray | None = None) -> str:
     """What a resumable state must match: mode, training params, attack, seed, and the data it sees."""
     keep = p.train.model_dump(mode="json", exclude={"modes", "seeds", "checkpoint_minutes", "device",
                                                        "eval_batch"})
@@ -79,6 +82,8 @@ def fingerprint(mode: str, p, attack_cfg, train: Dataset, val: Dataset, latents:
         h.update(hashlib.sha1(np.ascontiguousarray(latents).tobytes()).digest())
     if mode in GROUP_LABEL_MODES:
         h.update(train.manifest["group"].to_numpy().astype(np.int64).tobytes())
+    if epoch_rows is not None:
+        h.update(np.ascontiguousarray(epoch_rows, dtype=np.int64).tobytes())
     return h.hexdigest()
 
 
@@ -217,11 +222,13 @@ def _log_epoch(live, record: dict[str, float]) -> None:
 
 def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Path, live_dir: Path | None, *,
                      G=None, latents: np.ndarray | None = None, layers: list[int] | None = None,
+                     epoch_rows: np.ndarray | None = None,
                      progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train the classifier of one mode. Returns the model of the best val epoch (CPU, eval mode) and the run.
 
     `latents`: W+ codes of the train split, row i = train image i (randmix/advmix). `G`: the frozen generator
-    (randmix/advmix). `layers`: resolved mixing layers. `progress(done, total, stats)` is called after every
+    (randmix/advmix). `layers`: resolved mixing layers. `epoch_rows`: the train rows that make one epoch, repeats
+    allowed (JTT's upsampled set); None: every row once. `progress(done, total, stats)` is called after every
     step (rank 0 only); an exception raised from it stops training like a kill would. The training state lives
     at `state_path`; the dvclive folder at `live_dir` (rank 0 only; None: no logging).
     """
@@ -248,7 +255,8 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
         device = torch.device("cuda", rank % torch.cuda.device_count())
     if t.batch % world:
         raise ValueError(f"train.batch {t.batch} must be a multiple of the number of ranks {world}")
-    steps_per_epoch = len(train) // t.batch
+    rows = torch.arange(len(train)) if epoch_rows is None else torch.from_numpy(np.asarray(epoch_rows, np.int64))
+    steps_per_epoch = len(rows) // t.batch
     if steps_per_epoch < 1:
         raise ValueError(f"the train split has {len(train)} images, fewer than one batch of {t.batch}")
     total = t.epochs * steps_per_epoch
@@ -278,7 +286,7 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
         groups = torch.from_numpy(train.manifest["group"].to_numpy().astype(np.int64))
         q = torch.full((int(groups.max()) + 1,), 1.0 / (int(groups.max()) + 1), dtype=torch.float32, device=device)
 
-    fp = fingerprint(mode, p, cfg, train, val, latents)
+    fp = fingerprint(mode, p, cfg, train, val, latents, epoch_rows)
     start_epoch, start_step, elapsed = 0, 0, 0.0
     history: list[dict[str, float]] = []
     best: dict[str, Any] = {"epoch": -1, "acc": -1.0, "state": None}
@@ -331,7 +339,7 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
         return due
 
     for epoch in range(start_epoch, t.epochs):
-        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(p.seed * 1000 + epoch))
+        perm = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(p.seed * 1000 + epoch))]
         model.train()
         for step in range(start_step if epoch == start_epoch else 0, steps_per_epoch):
             idx = perm[step * t.batch:(step + 1) * t.batch][rank::world]
@@ -419,3 +427,46 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
             "steps_per_epoch": steps_per_epoch, "seconds": seconds, "resumed_from": resumed_from,
             "images_per_s": (total - start_epoch * steps_per_epoch - start_step) * t.batch / max(1e-9, seconds - elapsed),
             "rank": rank, "world": world, "device": str(device)}
+
+
+def jtt_epoch_rows(wrong: np.ndarray, upweight: int) -> np.ndarray:
+    """JTT's upsampled train set: every row once, and each row in the error set `upweight - 1` more times."""
+    errors = np.flatnonzero(wrong)
+    return np.concatenate([np.arange(len(wrong)), np.repeat(errors, upweight - 1)]).astype(np.int64)
+
+
+def train_errors(model, ds: Dataset, batch: int, device) -> np.ndarray:
+    """True where `model` misclassifies a row of `ds`."""
+    import torch
+
+    from advmix.attacks import eval_mode
+    from advmix.probes import to_tensor
+
+    y = labels_of(ds)
+    wrong = []
+    with eval_mode(model), torch.no_grad():
+        for start in range(0, len(ds), batch):
+            x = _to_device(to_tensor(ds.images[start:start + batch]), device)
+            wrong.append((model(x).argmax(1).cpu() != y[start:start + batch]).numpy())
+    return np.concatenate(wrong) if wrong else np.zeros(0, dtype=bool)
+
+
+def train_jtt(train: Dataset, val: Dataset, p, state_path: Path, live_dir: Path | None, *,
+              progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """JTT: an identification run (nominal, `train.jtt.epochs_first` epochs, its last weights), then the final
+    run on train with the identification run's errors upsampled. No group label is read. Each run resumes."""
+    import torch
+
+    from advmix.models import build_model
+
+    j = p.train.jtt
+    first_p = p.model_copy(update={"train": p.train.model_copy(update={"epochs": j.epochs_first})})
+    first_state = state_path.with_name(state_path.stem + "-identification" + state_path.suffix)
+    first = train_classifier("nominal", train, val, first_p, first_state, None)
+    c = first["config"]
+    model = build_model(c["model"], c["n_classes"], c["resolution"], c["width"])
+    model.load_state_dict(first["last_state"])
+    wrong = train_errors(model, train, p.train.eval_batch, torch.device(first["device"]))
+    run = train_classifier("jtt", train, val, p, state_path, live_dir, epoch_rows=jtt_epoch_rows(wrong, j.upweight),
+                           progress=progress)
+    return run | {"jtt_errors": int(wrong.sum()), "jtt_first_seconds": first["seconds"]}

@@ -51,7 +51,7 @@ def test_probe_train_gan_analyze_layers(project):
     assert set(layers) >= {"layers", "auto", "perturbation"}
     pert = layers["perturbation"]
     assert pert["spurious"] == "skin_dark" and pert["partners"] == "any" and pert["layers"] == layers["auto"]
-    assert set(pert["real"]) >= {"label_change", "spurious_transfer", "any_partner"} and pert["real"]["n"] == 16
+    assert set(pert["real"]) >= {"label_change", "spurious_transfer", "any_partner"} and pert["real"]["n"] == 8  # the held-out half
     assert (project / "reports" / "layers.png").stat().st_size > 1000
 
     # the same generator as gan.pretrained: nothing is trained, the outputs are rewritten

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from advmix.gan.layers import analyze, pick_partners, swap_scores
+from advmix.gan.layers import analyze, pick_partners, search_layers, set_name, swap_scores
 from advmix.gan.networks import Generator
 from advmix.mixing import layer_groups, mix, resolve_layers
 from advmix.probes import build_probe
@@ -80,12 +80,12 @@ def test_analysis_schema_and_auto_respects_threshold(small):
     assert pert["layers"] == res["auto"] and pert["partners"] == "same_label"
     assert set(pert["any_partner"]) == {"label_change", "spurious_transfer"}
     cands = res["auto_candidates"]
-    best = f"{res['auto'][0]}-{res['auto'][-1]}"
+    assert set_name(res["auto"]) in cands and res["n_search"] + res["n_held_out"] == len(ws)
     qualifying = [k for k, v in cands.items() if v["label_change"] <= 0.2 and v["skin_dark_transfer"] >= 0.5]
-    if qualifying:  # the smallest qualifying range
-        assert best in qualifying
-        assert len(res["auto"]) == min(len(range(int(k.split("-")[0]), int(k.split("-")[1]) + 1))
-                                       for k in qualifying)
+    if qualifying:  # the smallest qualifying set
+        assert set_name(res["auto"]) in qualifying
+        assert len(res["auto"]) == min(len(k.split(",")) if "," in k else
+                                       int(k.split("-")[1]) - int(k.split("-")[0]) + 1 for k in qualifying)
     fixed = analyze(G, probe, ws[:12], "skin_dark", "fine", "any", 0.2, 0.5, seed=0)
     assert fixed["perturbation"]["layers"] == layer_groups(16)["fine"]
 
@@ -96,3 +96,21 @@ def test_a_perturbation_set_of_every_row_is_flagged():
     assert whole_code_warning([0, 1, 2, 3], 8, "same_label") is None
     assert "same class" in whole_code_warning(list(range(8)), 8, "same_label")
     assert "label included" in whole_code_warning(list(range(8)), 8, "any")
+
+
+def test_greedy_search_finds_a_set_that_no_range_is():
+    """Rows 0 and 2 move the attribute, row 1 carries the label: no contiguous range holds both bounds,
+    the greedy path finds {0, 2}."""
+    def score(layers):
+        return {"label_change": 0.5 if 1 in layers else 0.02 * len(layers),
+                "skin_dark_transfer": 0.45 * sum(r in (0, 2) for r in layers)}
+
+    auto, measured = search_layers(score, 4, "skin_dark_transfer", 0.1, 0.7)
+    assert auto == [0, 2] and set_name(auto) == "0,2" and "0-2" in measured
+    # a bound that nothing meets: the highest transfer within the label bound
+    auto, _ = search_layers(score, 4, "skin_dark_transfer", 0.1, 0.95)
+    assert auto == [0, 2]
+    # nothing keeps the label: the set that changes it least
+    auto, _ = search_layers(lambda layers: {"label_change": 0.5 + 0.01 * layers[0], "skin_dark_transfer": 1.0},
+                            3, "skin_dark_transfer", 0.1, 0.7)
+    assert auto == [0]

@@ -30,7 +30,7 @@ def write_eval(root, mode, seed, err, wga, eod, semantic=None):
                   "avg_acc_train_weighted": 0.9, "eod": eod, "dpd": eod / 2, "deo": eod, "ece": 0.05,
                   "group_acc": {g: wga + 0.05 * i for i, g in enumerate(GROUPS)}} for s in SPLITS}
     body = {"mode": mode, "seed": seed, "uses_group_labels": mode == "groupdro", "splits": splits,
-            "semantic_robust_acc": semantic, "mix_consistency": None if semantic is None else semantic - 0.1,
+            "semantic_robust_acc": semantic, "mix_change_error": None if semantic is None else semantic - 0.1,
             "linf_robust_acc_2": 0.5, "linf_robust_acc_8": 0.1}
     path = root / "metrics" / "eval" / f"{mode}-s{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,9 +104,9 @@ def test_summary_json_schema_and_means(built):
     assert advmix["test_balanced"]["eod"] == pytest.approx(0.10)
     assert linf["test_balanced"]["error"] == pytest.approx(0.25)
     assert nominal["semantic_robust_acc"] == pytest.approx(0.65)
-    assert nominal["mix_consistency"] == pytest.approx(0.55)
+    assert nominal["mix_change_error"] == pytest.approx(0.55)
     assert advmix["semantic_robust_acc"] == pytest.approx(0.85)
-    assert linf["semantic_robust_acc"] is None and linf["mix_consistency"] is None
+    assert linf["semantic_robust_acc"] is None and linf["mix_change_error"] is None
     gain = summary["advmix_vs_nominal"]
     assert gain["relative_error_reduction_balanced"] == pytest.approx(0.4)  # (0.25 - 0.15) / 0.25
     assert gain["worst_group_gain"] == pytest.approx(0.2)  # 0.75 - 0.55

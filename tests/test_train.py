@@ -273,7 +273,7 @@ def test_cli_train_advmix_with_a_saved_generator(project):
     assert set(result["splits"]) == {"val", "test_iid", "test_balanced", "test_flipped"}
     assert result["robust_images"] == 12
     assert 0 <= result["semantic_robust_acc"] <= result["robust_clean_acc"]
-    assert result["linf_robust_acc_8"] <= result["linf_robust_acc_2"] + 1 / 12 and 0 <= result["mix_consistency"] <= 1
+    assert result["linf_robust_acc_8"] <= result["linf_robust_acc_2"] + 1 / 12 and 0 <= result["mix_change_error"] <= 1
     assert result["val_robust_images"] == 8 and 0 <= result["val_semantic_robust_acc"] <= 1  # all of val (8 < 256)
     by_group = (root / "results" / "eval" / "advmix-s0" / "by_group.csv").read_text().splitlines()
     assert by_group[0] == "split,group,n,acc,selection_rate,tpr"

@@ -5,12 +5,14 @@ and read all three images with the attribute probe:
 - label change: how often the probe's label for the mix differs from its label for a;
 - <attribute> transfer: among the pairs where a and b differ in the attribute, how often the mix
   takes b's value.
-A good nuisance set has a low label change and a high transfer. `auto` measures every contiguous
-layer range under the partner rule training uses and picks the smallest range (it keeps the most
-of the source image) whose label change stays under `max_label_change` and whose spurious transfer
-reaches `min_transfer`; if none reaches it, the range with the highest transfer under the label
-bound. The single layers and groups are also measured with partners drawn from anyone, which shows
-where the label lives whatever the rule.
+A good nuisance set has a low label change and a high transfer. `auto` searches two families of layer
+sets under the partner rule training uses: every contiguous range, and the sets a greedy search builds (add
+the row that moves the spurious attribute most while the label change stays under `max_label_change`, until
+the transfer reaches `min_transfer`). It picks the smallest set (it keeps the most of the source image) within
+both bounds; if none reaches the transfer, the set with the highest transfer under the label bound.
+The search reads one half of the bank and the chosen set is measured on the other half, so the reported label
+change and transfer are not the optimistic figures of a search. The single layers and groups are also
+measured with partners drawn from anyone, which shows where the label lives whatever the rule.
 The noise inputs are fixed (const) so that only the swapped layers differ.
 """
 
@@ -60,8 +62,58 @@ def swap_scores(G, probe, ws, reading: dict[str, np.ndarray], partners: np.ndarr
     return out
 
 
+def set_name(layers: list[int]) -> str:
+    """'2-4' for a contiguous range, '0,1,3' otherwise."""
+    layers = sorted(layers)
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
 def candidate_sets(n_latent: int) -> dict[str, list[int]]:
-    return {f"{i}-{j}": list(range(i, j + 1)) for i in range(n_latent) for j in range(i, n_latent)}
+    """Every contiguous range of W+ rows."""
+    return {set_name(list(range(i, j + 1))): list(range(i, j + 1)) for i in range(n_latent) for j in range(i, n_latent)}
+
+
+def search_layers(score, n_latent: int, key: str, max_label_change: float, min_transfer: float
+                  ) -> tuple[list[int], dict[str, dict[str, float]]]:
+    """The auto rule over contiguous ranges and a greedy path; `score(layers)` measures one set.
+
+    Returns the chosen set and every measured candidate (name -> scores).
+    """
+    measured: dict[str, dict[str, float]] = {}
+    sets: dict[str, list[int]] = {}
+
+    def measure(layers: list[int]) -> dict[str, float]:
+        name = set_name(layers)
+        if name not in measured:
+            measured[name], sets[name] = score(sorted(layers)), sorted(layers)
+        return measured[name]
+
+    def transfer(name: str) -> float:
+        return float(np.nan_to_num(measured[name][key]))
+
+    for layers in candidate_sets(n_latent).values():
+        measure(layers)
+    chosen: list[int] = []
+    while len(chosen) < n_latent:  # greedy: the row that adds the most transfer within the label bound
+        options = [chosen + [r] for r in range(n_latent) if r not in chosen]
+        allowed = [o for o in options if measure(o)["label_change"] <= max_label_change]
+        if not allowed:
+            break
+        chosen = max(allowed, key=lambda o: transfer(set_name(o)))
+        if transfer(set_name(chosen)) >= min_transfer:
+            break
+
+    allowed = [k for k, v in measured.items() if v["label_change"] <= max_label_change]
+    enough = [k for k in allowed if transfer(k) >= min_transfer]
+    if enough:
+        best = min(enough, key=lambda k: (len(sets[k]), -transfer(k)))
+    elif allowed:
+        best = max(allowed, key=lambda k: (transfer(k), -len(sets[k])))
+    else:  # nothing keeps the label: take the set that changes it least
+        best = min(measured, key=lambda k: measured[k]["label_change"])
+    return sets[best], measured
 
 
 def analyze(G, probe, ws, spurious: str, layers_spec, partners_rule: str, max_label_change: float,
@@ -69,7 +121,8 @@ def analyze(G, probe, ws, spurious: str, layers_spec, partners_rule: str, max_la
     """The full analysis over a bank of W+ codes (generated or inverted), in the metrics/layers.json schema.
 
     `labels` are the true labels of the bank (inverted real images); for generated codes the probe's
-    reading stands in for them.
+    reading stands in for them. The first half of the bank chooses `auto`, the second half measures the
+    perturbation set.
     """
     from advmix.mixing import resolve_layers
 
@@ -77,7 +130,6 @@ def analyze(G, probe, ws, spurious: str, layers_spec, partners_rule: str, max_la
     reading = read(G, probe, ws)
     labels = reading["label"] if labels is None else labels
     any_partner = pick_partners(labels, "any", rng)
-    rule_partner = pick_partners(labels, partners_rule, rng)
 
     def tick() -> None:
         if progress:
@@ -90,42 +142,36 @@ def analyze(G, probe, ws, spurious: str, layers_spec, partners_rule: str, max_la
         table[name] = swap_scores(G, probe, ws, reading, any_partner, layers)
         tick()
 
-    key = f"{spurious}_transfer"
-    ranges = candidate_sets(G.n_latent)
-    candidates = {}
-    for name, layers in ranges.items():
-        candidates[name] = swap_scores(G, probe, ws, reading, rule_partner, layers)
+    half = len(ws) // 2
+    search, held = slice(0, half), slice(half, len(ws))
+    search_reading = {k: v[search] for k, v in reading.items()}
+    search_partner = pick_partners(labels[search], partners_rule, rng)
+
+    def score(layers: list[int]) -> dict[str, float]:
         tick()
+        return swap_scores(G, probe, ws[search], search_reading, search_partner, layers)
 
-    def transfer(name: str) -> float:
-        return float(np.nan_to_num(candidates[name][key]))
-
-    allowed = [k for k, v in candidates.items() if v["label_change"] <= max_label_change]
-    enough = [k for k in allowed if transfer(k) >= min_transfer]
-    if enough:
-        best = min(enough, key=lambda k: (len(ranges[k]), -transfer(k)))
-    elif allowed:
-        best = max(allowed, key=transfer)
-    else:  # nothing keeps the label: take the range that changes it least
-        best = min(candidates, key=lambda k: candidates[k]["label_change"])
-    auto = ranges[best]
-
+    key = f"{spurious}_transfer"
+    auto, candidates = search_layers(score, G.n_latent, key, max_label_change, min_transfer)
     chosen = auto if layers_spec == "auto" else resolve_layers(layers_spec, G.size)
-    rule_scores = swap_scores(G, probe, ws, reading, rule_partner, chosen)
-    any_scores = swap_scores(G, probe, ws, reading, any_partner, chosen)
-    differs = reading[spurious] != reading[spurious][rule_partner]
+    held_reading = {k: v[held] for k, v in reading.items()}
+    rule_partner = pick_partners(labels[held], partners_rule, rng)
+    held_any = pick_partners(labels[held], "any", rng)
+    rule_scores = swap_scores(G, probe, ws[held], held_reading, rule_partner, chosen)
+    any_scores = swap_scores(G, probe, ws[held], held_reading, held_any, chosen)
+    differs = held_reading[spurious] != held_reading[spurious][rule_partner]
     return {
         "layers": table,
         "auto": auto,
         "auto_candidates": candidates,
         "perturbation": {
-            "layers": chosen, "partners": partners_rule, "spurious": spurious,
+            "layers": chosen, "partners": partners_rule, "spurious": spurious, "measured_on": "held-out half",
             "label_change": rule_scores["label_change"], "spurious_transfer": rule_scores[key],
             "pairs_differing_in_spurious": int(differs.sum()),
             "any_partner": {"label_change": any_scores["label_change"], "spurious_transfer": any_scores[key]},
             "all": rule_scores,
         },
-        "n_pairs": len(ws),
+        "n_pairs": len(ws), "n_search": half, "n_held_out": len(ws) - half,
     }
 
 

@@ -1,0 +1,29 @@
+"""The training modes: the one list from which the params schema, the CLI's help, the training loop's dispatch
+and the report's row order derive. Adding a mode starts here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    summary: str  # one line, for --help and the docs
+    mixing: bool = False  # mixes W+ codes: needs the generator, the train latents and the mixing layers
+    group_labels: bool = False  # reads group labels (label x spurious attribute) in training
+
+
+REGISTRY: tuple[Mode, ...] = (
+    Mode("nominal", "ERM on clean images"),
+    Mode("randmix", "random mixes of the nuisance W+ rows", mixing=True),
+    Mode("advmix", "the worst of K mixes, refined by S gradient steps on the mixing weights", mixing=True),
+    Mode("linf", "pixel l-inf PGD adversarial training"),
+    Mode("groupdro", "Group DRO on the per-group losses", group_labels=True),
+    Mode("augmix", "torchvision's AugMix"),
+    Mode("jtt", "Just Train Twice: ERM for a few epochs, then train again with its errors upsampled"),
+)
+
+NAMES: tuple[str, ...] = tuple(m.name for m in REGISTRY)
+MIXING_MODES: tuple[str, ...] = tuple(m.name for m in REGISTRY if m.mixing)
+GROUP_LABEL_MODES: tuple[str, ...] = tuple(m.name for m in REGISTRY if m.group_labels)
