@@ -328,3 +328,53 @@ def test_bench_smoke():
     assert "x nominal" in res.stdout and "x floor" in res.stdout
     advmix = next(line.split() for line in res.stdout.splitlines() if line.startswith("advmix "))
     assert float(advmix[-1]) > 0  # measured / floor
+
+
+def test_jtt_upsamples_exactly_the_errors_of_the_identification_model(tiny_run):
+    """A hand-made identification model that errs on known rows: those rows, and only those, are upsampled."""
+    from advmix.train import jtt_epoch_rows, train_errors
+
+    _, train, _, _, _ = tiny_run
+
+    class RedSaysOne(torch.nn.Module):  # predicts class 1 where the mean red value is above the split's median
+        def __init__(self, cut: float):
+            super().__init__()
+            self.cut = cut
+
+        def forward(self, x):
+            score = x[:, 0].mean((1, 2)) - self.cut
+            return torch.stack([-score, score], 1)
+
+    red = (train.images[..., 0].astype(np.float64) / 127.5 - 1).mean((1, 2))
+    labels = train.manifest["label"].to_numpy()
+    wrong = train_errors(RedSaysOne(float(np.median(red))), train, 7, torch.device("cpu"))
+    assert (wrong == ((red > np.median(red)).astype(int) != labels)).all() and 0 < wrong.sum() < len(train)
+    rows = jtt_epoch_rows(wrong, 5)
+    counts = np.bincount(rows, minlength=len(train))
+    assert (counts[wrong] == 5).all() and (counts[~wrong] == 1).all()
+
+
+def test_cli_train_jtt(project):
+    root, _ = project
+    res = run_cli("--mode", "jtt", "-S", "train.jtt.upweight=3")
+    assert res.exit_code == 0, res.output
+    check_outputs(root, "jtt")
+    assert not list((root / ".advmix").rglob("*identification*"))  # both training states are removed when done
+
+
+def test_schema_defaults_are_params_yaml():
+    """The committed params.yaml and the schema's defaults agree, so a missing key means the documented value."""
+    import yaml
+
+    from advmix.params import Params
+
+    def flat(tree, prefix=""):
+        out = {}
+        for k, v in tree.items():
+            out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v}
+        return out
+
+    root = Path(__file__).resolve().parents[1]
+    committed = flat(parse_params(yaml.safe_load((root / "params.yaml").read_text())).model_dump(mode="json"))
+    defaults = flat(Params().model_dump(mode="json"))
+    assert {k: (v, committed[k]) for k, v in defaults.items() if committed[k] != v} == {}
