@@ -243,8 +243,8 @@ def train_gan_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) 
         run = {k: v for k, v in run.items() if k in ("iterations", "seconds", "images_per_s", "resumed_from")}
         run |= {"data": p.gan.data, "images": len(train)}
     save_png(grid(sample_images(G, 64, p.seed), ncol=8, scale=max(1, 96 // G.size)),
-             paths.GAN_REPORTS / "samples.png")
-    save_png(mixing_grid(G, layer_groups(G.size)["coarse"], 6, p.seed), paths.GAN_REPORTS / "mixing.png")
+             paths.GAN_SAMPLES)
+    save_png(mixing_grid(G, layer_groups(G.size)["coarse"], 6, p.seed), paths.GAN_MIXING)
     quality = quality_metrics(G, load_probe(paths.PROBE), train, p.gan.eval_samples, p.seed)
     atomic_write_json(paths.GAN_METRICS, {"gan_" + k: v for k, v in run.items()} | quality)
     typer.echo(f"generator {paths.GENERATOR}: probe Fréchet distance {quality['probe_frechet_distance']:.3f} "
@@ -443,8 +443,8 @@ def train_cmd(
     from advmix.data.store import atomic_folder, atomic_write_json
     from advmix.gan.invert import LatentsError
     from advmix.models import save_classifier
-    from advmix.runtime import distributed
     from advmix.modes import MIXING_MODES
+    from advmix.runtime import distributed
     from advmix.train import evaluate, train_classifier, train_jtt
 
     mode = _mode(mode)
@@ -520,8 +520,8 @@ def evaluate_cmd(
     from advmix.data.store import atomic_write_bytes, atomic_write_json
     from advmix.evaluate import evaluate_classifier
     from advmix.models import load_classifier
-    from advmix.runtime import pick_device
     from advmix.modes import GROUP_LABEL_MODES
+    from advmix.runtime import pick_device
 
     mode = _mode(mode)
     p = _load(params, set_)
@@ -546,7 +546,7 @@ def evaluate_cmd(
     result = {"mode": mode, "seed": seed, "uses_group_labels": mode in GROUP_LABEL_MODES} | result
     result["torch_threads"] = torch.get_num_threads()  # CPU results are bitwise reproducible at the same count
     name = paths.run_name(mode, seed)
-    atomic_write_bytes(paths.eval_dir(mode, seed) / "by_group.csv",
+    atomic_write_bytes(paths.eval_by_group(mode, seed),
                        pd.DataFrame(by_group).to_csv(index=False).encode())
     atomic_write_json(paths.eval_metrics(mode, seed), {f"eval_{name.replace('-', '_')}": result})
     bal = result["splits"].get("test_balanced", {})
@@ -617,7 +617,7 @@ def report_cmd(
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
     gain = summary.get("advmix_vs_nominal", {})
-    typer.echo(f"{paths.REPORTS / 'summary.html'}: {len(summary['modes'])} modes; AdvMix vs nominal on "
+    typer.echo(f"{paths.SUMMARY_HTML}: {len(summary['modes'])} modes; AdvMix vs nominal on "
                f"test_balanced: relative error reduction {gain.get('relative_error_reduction_balanced')} "
                f"(95% CI {gain.get('relative_error_reduction_ci')}), worst-group gain {gain.get('worst_group_gain')} "
                f"(95% CI {gain.get('worst_group_gain_ci')}) over seeds {gain.get('paired_seeds')}")
@@ -661,9 +661,9 @@ def sweep_cmd(
         raise _fail(f"no finished sweep experiment on {dataset}: `dvc exp show -A` has none with data.rho and "
                     "metrics/summary.json")
     names = sorted({str(p["experiment"]) for p in points})
-    draw(points, paths.REPORTS / "sweep.png", f"AdvMix vs nominal on {dataset}; experiments {', '.join(names)}")
-    atomic_write_json(paths.REPORTS / "sweep.json", {"by_rho": by_rho(points), "points": points})
-    typer.echo(f"{paths.REPORTS / 'sweep.png'}: {len(points)} (rho, seed) points from {len(names)} experiments")
+    draw(points, paths.SWEEP_FIGURE, f"AdvMix vs nominal on {dataset}; experiments {', '.join(names)}")
+    atomic_write_json(paths.SWEEP_JSON, {"by_rho": by_rho(points), "points": points})
+    typer.echo(f"{paths.SWEEP_FIGURE}: {len(points)} (rho, seed) points from {len(names)} experiments")
 
 
 @app.command("run")

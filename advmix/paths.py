@@ -34,6 +34,8 @@ GAN_DIR = MODELS / "gan"
 GENERATOR = GAN_DIR / "generator.pt"
 GAN_STATE = GAN_DIR / "state.pt"
 GAN_REPORTS = REPORTS / "gan"
+GAN_SAMPLES = GAN_REPORTS / "samples.png"
+GAN_MIXING = GAN_REPORTS / "mixing.png"  # style mixing: coarse rows of one sample into another
 GAN_METRICS = METRICS / "gan.json"
 LAYERS_METRICS = METRICS / "layers.json"
 LAYERS_FIGURE = REPORTS / "layers.png"
@@ -44,6 +46,8 @@ TRAIN_RESULTS = Path("results") / "train"
 EVAL_RESULTS = Path("results") / "eval"
 EVAL_METRICS = METRICS / "eval"
 SUMMARY_METRICS = METRICS / "summary.json"
+SUMMARY_MD = REPORTS / "summary.md"
+SUMMARY_HTML = REPORTS / "summary.html"  # self-contained: every figure inlined
 SUMMARY_DIR = REPORTS / "summary"  # the report's own figures
 WORST_MIXES = Path("results") / "report" / "worst_mixes.npz"  # the AdvMix mixes that fool nominal most
 
@@ -77,9 +81,17 @@ def eval_dir(mode: str, seed: int) -> Path:
     return EVAL_RESULTS / run_name(mode, seed)
 
 
+def eval_by_group(mode: str, seed: int) -> Path:
+    """Accuracy per (split, group) of evaluate@<mode>-<seed>."""
+    return eval_dir(mode, seed) / "by_group.csv"
+
+
 def eval_metrics(mode: str, seed: int) -> Path:
     return EVAL_METRICS / f"{run_name(mode, seed)}.json"
 
+
+SWEEP_FIGURE = REPORTS / "sweep.png"  # `advmix sweep --plot`: AdvMix vs nominal over rho, from DVC experiments
+SWEEP_JSON = REPORTS / "sweep.json"
 
 ENCODER = MODELS / "encoder.pt"
 INVERSION_METRICS = METRICS / "inversion.json"

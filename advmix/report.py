@@ -25,22 +25,24 @@ from advmix.paths import (
     EVAL_METRICS,
     EVAL_RESULTS,
     GAN_METRICS,
-    GAN_REPORTS,
+    GAN_MIXING,
+    GAN_SAMPLES,
     INVERSION_FIGURE,
     LAYERS_FIGURE,
     LAYERS_METRICS,
     PARAMS,
     REPORTS,
     SUMMARY_DIR,
+    SUMMARY_HTML,
+    SUMMARY_MD,
     SUMMARY_METRICS,
+    SWEEP_FIGURE,
     WORST_MIXES,
     dataset_dir,
-    eval_dir,
+    eval_by_group,
     validation_metrics,
 )
 
-SUMMARY_MD = REPORTS / "summary.md"
-SUMMARY_HTML = REPORTS / "summary.html"
 DVC_LOCK = Path("dvc.lock")
 
 MODE_ORDER = MODE_NAMES  # advmix/modes.py
@@ -53,10 +55,10 @@ WORST_MIXES_KEYS = ("clean", "mixed", "label", "pred_nominal", "pred_advmix")
 WORST_MIXES_SHOWN = 8
 EXTERNAL_FIGURES = (  # (caption, path): drawn by earlier stages, embedded when present
     ("Which W+ layers carry what (analyze-layers)", LAYERS_FIGURE),
-    ("GAN samples", GAN_REPORTS / "samples.png"),
-    ("GAN style mixing", GAN_REPORTS / "mixing.png"),
+    ("GAN samples", GAN_SAMPLES),
+    ("GAN style mixing", GAN_MIXING),
     ("W+ inversion of real images", INVERSION_FIGURE),
-    ("Sweep", REPORTS / "sweep.png"),
+    ("Sweep", SWEEP_FIGURE),
 )
 EVAL_NAME = re.compile(r"(?P<mode>.+)-s(?P<seed>\d+)\.json")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -116,7 +118,8 @@ def build_report(root: Path, class_names: list[str] | None = None, allow_missing
     instead, which says so in its title and in summary.json (`missing_runs`)."""
     root = Path(root)
     inputs = collect(root, class_names, allow_missing)
-    summary = summarize(inputs.runs, inputs.dataset, inputs.rho) | {"missing_runs": inputs.missing}
+    summary = summarize(inputs.runs, inputs.dataset, inputs.rho) | {"layers": layers_summary(inputs.layers),
+                                                                    "missing_runs": inputs.missing}
     with atomic_folder(root / SUMMARY_DIR) as folder:
         figures = make_figures(inputs, folder)
         blocks = report_blocks(summary, inputs, figures)
@@ -222,7 +225,7 @@ def read_runs(root: Path, planned: set[tuple[str, int]] | None = None) -> list[R
             raise ReportError(f"{run.path}: mode {run.mode} seed {run.seed} is also in {seen[run.mode, run.seed]}")
         seen[run.mode, run.seed] = run.path
     for run in runs:
-        run.by_group = read_by_group(root / eval_dir(run.mode, run.seed) / "by_group.csv")
+        run.by_group = read_by_group(root / eval_by_group(run.mode, run.seed))
     return sorted(runs, key=lambda r: (_mode_rank(r.mode), r.seed))
 
 
@@ -335,6 +338,17 @@ def _dataset_classes(path: Path) -> list[str] | None:
 
 
 # ---------------------------------------------------------------- numbers
+
+
+def layers_summary(layers: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The mixing rows and what they do to real faces, from metrics/layers.json's `perturbation` (None without)."""
+    perturbation = (layers or {}).get("perturbation")
+    real = perturbation.get("real") if isinstance(perturbation, dict) else None
+    if not isinstance(real, dict):
+        return None
+    return {"layers": perturbation["layers"], "spurious": perturbation["spurious"], "partners": real["partners"],
+            "measured_on": perturbation.get("measured_on", "every pair"), "pairs": real["n"],
+            "label_change": real["label_change"], "spurious_transfer": real["spurious_transfer"]}
 
 
 def summarize(runs: list[Run], dataset: str, rho: float) -> dict[str, Any]:
@@ -619,6 +633,12 @@ def results_section(summary: dict[str, Any], runs: list[Run]) -> str:
         ("p", f"Against nominal ({summary['ci_method']}):"),
         ("table", *gain_table(summary["vs_nominal"])),
     ]
+    if (layers := summary.get("layers")) is not None:
+        blocks.append(("p", (
+            f"Mixing rows: W+ {', '.join(map(str, layers['layers']))} (`metrics/layers.json`). On the "
+            f"{layers['measured_on']} of the inverted real train faces ({layers['pairs']} pairs, {layers['partners']} "
+            f"partner) they change the label in {layers['label_change']:.1%} of mixes and move "
+            f"`{layers['spurious']}` in {layers['spurious_transfer']:.1%} of the pairs that differ in it.")))
     return render_markdown(blocks)
 
 

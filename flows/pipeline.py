@@ -350,10 +350,10 @@ def publish_results(root: Path, metrics: dict[str, Any]) -> None:
 
     from advmix import paths
 
-    summary = _read_json(root / paths.METRICS / "summary.json")
+    summary = _read_json(root / paths.SUMMARY_METRICS)
     create_markdown_artifact(metrics_markdown(metrics, summary), key=METRICS_ARTIFACT,
                              description="advmix pipeline metrics (dvc metrics show)")
-    for report in (root / paths.REPORTS / "summary.html", paths.validation_dir(root) / "index.html"):
+    for report in (root / paths.SUMMARY_HTML, paths.validation_dir(root) / "index.html"):
         if report.is_file():
             create_link_artifact(report.resolve().as_uri(), link_text=str(report.relative_to(root)),
                                  key=REPORT_ARTIFACT, description="advmix HTML report")

@@ -305,3 +305,17 @@ def test_docs_results_quote_the_committed_metrics():
     text = (root / "docs" / "results.md").read_text()
     generated = text.split(report.RESULTS_BEGIN, 1)[1].split(report.RESULTS_END, 1)[0].strip("\n")
     assert generated == report.results_section(summary, runs).strip("\n")
+
+
+def test_the_mixing_rows_and_their_held_out_figures_reach_the_summary_and_the_results_section():
+    layers = {"perturbation": {"layers": [0, 1], "spurious": "skin_dark", "measured_on": "held-out half",
+                               "real": {"partners": "any", "n": 512, "label_change": 0.045,
+                                        "spurious_transfer": 0.669}}}
+    got = report.layers_summary(layers)
+    assert got == {"layers": [0, 1], "spurious": "skin_dark", "partners": "any", "measured_on": "held-out half",
+                   "pairs": 512, "label_change": 0.045, "spurious_transfer": 0.669}
+    assert report.layers_summary({"perturbation": {"layers": [0, 1]}}) is None and report.layers_summary(None) is None
+    summary = {"dataset": "synthfaces", "rho": 0.99, "modes": {}, "vs_nominal": {}, "ci_method": "bootstrap",
+               "layers": got}
+    text = report.results_section(summary, [])
+    assert "W+ 0, 1" in text and "held-out half" in text and "4.5%" in text and "66.9%" in text

@@ -12,11 +12,12 @@ from advmix.data import build_dataset, load_dataset, save_dataset
 from advmix.validate import run_suites
 
 SIZES = {"train": 100, "val": 20, "test_iid": 20, "test_balanced": 40, "test_flipped": 20, "pool": 100}
+RHO = 0.95  # 95 of 100 train rows agree exactly: not the default, so a wrong default cannot pass unseen
 
 
 @pytest.fixture(scope="module")
 def good():
-    params = tiny_params(sizes=SIZES)
+    params = tiny_params(sizes=SIZES, rho=RHO)
     return params, build_dataset(params)
 
 
@@ -29,7 +30,7 @@ def test_good_data_passes(good):
     report = run_suites(ds, params)
     assert report.success, report.failures
     assert report.evaluated >= 25
-    assert report.agreement["train"] == pytest.approx(0.95)
+    assert report.agreement["train"] == pytest.approx(RHO)
     assert report.agreement["pool"] == pytest.approx(0.5)
 
 
@@ -110,7 +111,7 @@ def test_wrong_split_size_fails(good):
 def test_cli_exit_codes_and_outputs(good, tmp_path, monkeypatch):
     _, ds = good
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text(f"data:\n  sizes: {SIZES}\n")
+    (tmp_path / "params.yaml").write_text(f"data:\n  rho: {RHO}\n  sizes: {SIZES}\n")
     save_dataset(tmp_path / "data" / "synthfaces", ds)
     runner = CliRunner()
     ok = runner.invoke(app, ["validate"])

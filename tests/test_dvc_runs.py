@@ -1,0 +1,102 @@
+"""Real `dvc repro` / `dvc exp run` of the classifier stage on a tiny project: a kill inside the stage, then the
+run-cache restoring earlier params without training."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from test_pipeline import dvc, make_project
+
+from advmix import paths
+
+TINY = {  # every stage at its smallest: the test is about DVC, not about the networks
+    "data": {"resolution": 16, "sizes": {"train": 40, "val": 8, "test_iid": 8, "test_balanced": 16,
+                                         "test_flipped": 8, "pool": 40}},
+    "probe": {"epochs": 1, "width": 8},
+    "gan": {"style_dim": 32, "n_mlp": 2, "channel_base": 256, "channel_max": 32, "batch": 8, "iterations": 4,
+            "eval_samples": 32},
+    "mixing": {"analysis_pairs": 16},
+    "extract": {"encoder_steps": 4, "encoder_real_steps": 2, "batch": 4, "width": 4, "refine_steps": 2},
+    "train": {"modes": ["nominal"], "seeds": [0], "epochs": 3, "batch": 8, "width": 8},
+}
+STAGE = "train@nominal-0"
+RUN_ONLY = ("seconds", "images_per_s", "resumed_from_epoch", "torch_threads")  # what may differ between runs
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def train_metrics(root: Path) -> dict:
+    (run,) = json.loads((root / paths.train_metrics("nominal", 0)).read_text()).values()
+    return run
+
+
+def set_lr(root: Path, lr: float) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["lr"] = lr
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """The tiny project reproduced up to one nominal classifier and committed (the base of `dvc exp run`)."""
+    root = tmp_path_factory.mktemp("runs")
+    env = make_project(root, TINY)
+    env["ADVMIX_THREADS"] = "1"
+    (root / ".gitignore").write_text(f"{paths.SCRATCH}/\n")
+
+    def commit(message: str) -> None:
+        subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+        subprocess.run(["git", "commit", "-qm", message], cwd=root, env=env, check=True)
+
+    commit("code and params")  # dvclive in `advmix train` needs a commit to exist (an empty repo fails)
+    res = dvc(root, env, "repro", STAGE)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    commit("tiny run")
+    return root, env
+
+
+@pytest.mark.slow
+def test_a_killed_repro_finishes_on_the_rerun_and_the_run_cache_restores_earlier_params(project):
+    root, env = project
+    model = root / paths.classifier("nominal", 0)
+    first_model, first = md5(model), train_metrics(root)
+    lr = yaml.safe_load((root / "params.yaml").read_text())["train"]["lr"]
+
+    # kill -9 the whole `dvc repro` once the stage has saved its first epoch, then rerun: no stale lock, and the
+    # stage resumes from its scratch state (outside every DVC output) to the weights of an uninterrupted run
+    set_lr(root, lr / 2)
+    state = root / paths.train_state("nominal", 0)
+    proc = subprocess.Popen(["dvc", "repro", STAGE], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None and state.exists(), "the stage ended (or never started) before it saved a state"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rerun = dvc(root, env, "repro", STAGE)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    resumed = train_metrics(root)
+    assert resumed["resumed_from_epoch"] >= 1
+    clean = dvc(root, env, "repro", "--force", "--no-run-cache", "--single-item", STAGE)
+    assert clean.returncode == 0, clean.stdout[-3000:] + clean.stderr[-3000:]
+    uninterrupted = train_metrics(root)
+    assert uninterrupted["resumed_from_epoch"] == 0
+    assert {k: v for k, v in resumed.items() if k not in RUN_ONLY} == {
+        k: v for k, v in uninterrupted.items() if k not in RUN_ONLY}
+    assert uninterrupted["val_acc"] != first["val_acc"] or md5(model) != first_model  # lr / 2 trained anew
+
+    # back to the committed params through `dvc exp run`: DVC restores the first classifier, nothing trains
+    back = dvc(root, env, "exp", "run", "-S", f"train.lr={lr}", STAGE)
+    assert back.returncode == 0, back.stdout[-3000:] + back.stderr[-3000:]
+    assert f"Stage '{STAGE}' is cached - skipping run" in back.stdout, back.stdout
+    assert "> advmix train" not in back.stdout
+    assert md5(model) == first_model and train_metrics(root) == first
