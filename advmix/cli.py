@@ -425,6 +425,21 @@ def _mode(mode: str) -> str:
     return mode
 
 
+def _require_a_commit() -> None:
+    """dvclive, train's per-epoch log, reads git's HEAD: in a repository without a commit it fails deep inside
+    (scmrepo's "Empty git repo"). Say so before any work. Outside git, or without git, dvclive needs nothing."""
+    import subprocess
+
+    try:
+        inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], capture_output=True, check=False)
+        head = subprocess.run(["git", "rev-parse", "-q", "--verify", "HEAD"], capture_output=True, check=False)
+    except FileNotFoundError:
+        return
+    if inside.returncode == 0 and head.returncode != 0:
+        raise _fail("this git repository has no commit yet, and dvclive (train's per-epoch log) needs one: "
+                    "run `git add -A && git commit -m start` once, then rerun")
+
+
 @app.command("train")
 def train_cmd(
     mode: Annotated[str, typer.Option("--mode", help=" | ".join(MODE_NAMES))] = "nominal",
@@ -451,6 +466,8 @@ def train_cmd(
     p = _load(params, set_)
     seed = p.seed if seed is None else seed
     p = p.model_copy(update={"seed": seed})  # the classifier's seed; the data and the GAN keep theirs
+    if distributed()[0] == 0:
+        _require_a_commit()
     ds = _dataset(p)
     train, val = ds.split("train"), ds.split("val")
     G = latents = layers = None

@@ -160,6 +160,12 @@ def test_a_failed_training_run_keeps_the_previous_outputs(project):
 
 
 @pytest.mark.slow
+def test_training_in_a_git_repository_without_a_commit_says_to_commit(project):
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    fails(project, ["train", "--mode", "nominal"], 1, "no commit yet", "git commit")
+
+
+@pytest.mark.slow
 def test_bad_overrides_name_the_override(project):
     line = fails(project, ["train", "--mode", "nominal", "-S", "train.lrr=0.1"], 2, "train.lrr: unknown key")
     assert line.startswith("error: -S train.lrr")
