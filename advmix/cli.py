@@ -418,10 +418,8 @@ def _split_latents(ds, split: str, G):
 
 
 def _mode(mode: str) -> str:
-    from advmix.modes import NAMES as MODES
-
-    if mode not in MODES:
-        raise _fail(f"--mode {mode!r}: expected one of {', '.join(MODES)}", 2)
+    if mode not in MODE_NAMES:
+        raise _fail(f"--mode {mode!r}: expected one of {', '.join(MODE_NAMES)}", 2)
     return mode
 
 

@@ -16,6 +16,14 @@ import pytest
 from advmix.params import Params, parse_params
 
 TINY_SIZES = {"train": 40, "val": 8, "test_iid": 8, "test_balanced": 16, "test_flipped": 8, "pool": 40}
+TINY_UPSTREAM = {  # prepare .. analyze-layers at their smallest, for tests of what comes after them
+    "data": {"resolution": 16, "sizes": TINY_SIZES},
+    "probe": {"epochs": 1, "width": 8},
+    "gan": {"style_dim": 32, "n_mlp": 2, "channel_base": 256, "channel_max": 32, "batch": 8, "iterations": 4,
+            "eval_samples": 32},
+    "mixing": {"analysis_pairs": 16},
+    "extract": {"encoder_steps": 4, "encoder_real_steps": 2, "batch": 4, "width": 4, "refine_steps": 2},
+}
 
 
 def tiny_params(**data) -> Params:

@@ -11,20 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_UPSTREAM
 from test_pipeline import dvc, make_project
 
 from advmix import paths
 
-TINY = {  # every stage at its smallest: the test is about DVC, not about the networks
-    "data": {"resolution": 16, "sizes": {"train": 40, "val": 8, "test_iid": 8, "test_balanced": 16,
-                                         "test_flipped": 8, "pool": 40}},
-    "probe": {"epochs": 1, "width": 8},
-    "gan": {"style_dim": 32, "n_mlp": 2, "channel_base": 256, "channel_max": 32, "batch": 8, "iterations": 4,
-            "eval_samples": 32},
-    "mixing": {"analysis_pairs": 16},
-    "extract": {"encoder_steps": 4, "encoder_real_steps": 2, "batch": 4, "width": 4, "refine_steps": 2},
-    "train": {"modes": ["nominal"], "seeds": [0], "epochs": 3, "batch": 8, "width": 8},
-}
+TINY = {**TINY_UPSTREAM,  # every stage at its smallest: the test is about DVC, not about the networks
+        "train": {"modes": ["nominal"], "seeds": [0], "epochs": 3, "batch": 8, "width": 8}}
 STAGE = "train@nominal-0"
 RUN_ONLY = ("seconds", "images_per_s", "resumed_from_epoch", "torch_threads")  # what may differ between runs
 

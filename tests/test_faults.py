@@ -16,18 +16,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_SIZES
+from conftest import TINY_UPSTREAM
 from typer.testing import CliRunner
 
 from advmix.cli import app
 
 PARAMS = {
-    "data": {"resolution": 16, "sizes": TINY_SIZES},
-    "probe": {"epochs": 1, "width": 8},
-    "gan": {"style_dim": 32, "n_mlp": 2, "channel_base": 256, "channel_max": 32, "batch": 8, "iterations": 4,
-            "eval_samples": 32},
-    "mixing": {"analysis_pairs": 16},
-    "extract": {"encoder_steps": 4, "encoder_real_steps": 2, "batch": 4, "width": 4, "refine_steps": 2},
+    **TINY_UPSTREAM,
     "train": {"modes": ["nominal", "advmix"], "seeds": [0], "epochs": 1, "batch": 8, "width": 8, "device": "cpu",
               "advmix": {"partners_k": 2, "steps": 1}},
     "evaluate": {"robust_images": 8, "val_robust_images": 8, "partners_k": 2, "steps": 1, "linf_steps": 1,
