@@ -10,6 +10,17 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="advmix-prefect-")
+# a private registry of running advmix processes (advmix.runtime): the stages the tests start count this worker,
+# and no advmix run elsewhere on the machine counts the tests
+os.environ["ADVMIX_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="advmix-runtime-")
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The suite runs in pytest-xdist workers (pyproject's addopts). Each takes its share of the cores through the
+    # rule every stage uses; with torch's default threads two workers would spin against each other (10-20x
+    # slower). The stages a test starts inherit PYTEST_XDIST_WORKER_COUNT and take the same share.
+    from advmix.runtime import set_threads
+
+    set_threads()
 
 import pytest
 
@@ -54,3 +65,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items):
+    """Files with an end-to-end (`slow`) test first, each file's tests kept together and in order: pytest-xdist
+    hands whole files to its workers in this order, so the long files start at once rather than last."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)

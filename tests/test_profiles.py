@@ -100,7 +100,7 @@ TINY = {"data.sizes.train": 40, "data.sizes.val": 8, "data.sizes.test_iid": 8, "
         "evaluate.worst_mixes": 4,
         # the networks narrowed too (the profile's 64 px and ResNet-18 stay): its 256-channel GAN alone takes minutes
         "gan.style_dim": 32, "gan.channel_base": 2048, "gan.channel_max": 32, "extract.width": 4,
-        "probe.width": 8}
+        "probe.width": 8, "train.width": 16}
 
 
 @pytest.mark.slow

@@ -160,3 +160,11 @@ def test_debug_line(clean, monkeypatch, capsys):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     runtime.set_threads()
     assert "advmix: 1 torch thread(s): 2 cores shared by 2" in capsys.readouterr().err
+
+
+def test_this_test_worker_runs_on_its_share_of_the_cores():
+    """The suite's own parallel part: under pytest-xdist, conftest gave this worker cores // workers threads."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if not workers:
+        pytest.skip("the suite runs in one process (-n 0)")
+    assert 1 <= torch.get_num_threads() <= max(1, runtime.cpu_cores() // workers)  # never oversubscribed
