@@ -21,7 +21,11 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> dict:
     import torch
 
-    from advmix.cli import _dataset, _load, _mixing_inputs, _split_latents
+    import yaml
+
+    from advmix.params import load_params
+    from advmix.runtime import set_threads
+    from advmix.stages.inputs import dataset, mixing_inputs, split_latents
     from advmix.evaluate import evaluate_classifier, val_selection
     from advmix.runtime import pick_device
     from advmix.train import MIXING_MODES, MODES, train_classifier
@@ -36,11 +40,13 @@ def main(argv: list[str] | None = None) -> dict:
                     help="only the label-free val figure (for choosing hyperparameters): no test split is read")
     args = ap.parse_args(argv)
 
-    p = _load(Path("params.yaml"), [f"train.device={args.device}", *args.sets])
-    ds = _dataset(p)
+    overrides = dict(item.split("=", 1) for item in [f"train.device={args.device}", *args.sets])
+    p = load_params(Path("params.yaml"), {k: yaml.safe_load(v) for k, v in overrides.items()})
+    set_threads()
+    ds = dataset(p)
     train, val = ds.split("train"), ds.split("val")
-    G, layers, w_train = _mixing_inputs(p, ds, "train")
-    w_balanced, w_val = _split_latents(ds, "test_balanced", G), _split_latents(ds, "val", G)
+    G, layers, w_train = mixing_inputs(p, ds, "train")
+    w_balanced, w_val = split_latents(ds, "test_balanced", G), split_latents(ds, "val", G)
     device = pick_device(args.device)
     rows = []
     for seed in args.seeds:

@@ -191,3 +191,19 @@ def test_kill_during_train_gan_then_rerun_gives_the_uninterrupted_generator(proj
     mine = torch.load(project / "models" / "gan" / "generator.pt", weights_only=True)["g_ema"]
     theirs = torch.load(reference / "models" / "gan" / "generator.pt", weights_only=True)["g_ema"]
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["train-gan", "extract", "analyze-layers"])
+def test_a_broken_probe_is_named_before_any_work(project, stage):
+    probe = project / "models" / "probe.pt"
+    probe.write_bytes(probe.read_bytes()[:64])
+    fails(project, [stage], 1, "probe.pt", "advmix probe")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["extract", "analyze-layers", "evaluate"])
+def test_a_broken_generator_is_named(project, stage):
+    generator = project / "models" / "gan" / "generator.pt"
+    generator.write_bytes(generator.read_bytes()[:64])
+    fails(project, [stage], 1, "generator.pt", "advmix train-gan")

@@ -91,7 +91,7 @@ def test_analysis_schema_and_auto_respects_threshold(small):
 
 
 def test_a_perturbation_set_of_every_row_is_flagged():
-    from advmix.cli import whole_code_warning
+    from advmix.stages.analyze_layers import whole_code_warning
 
     assert whole_code_warning([0, 1, 2, 3], 8, "same_label") is None
     assert "same class" in whole_code_warning(list(range(8)), 8, "same_label")

@@ -1,0 +1,73 @@
+"""evaluate: one classifier's accuracy, group and fairness metrics, ECE, and semantic and pixel robustness.
+
+Writes metrics/eval/<mode>-s<seed>.json and results/eval/<mode>-s<seed>/by_group.csv. The attacks draw from
+`seed` (not the classifier's seed), so every classifier meets the same test images and partners.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from advmix.stages import StageError
+from advmix.stages.inputs import dataset, mixing_inputs, split_latents
+
+
+@dataclass
+class Evaluated:
+    name: str  # <mode>-s<seed>
+    result: dict[str, Any]  # metrics/eval/<name>.json's one entry
+    seconds: float
+
+    def summary(self) -> str:
+        r, nan = self.result, float("nan")
+        bal = r["splits"].get("test_balanced", {})
+        return (f"{self.name}: test_balanced error {bal.get('error', nan):.4f}, worst group "
+                f"{bal.get('worst_group_acc', nan):.4f}, semantic robust acc {r.get('semantic_robust_acc')}, "
+                f"mix change error {r.get('mix_change_error')}, val robust acc (selection) "
+                f"{r.get('val_semantic_robust_acc')}, {self.seconds:.0f} s")
+
+
+def load_classifier(mode: str, seed: int):
+    """The trained classifier of a run, or a StageError that says how to make it."""
+    from advmix import paths
+    from advmix.models import load_classifier as load
+
+    path = paths.classifier(mode, seed)
+    try:
+        return load(path)[0]
+    except FileNotFoundError:
+        raise StageError(f"{path}: no such classifier; run `advmix train --mode {mode} --seed {seed}` first") from None
+    except ValueError as exc:  # a broken file
+        raise StageError(str(exc)) from None
+
+
+def run(p, mode: str, seed: int | None = None) -> Evaluated:
+    import pandas as pd
+    import torch
+
+    from advmix import paths
+    from advmix.data.store import atomic_write_bytes, atomic_write_json
+    from advmix.evaluate import evaluate_classifier
+    from advmix.modes import GROUP_LABEL_MODES
+    from advmix.runtime import pick_device
+
+    seed = p.seed if seed is None else seed
+    ds = dataset(p)
+    model = load_classifier(mode, seed)
+    device = pick_device(p.train.device, "train.device")
+    G = latents = val_latents = layers = None
+    if paths.GENERATOR.is_file() and paths.latents_file("test_balanced").is_file():
+        G, layers, latents = mixing_inputs(p, ds, "test_balanced")
+        if paths.latents_file("val").is_file():
+            val_latents = split_latents(ds, "val", G)
+    t0 = time.time()
+    result, by_group = evaluate_classifier(model, ds, p, device, G=G, latents=latents, layers=layers,
+                                           val_latents=val_latents)
+    result = {"mode": mode, "seed": seed, "uses_group_labels": mode in GROUP_LABEL_MODES} | result
+    result["torch_threads"] = torch.get_num_threads()  # CPU results are bitwise reproducible at the same count
+    name = paths.run_name(mode, seed)
+    atomic_write_bytes(paths.eval_by_group(mode, seed), pd.DataFrame(by_group).to_csv(index=False).encode())
+    atomic_write_json(paths.eval_metrics(mode, seed), {f"eval_{name.replace('-', '_')}": result})
+    return Evaluated(name, result, time.time() - t0)

@@ -1,0 +1,68 @@
+"""train-gan: StyleGAN2 learnt from `gan.data` (the unlabelled pool by default), or `gan.pretrained` loaded; then
+samples, a style-mixing grid and quality metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from advmix.stages import Progress, StageError, no_progress
+from advmix.stages.inputs import check_probe, dataset, generator_data
+from advmix.stages.inputs import probe as load_probe
+
+
+@dataclass
+class GanTrained:
+    metrics: dict[str, Any]  # metrics/gan.json: the run (gan_*) and the generator's quality
+    seconds: float
+
+    def summary(self) -> str:
+        from advmix import paths
+
+        m = self.metrics
+        return (f"generator {paths.GENERATOR}: probe Fréchet distance {m['probe_frechet_distance']:.3f} "
+                f"(real halves {m['probe_frechet_distance_real_halves']:.3f}), "
+                f"mean attribute TV {m['attribute_tv_mean']:.3f}, {self.seconds:.0f} s")
+
+
+def run(p, progress: Progress = no_progress) -> GanTrained | None:
+    """None on a torchrun rank other than 0 (rank 0 writes)."""
+    from advmix import paths
+    from advmix.data.store import atomic_write_json
+    from advmix.figures import grid, save_png
+    from advmix.gan import checkpoints
+    from advmix.gan.train import mixing_grid, quality_metrics, sample_images, train_gan
+    from advmix.mixing import layer_groups
+
+    ds = dataset(p)
+    train = generator_data(p, ds)
+    t0 = time.time()
+    if p.gan.pretrained is not None:
+        try:
+            G, w_avg, _ = checkpoints.load_generator(p.gan.pretrained)
+        except (checkpoints.CheckpointError, FileNotFoundError) as exc:
+            raise StageError(str(exc)) from None
+        if G.size != ds.images.shape[1]:
+            raise StageError(f"gan.pretrained: {p.gan.pretrained} makes {G.size} px images but data.resolution is "
+                             f"{ds.images.shape[1]}")
+        run = {"iterations": 0, "seconds": 0.0, "images_per_s": 0.0, "pretrained": str(p.gan.pretrained)}
+        checkpoints.save_generator(paths.GENERATOR, G, {}, w_avg)  # what every later stage reads
+    else:
+        check_probe()  # read after training: a missing or broken probe is named now, not after it
+        paths.GAN_DIR.mkdir(parents=True, exist_ok=True)
+        with progress("train-gan", p.gan.iterations) as step:
+            run = train_gan(train.images, p.gan, p.seed, paths.GAN_STATE, progress=lambda done, stats: step(
+                completed=done, info=" ".join(f"{k} {v:.3f}" for k, v in stats.items())))
+        if run["rank"] != 0:
+            return None
+        G, w_avg, config = run.pop("G_ema"), run.pop("w_avg"), run.pop("config")
+        checkpoints.save_generator(paths.GENERATOR, G, config, w_avg)
+        run = {k: v for k, v in run.items() if k in ("iterations", "seconds", "images_per_s", "resumed_from")}
+        run |= {"data": p.gan.data, "images": len(train)}
+    save_png(grid(sample_images(G, 64, p.seed), ncol=8, scale=max(1, 96 // G.size)), paths.GAN_SAMPLES)
+    save_png(mixing_grid(G, layer_groups(G.size)["coarse"], 6, p.seed), paths.GAN_MIXING)
+    quality = quality_metrics(G, load_probe(), train, p.gan.eval_samples, p.seed)
+    metrics = {"gan_" + k: v for k, v in run.items()} | quality
+    atomic_write_json(paths.GAN_METRICS, metrics)
+    return GanTrained(metrics, time.time() - t0)

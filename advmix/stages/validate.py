@@ -1,0 +1,29 @@
+"""validate: the Great Expectations suites on the prepared dataset (advmix.validate); the report is written
+whether or not they pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from advmix.stages.inputs import dataset
+
+
+@dataclass
+class Validated:
+    report: object  # advmix.validate.ValidationReport: success, evaluated, failures, agreement per split
+    spurious: str  # the attribute whose agreement with the label each split targets
+
+    def summary(self) -> str:
+        lines = [f"  {split:14s} agreement(label, {self.spurious}) = {value:.4f}"
+                 for split, value in self.report.agreement.items()]
+        return "\n".join(lines + [f"validation passed: {self.report.evaluated} expectations"])
+
+
+def run(p) -> Validated:
+    from advmix import paths
+    from advmix.validate import run_suites, write_outputs
+
+    ds = dataset(p)
+    report = run_suites(ds, p)
+    write_outputs(report, ds.info, paths.validation_dir(), paths.validation_metrics())
+    return Validated(report, ds.info["spurious"])
