@@ -42,6 +42,21 @@ def tiny_params(**data) -> Params:
     return parse_params({"data": {"sizes": TINY_SIZES, **data}})
 
 
+def save_validated(root, p: Params):
+    """Build `p`'s dataset into the project folder `root` (the cwd), write `p` as its params.yaml and pass the
+    validate stage over it, as every later stage requires; returns the dataset."""
+    import yaml
+
+    from advmix.data import build_dataset, save_dataset
+    from advmix.stages import validate
+
+    ds = build_dataset(p)
+    save_dataset(root / "data" / p.data.name, ds)
+    (root / "params.yaml").write_text(yaml.safe_dump(p.to_dict(), sort_keys=False))
+    assert validate.run(p).report.success
+    return ds
+
+
 @pytest.fixture
 def tiny() -> Params:
     return tiny_params()

@@ -207,3 +207,14 @@ def test_a_broken_generator_is_named(project, stage):
     generator = project / "models" / "gan" / "generator.pt"
     generator.write_bytes(generator.read_bytes()[:64])
     fails(project, [stage], 1, "generator.pt", "advmix train-gan")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [["probe"], ["train-gan"], ["extract"], ["analyze-layers"],
+                                   ["train", "--mode", "nominal"], ["evaluate", "--mode", "nominal"], ["report"]])
+def test_stages_refuse_data_that_has_not_passed_validation(project, stage):
+    result = project / "metrics" / "validation.json"
+    result.unlink()
+    fails(project, stage, 1, "validation.json", "no validation result", "advmix validate")
+    result.write_text(json.dumps({"success": False, "evaluated": 30, "failed": ["label_set"]}))
+    fails(project, stage, 1, "validation.json", "failed validation (label_set)", "advmix validate")

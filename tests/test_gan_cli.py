@@ -4,11 +4,10 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_params
+from conftest import save_validated, tiny_params
 from typer.testing import CliRunner
 
 from advmix.cli import app
-from advmix.data import build_dataset, save_dataset
 
 TINY_GAN = ["-S", "gan.style_dim=32", "-S", "gan.n_mlp=2", "-S", "gan.channel_base=256", "-S", "gan.channel_max=32",
             "-S", "gan.batch=8", "-S", "gan.iterations=4", "-S", "gan.eval_samples=32", "-S", "data.resolution=16",
@@ -19,8 +18,7 @@ TINY_GAN = ["-S", "gan.style_dim=32", "-S", "gan.n_mlp=2", "-S", "gan.channel_ba
 def project(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text("{}\n")
-    save_dataset(tmp_path / "data" / "synthfaces", build_dataset(tiny_params(resolution=16)))
+    save_validated(tmp_path, tiny_params(resolution=16))
     return tmp_path
 
 
@@ -72,9 +70,8 @@ def test_pretrained_errors_are_clear(project):
 
 def test_gan_data_selects_the_split_the_generator_reads(project):
     """gan.data=train reads the 40 train faces; gan.data=pool the pool, which this project sizes differently."""
-    save_dataset(project / "data" / "synthfaces", build_dataset(tiny_params(
-        resolution=16, sizes={"train": 40, "val": 8, "test_iid": 8, "test_balanced": 16, "test_flipped": 8,
-                              "pool": 24})))
+    save_validated(project, tiny_params(resolution=16, sizes={
+        "train": 40, "val": 8, "test_iid": 8, "test_balanced": 16, "test_flipped": 8, "pool": 24}))
     run("probe")
     for data, n in (("train", 40), ("pool", 24)):
         run("train-gan", "-S", f"gan.data={data}", "-S", "gan.iterations=1")
@@ -83,8 +80,8 @@ def test_gan_data_selects_the_split_the_generator_reads(project):
 
 
 def test_gan_data_pool_without_a_pool_is_a_clear_error(project):
-    save_dataset(project / "data" / "synthfaces", build_dataset(tiny_params(resolution=16, sizes={
-        "train": 40, "val": 8, "test_iid": 8, "test_balanced": 16, "test_flipped": 8, "pool": 0})))
+    save_validated(project, tiny_params(resolution=16, sizes={
+        "train": 40, "val": 8, "test_iid": 8, "test_balanced": 16, "test_flipped": 8, "pool": 0}))
     res = CliRunner().invoke(app, ["train-gan", *TINY_GAN])
     assert res.exit_code == 1 and "gan.data: the dataset has no 'pool' images" in res.output
     assert "Traceback" not in res.output

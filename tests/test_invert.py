@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_params
+from conftest import save_validated, tiny_params
 from typer.testing import CliRunner
 
 from advmix.data.store import Dataset
@@ -152,14 +152,11 @@ def test_residual_restores_the_image(tiny_g):
 @pytest.fixture
 def project(tmp_path, monkeypatch, tiny_g):
     from advmix import paths
-    from advmix.data import build_dataset, save_dataset
     from advmix.gan.checkpoints import save_generator
     from advmix.probes import build_probe, heads_of, save_probe
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text("{}\n")
-    ds = build_dataset(tiny_params(resolution=16))
-    save_dataset(tmp_path / "data" / "synthfaces", ds)
+    ds = save_validated(tmp_path, tiny_params(resolution=16))
     G, w_avg = tiny_g
     save_generator(paths.GENERATOR, G, config=G.init_kwargs, w_avg=w_avg)
     torch.manual_seed(0)

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SIZES, tiny_params
+from conftest import TINY_SIZES, save_validated, tiny_params
 from typer.testing import CliRunner
 
-from advmix.data import build_dataset, save_dataset
+from advmix.data import build_dataset
 from advmix.gan.checkpoints import save_generator
 from advmix.gan.networks import Generator
 from advmix.models import build_model, load_classifier
@@ -178,10 +178,7 @@ CLI_SETS = ["-S", "data.resolution=16", "-S", "train.epochs=1", "-S", "train.bat
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text(json.dumps({"data": {"sizes": TINY_SIZES}}) + "\n")
-    ds = build_dataset(tiny_params(resolution=16))
-    save_dataset(tmp_path / "data" / "synthfaces", ds)
-    return tmp_path, ds
+    return tmp_path, save_validated(tmp_path, tiny_params(resolution=16))
 
 
 def run_cli(*args):

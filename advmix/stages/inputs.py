@@ -5,15 +5,32 @@ from __future__ import annotations
 from advmix.stages import StageError
 
 
-def dataset(p):
-    """The prepared dataset of `data.name`."""
+def dataset(p, validated: bool = True):
+    """The prepared dataset of `data.name`; with `validated`, only once `advmix validate` has passed on it (a stage
+    run by hand would otherwise train on data that DVC's pipeline stops at)."""
+    import json
+
     from advmix import paths
     from advmix.data import DatasetError, load_dataset
 
     try:
-        return load_dataset(paths.dataset_dir(p.data.name))
+        ds = load_dataset(paths.dataset_dir(p.data.name))
     except DatasetError as exc:
         raise StageError(str(exc)) from None
+    if validated:
+        result = paths.validation_metrics()
+        try:
+            outcome = json.loads(result.read_text())
+        except FileNotFoundError:
+            raise StageError(f"{result}: no validation result for {paths.dataset_dir(p.data.name)}; run "
+                             "`advmix validate` first") from None
+        except (OSError, ValueError) as exc:
+            raise StageError(f"{result}: not a readable validation result ({exc}); rerun `advmix validate`") from None
+        if not isinstance(outcome, dict) or outcome.get("success") is not True:
+            failed = outcome.get("failed") if isinstance(outcome, dict) else None
+            raise StageError(f"{result}: the data failed validation ({', '.join(failed or ['no success flag'])}); "
+                             f"fix the data or params, then rerun `advmix validate` (see {paths.validation_dir()})")
+    return ds
 
 
 def generator_data(p, ds):

@@ -23,7 +23,7 @@ def run(p) -> Validated:
     from advmix import paths
     from advmix.validate import run_suites, write_outputs
 
-    ds = dataset(p)
+    ds = dataset(p, validated=False)
     report = run_suites(ds, p)
     write_outputs(report, ds.info, paths.validation_dir(), paths.validation_metrics())
     return Validated(report, ds.info["spurious"])
