@@ -336,15 +336,12 @@ def run_cmd(
     Without PREFECT_API_URL, Prefect starts a temporary local server for the run.
     """
     import json
-    import sys
 
     root = Path.cwd()
     _load(root / "params.yaml", set_)  # a bad key exits 2 before Prefect starts
     overrides = _overrides(set_)
-    if not (root / "flows" / "pipeline.py").is_file():
-        raise _fail(f"{root}: no flows/pipeline.py; run `advmix run` from the project folder", 2)
-    if str(root) not in sys.path:  # flows/ sits next to advmix/ in the project folder
-        sys.path.insert(0, str(root))
+    if not (root / "dvc.yaml").is_file():
+        raise _fail(f"{root}: no dvc.yaml; run `advmix run` from the project folder", 2)
     from flows.pipeline import advmix_pipeline
 
     state = advmix_pipeline(stages=stage or None, force=force, params_overrides=overrides or None, root=str(root),

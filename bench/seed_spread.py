@@ -20,14 +20,12 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> dict:
     import torch
-
     import yaml
 
-    from advmix.params import load_params
-    from advmix.runtime import set_threads
-    from advmix.stages.inputs import dataset, mixing_inputs, split_latents
     from advmix.evaluate import evaluate_classifier, val_selection
-    from advmix.runtime import pick_device
+    from advmix.params import load_params
+    from advmix.runtime import pick_device, set_threads
+    from advmix.stages.inputs import dataset, mixing_inputs, split_latents
     from advmix.train import MIXING_MODES, MODES, train_classifier
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parents[1]  # the project folder: dvc.yaml, params.yaml, flows/
-if str(ROOT) not in sys.path:  # `python flows/deploy.py` puts flows/, not the project, on sys.path
-    sys.path.insert(0, str(ROOT))
 
 from prefect.schedules import Cron
 
 from flows.pipeline import advmix_pipeline
 
+ROOT = Path(__file__).resolve().parents[1]  # the checkout this file is in (pip install -e): dvc.yaml, params.yaml
 DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00
 TIMEZONE = "UTC"
 DEPLOYMENT_NAME = "weekly"

@@ -218,3 +218,10 @@ def test_stages_refuse_data_that_has_not_passed_validation(project, stage):
     fails(project, stage, 1, "validation.json", "no validation result", "advmix validate")
     result.write_text(json.dumps({"success": False, "evaluated": 30, "failed": ["label_set"]}))
     fails(project, stage, 1, "validation.json", "failed validation (label_set)", "advmix validate")
+
+
+@pytest.mark.slow
+def test_a_broken_gan_training_state_is_named(project):
+    state = project / "models" / "gan" / "state.pt"
+    state.write_bytes(state.read_bytes()[:64])
+    fails(project, ["train-gan"], 1, "state.pt", "GAN training state", "delete")

@@ -427,3 +427,12 @@ def _serve_and_check(api, port, env, project, logs, procs, server_log, serve_log
     assert deployment.name == "weekly" and run.auto_scheduled  # made by the scheduler, not by hand
     assert "advmix-metrics" in {a.key for a in artifacts}
     assert (project / "metrics" / "validation.json").is_file()  # the stages ran in the project it names
+
+
+def test_the_flows_import_from_any_folder(tmp_path):
+    """flows/ is part of the installed project: no sys.path surgery in the flow, the deployment or `advmix run`."""
+    res = subprocess.run([sys.executable, "-c", "import flows.deploy, flows.pipeline; print(flows.pipeline.__file__)"],
+                         cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert Path(res.stdout.strip()) == ROOT / "flows" / "pipeline.py"
+    assert "sys.path" not in (ROOT / "flows" / "deploy.py").read_text()

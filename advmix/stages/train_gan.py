@@ -50,6 +50,13 @@ def run(p, progress: Progress = no_progress) -> GanTrained | None:
         checkpoints.save_generator(paths.GENERATOR, G, {}, w_avg)  # what every later stage reads
     else:
         check_probe()  # read after training: a missing or broken probe is named now, not after it
+        if paths.GAN_STATE.is_file():  # a truncated state would end in torch's traceback inside train_gan
+            from advmix.files import read_torch
+
+            try:
+                read_torch(paths.GAN_STATE, "GAN training state", f"delete {paths.GAN_STATE} to start over")
+            except ValueError as exc:
+                raise StageError(str(exc)) from None
         paths.GAN_DIR.mkdir(parents=True, exist_ok=True)
         with progress("train-gan", p.gan.iterations) as step:
             run = train_gan(train.images, p.gan, p.seed, paths.GAN_STATE, progress=lambda done, stats: step(
