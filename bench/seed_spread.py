@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> dict:
     from advmix.params import load_params
     from advmix.runtime import pick_device, set_threads
     from advmix.stages.inputs import dataset, mixing_inputs, split_latents
-    from advmix.train import MIXING_MODES, MODES, train_classifier
+    from advmix.stages.train import fit
+    from advmix.train import MIXING_MODES, MODES
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modes", nargs="+", default=["nominal", "advmix"], choices=MODES)
@@ -52,9 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
             mixing = mode in MIXING_MODES
             t0 = time.time()
             with tempfile.TemporaryDirectory() as tmp:  # the classifier's seed; the attacks keep params' seed
-                run = train_classifier(mode, train, val, p.model_copy(update={"seed": seed}), Path(tmp) / "state.pt",
-                                       None, G=G if mixing else None, latents=w_train if mixing else None,
-                                       layers=layers if mixing else None)
+                run = fit(mode, train, val, p.model_copy(update={"seed": seed}), Path(tmp) / "state.pt", None,
+                          G=G if mixing else None, latents=w_train if mixing else None,
+                          layers=layers if mixing else None)
             t1 = time.time()
             if args.val_only:
                 result = val_selection(run["model"], val, w_val, G, layers, p, device)

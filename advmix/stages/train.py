@@ -47,6 +47,16 @@ def require_a_commit() -> None:
                          "run `git add -A && git commit -m start` once, then rerun")
 
 
+def fit(mode: str, train, val, p, state: Path, live_dir: Path | None, **kwargs) -> dict[str, Any]:
+    """One mode's training loop: JTT trains twice (advmix.train.train_jtt), every other mode once
+    (train_classifier, which takes G, latents and layers for the mixing modes)."""
+    from advmix.train import train_classifier, train_jtt
+
+    if mode == "jtt":
+        return train_jtt(train, val, p, state, live_dir, progress=kwargs.get("progress"))
+    return train_classifier(mode, train, val, p, state, live_dir, **kwargs)
+
+
 def run(p, mode: str, seed: int | None = None, progress: Progress = no_progress) -> Trained | None:
     """`seed` is the classifier's (default: `seed`); the data and the GAN keep theirs. None on a torchrun rank
     other than 0 (rank 0 writes)."""
@@ -58,7 +68,7 @@ def run(p, mode: str, seed: int | None = None, progress: Progress = no_progress)
     from advmix.models import save_classifier
     from advmix.modes import MIXING_MODES
     from advmix.runtime import distributed
-    from advmix.train import evaluate, train_classifier, train_jtt
+    from advmix.train import evaluate
 
     seed = p.seed if seed is None else seed
     p = p.model_copy(update={"seed": seed})
@@ -81,11 +91,8 @@ def run(p, mode: str, seed: int | None = None, progress: Progress = no_progress)
                 step(completed=done, of=total, info=f"epoch {s['epoch']} loss {s['loss']:.3f}")
 
             with live as live_dir:
-                if mode == "jtt":
-                    run = train_jtt(train, val, p, state, live_dir, progress=on_step)
-                else:
-                    run = train_classifier(mode, train, val, p, state, live_dir, G=G, latents=latents, layers=layers,
-                                           progress=on_step)
+                run = fit(mode, train, val, p, state, live_dir, G=G, latents=latents, layers=layers,
+                          progress=on_step)
         except (LatentsError, ValueError) as exc:
             raise StageError(str(exc)) from None
     if run["rank"] != 0:
