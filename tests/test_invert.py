@@ -180,7 +180,8 @@ def test_cli_extract_end_to_end(project):
         assert arr.shape == (count, 6, 32) and arr.dtype == np.float32
     metrics = json.loads((root / "metrics" / "inversion.json").read_text())
     keys = {"psnr", "ssim", "mse", "label_agreement"} | {f"{a}_agreement" for a in ds.info["attributes"]}
-    assert set(metrics) == {*labelled["split"].unique(), "images_per_s", "encoder_seconds", "refine_seconds"}
+    assert set(metrics) == {*labelled["split"].unique(), "images_per_s", "encoder_seconds", "refine_seconds",
+                            "torch_threads"}
     for name in labelled["split"].unique():
         assert set(metrics[name]) == keys | {"encoder_only"}
         assert set(metrics[name]["encoder_only"]) == keys

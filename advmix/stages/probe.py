@@ -29,6 +29,9 @@ def run(p, progress: Progress = no_progress) -> Probed:
     with progress("probe", p.probe.epochs * max(1, len(source) // p.probe.batch)) as step:
         model, metrics, _ = train_probe(source, ds.split("val"), p.probe.epochs, p.probe.batch,
                                         p.probe.lr, p.probe.width, p.seed, progress=step)
+    import torch
+
     save_probe(paths.PROBE, model, ds.images.shape[1], p.probe.width)
+    metrics = metrics | {"torch_threads": torch.get_num_threads()}  # the weights depend on it (docs/threads.md)
     atomic_write_json(paths.PROBE_METRICS, metrics)
     return Probed(metrics)

@@ -70,6 +70,9 @@ def run(p, progress: Progress = no_progress) -> GanTrained | None:
     save_png(grid(sample_images(G, 64, p.seed), ncol=8, scale=max(1, 96 // G.size)), paths.GAN_SAMPLES)
     save_png(mixing_grid(G, layer_groups(G.size)["coarse"], 6, p.seed), paths.GAN_MIXING)
     quality = quality_metrics(G, load_probe(), train, p.gan.eval_samples, p.seed)
-    metrics = {"gan_" + k: v for k, v in run.items()} | quality
+    import torch
+
+    # CPU training is bitwise reproducible at the same thread count only: record it, as train and evaluate do
+    metrics = {"gan_" + k: v for k, v in run.items()} | quality | {"torch_threads": torch.get_num_threads()}
     atomic_write_json(paths.GAN_METRICS, metrics)
     return GanTrained(metrics, time.time() - t0)
