@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {}
     for mode in args.modes:
         mine = [r for r in rows if r["mode"] == mode]
-        errors = [r["error"] for r in mine]
-        summary[mode] = {"error": statistics.mean(errors),
-                         "error_std": statistics.stdev(errors) if len(errors) > 1 else 0.0}
+        errors = [r["error"] for r in mine if r["error"] == r["error"]]  # none with --val-only (NaN)
+        summary[mode] = {"error": statistics.mean(errors) if errors else float("nan"),
+                         "error_std": statistics.stdev(errors) if len(errors) > 1 else float("nan")}
         for key in ("worst_group_acc", "semantic_robust_acc", "val_semantic_robust_acc"):
             values = [r[key] for r in mine if r[key] is not None]
             summary[mode][key] = statistics.mean(values) if values else float("nan")
