@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from advmix.stages import Progress, no_progress
-from advmix.stages.inputs import dataset, generator, probe
+from advmix.stages.inputs import dataset, generator, probe, split_latents
 
 
 @dataclass
@@ -33,7 +33,6 @@ def run(p, progress: Progress = no_progress) -> LayersAnalysed:
     from advmix.figures import save_figure
     from advmix.gan.layers import analyze, candidate_sets, heatmap, perturbation_on_bank, read
     from advmix.mixing import layer_groups
-    from advmix.stages.inputs import split_latents
 
     ds = dataset(p)
     G, _ = generator(ds)

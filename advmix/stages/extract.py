@@ -37,6 +37,8 @@ class Extracted:
 
 
 def run(p, progress: Progress = no_progress) -> Extracted:
+    import torch
+
     from advmix import paths
     from advmix.data.store import atomic_write_json
     from advmix.figures import grid, save_png
@@ -59,8 +61,6 @@ def run(p, progress: Progress = no_progress) -> Extracted:
                                "generator": str(paths.GENERATOR)})
     invert.save_encoder(paths.ENCODER, out["encoder"], extra={
         "seed": p.seed, "params": p.extract.model_dump(mode="json"), "losses": out["encoder_losses"]})
-    import torch
-
     metrics = out["metrics"] | {"torch_threads": torch.get_num_threads()}  # the codes depend on it
     atomic_write_json(paths.INVERSION_METRICS, metrics)
     shown = "test_balanced" if "test_balanced" in splits else next(iter(splits))

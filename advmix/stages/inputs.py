@@ -61,7 +61,7 @@ def probe():
     from advmix import paths
     from advmix.probes import load_probe
 
-    check_probe()
+    check_probe()  # a second read of a small file; it goes once load_probe reads through advmix.files.read_torch
     try:
         return load_probe(paths.PROBE)
     except ValueError as exc:

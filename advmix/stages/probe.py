@@ -17,6 +17,8 @@ class Probed:
 
 
 def run(p, progress: Progress = no_progress) -> Probed:
+    import torch
+
     from advmix import paths
     from advmix.data.store import atomic_write_json
     from advmix.probes import save_probe, train_probe
@@ -29,8 +31,6 @@ def run(p, progress: Progress = no_progress) -> Probed:
     with progress("probe", p.probe.epochs * max(1, len(source) // p.probe.batch)) as step:
         model, metrics, _ = train_probe(source, ds.split("val"), p.probe.epochs, p.probe.batch,
                                         p.probe.lr, p.probe.width, p.seed, progress=step)
-    import torch
-
     save_probe(paths.PROBE, model, ds.images.shape[1], p.probe.width)
     metrics = metrics | {"torch_threads": torch.get_num_threads()}  # the weights depend on it (docs/threads.md)
     atomic_write_json(paths.PROBE_METRICS, metrics)

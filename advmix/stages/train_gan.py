@@ -28,9 +28,12 @@ class GanTrained:
 
 def run(p, progress: Progress = no_progress) -> GanTrained | None:
     """None on a torchrun rank other than 0 (rank 0 writes)."""
+    import torch
+
     from advmix import paths
     from advmix.data.store import atomic_write_json
     from advmix.figures import grid, save_png
+    from advmix.files import read_torch
     from advmix.gan import checkpoints
     from advmix.gan.train import mixing_grid, quality_metrics, sample_images, train_gan
     from advmix.mixing import layer_groups
@@ -50,9 +53,9 @@ def run(p, progress: Progress = no_progress) -> GanTrained | None:
         checkpoints.save_generator(paths.GENERATOR, G, {}, w_avg)  # what every later stage reads
     else:
         check_probe()  # read after training: a missing or broken probe is named now, not after it
-        if paths.GAN_STATE.is_file():  # a truncated state would end in torch's traceback inside train_gan
-            from advmix.files import read_torch
-
+        # a truncated state would end in torch's traceback inside train_gan (which reads it again: the check belongs
+        # in advmix/gan/train.py, a module every later stage depends on, so it moves there with the next full rerun)
+        if paths.GAN_STATE.is_file():
             try:
                 read_torch(paths.GAN_STATE, "GAN training state", f"delete {paths.GAN_STATE} to start over")
             except ValueError as exc:
@@ -70,8 +73,6 @@ def run(p, progress: Progress = no_progress) -> GanTrained | None:
     save_png(grid(sample_images(G, 64, p.seed), ncol=8, scale=max(1, 96 // G.size)), paths.GAN_SAMPLES)
     save_png(mixing_grid(G, layer_groups(G.size)["coarse"], 6, p.seed), paths.GAN_MIXING)
     quality = quality_metrics(G, load_probe(), train, p.gan.eval_samples, p.seed)
-    import torch
-
     # CPU training is bitwise reproducible at the same thread count only: record it, as train and evaluate do
     metrics = {"gan_" + k: v for k, v in run.items()} | quality | {"torch_threads": torch.get_num_threads()}
     atomic_write_json(paths.GAN_METRICS, metrics)
