@@ -175,8 +175,8 @@ class JTTParams(Section):
     """Just Train Twice (Liu et al. 2021): no group labels. An ERM model trained for `epochs_first` epochs
     marks the train images it gets wrong; the final model trains on train with those images `upweight` times."""
 
-    epochs_first: int = Field(1, ge=1)  # T: epochs of the identification model
-    upweight: int = Field(50, ge=1)  # lambda: how many times each error appears in the second run's epoch
+    epochs_first: int = Field(3, ge=1)  # T: epochs of the identification model
+    upweight: int = Field(20, ge=1)  # lambda: how many times each error appears in the second run's epoch
 
 
 class AugMixParams(Section):

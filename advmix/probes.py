@@ -153,12 +153,13 @@ def save_probe(path: Path, model, resolution: int, width: int) -> None:
 
 
 def load_probe(path: Path):
-    import torch
+    """The probe saved by save_probe; FileNotFoundError, or ValueError naming the file and what to do."""
+    from advmix.files import read_torch
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: probe not found (run `advmix probe`)")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = read_torch(path, "probe checkpoint", "rerun `advmix probe`")
     if not isinstance(blob, dict) or blob.get("format") != "advmix-probe":
         raise ValueError(f"{path}: not an advmix probe checkpoint")
     model = build_probe(blob["resolution"], blob["heads"], blob["width"])

@@ -49,21 +49,6 @@ STATE_VERSION = 2
 MODES = NAMES  # advmix/modes.py
 
 
-def load_latents(folder: str | Path, split: Dataset, name: str, n_latent: int, style_dim: int) -> np.ndarray:
-    """data/latents/<name>.npy as float32 [rows of the split, n_latent, style_dim], checked against the split's
-    manifest (row count, and the ids hash of info.json when present) by advmix.gan.invert.load_latents."""
-    from advmix.gan.invert import LatentsError
-    from advmix.gan.invert import load_latents as load
-
-    path = Path(folder) / f"{name}.npy"
-    codes = load(path, split.manifest, n_latent, style_dim)
-    bad = ~np.isfinite(codes).all(axis=(1, 2))
-    if bad.any():
-        raise LatentsError(f"{path}: {int(bad.sum())} row(s) hold NaN or Inf (the first: row {int(np.argmax(bad))}); "
-                           "rerun `advmix extract` to rewrite data/latents")
-    return codes
-
-
 def model_config(p, n_classes: int, resolution: int) -> dict[str, Any]:
     return {"model": p.train.model, "n_classes": int(n_classes), "resolution": int(resolution),
             "width": p.train.width}

@@ -8,7 +8,6 @@ so a failure says what broke, not only which GX class.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import os
@@ -20,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from advmix.data.splits import agreement_of
-from advmix.data.store import Dataset, atomic_write_bytes, atomic_write_json
+from advmix.data.store import Dataset, atomic_write_bytes, atomic_write_json, group_of, image_digests
 from advmix.params import ALL_SPLITS, POOL, Params
 
 INT_TYPES = ["int64", "int32", "int16", "int8", "Int64"]
@@ -56,8 +55,11 @@ def image_frame(ds: Dataset) -> pd.DataFrame:
     frame["img_min"] = x.min(1).astype(int)
     frame["img_max"] = x.max(1).astype(int)
     frame["img_saturated"] = ((x == 0) | (x == 255)).mean(1)
-    frame["img_hash"] = [hashlib.sha1(im.tobytes()).hexdigest() for im in ds.images]
+    frame["img_hash"] = image_digests(ds.images)
     frame["hash_splits"] = frame.groupby("img_hash")["split"].transform("nunique").astype(int)
+    spur = ds.info.get("spurious")
+    if spur in frame.columns:  # the group Group DRO and worst-group accuracy read, as the data defines it
+        frame["group_expected"] = group_of(frame["label"], frame[spur], len(ds.info["attributes"][spur]))
     return frame
 
 
@@ -104,7 +106,7 @@ def _named(expectation, name: str):
     return expectation
 
 
-def image_expectations(info: dict[str, Any], params: Params) -> list:
+def image_expectations(info: dict[str, Any], params: Params, columns: list[str]) -> list:
     import great_expectations.expectations as gxe
 
     v = params.validate_
@@ -127,6 +129,12 @@ def image_expectations(info: dict[str, Any], params: Params) -> list:
         _named(gxe.ExpectColumnValuesToBeBetween(column="img_saturated", max_value=v.max_saturated),
                "image_saturation"),
     ]
+    if "image_sha1" in columns:  # written by save_dataset: a row shuffled against its image is caught here
+        exps.append(_named(gxe.ExpectColumnPairValuesToBeEqual(column_A="image_sha1", column_B="img_hash"),
+                           "rows_match_images"))
+    if info.get("spurious") in attributes:
+        exps.append(_named(gxe.ExpectColumnPairValuesToBeEqual(column_A="group", column_B="group_expected"),
+                           "group_is_label_x_spurious"))
     for name, values in attributes.items():
         exps.append(_named(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=values), f"{name}_set"))
         exps.append(_named(gxe.ExpectColumnValuesToNotBeNull(column=name), f"{name}_present"))
@@ -169,7 +177,8 @@ def run_suites(ds: Dataset, params: Params) -> ValidationReport:
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = ctx.data_sources.add_or_update_pandas(name="advmix")
     frames = {"images": image_frame(ds), "splits": split_frame(ds, params)}
-    suites = {"images": image_expectations(ds.info, params), "splits": split_expectations(params)}
+    suites = {"images": image_expectations(ds.info, params, list(ds.manifest.columns)),
+              "splits": split_expectations(params)}
 
     report = ValidationReport(success=True, evaluated=0)
     report.agreement = {r.split: r.agreement for r in frames["splits"].itertuples() if pd.notna(r.agreement)}
@@ -212,7 +221,9 @@ padding:4px;font-size:13px}} tr.bad{{background:#fdd}} tr.ok td:first-child{{col
 </body></html>"""
 
 
-def write_outputs(report: ValidationReport, info: dict[str, Any], report_dir: Path, metrics_path: Path) -> None:
+def write_outputs(report: ValidationReport, info: dict[str, Any], report_dir: Path, metrics_path: Path,
+                  data_sha1: str) -> None:
+    """The GX results, their HTML page, and the metrics with `data_sha1` (store.dataset_digest of what was read)."""
     atomic_write_json(report_dir / "results.json", report.raw)
     atomic_write_bytes(report_dir / "index.html", render_html(report, info).encode())
-    atomic_write_json(metrics_path, report.metrics())
+    atomic_write_json(metrics_path, report.metrics() | {"data_sha1": data_sha1})

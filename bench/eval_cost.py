@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from advmix.models import load_classifier
     from advmix.params import load_params
     from advmix.runtime import set_threads
-    from advmix.train import load_latents
+    from advmix.stages.read_gan import split_latents
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mode", default="advmix")
@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ds = load_dataset(paths.dataset_dir(base.data.name))
     G, _, _ = checkpoints.load_generator(paths.GENERATOR)
     layers = resolve_layers(base.mixing.layers, G.size, paths.LAYERS_METRICS)
-    codes = {s: load_latents(paths.LATENTS_DIR, ds.split(s), s, G.n_latent, G.style_dim)
-             for s in ("test_balanced", "val")}
+    codes = {s: split_latents(ds, s, G) for s in ("test_balanced", "val")}
     model, _ = load_classifier(paths.classifier(args.mode, args.seed))
     rows = []
     for name in args.variants:

@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> dict:
     from advmix.evaluate import evaluate_classifier, val_selection
     from advmix.params import load_params
     from advmix.runtime import pick_device, set_threads
-    from advmix.stages.inputs import dataset, mixing_inputs, split_latents
+    from advmix.stages.read_data import dataset
+    from advmix.stages.read_gan import mixing_inputs, split_latents
     from advmix.stages.train import fit
     from advmix.train import MIXING_MODES, MODES
 

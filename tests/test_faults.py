@@ -102,6 +102,22 @@ def test_nan_in_the_train_codes_stops_training(project):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stage,split", [(["train", "--mode", "advmix"], "train"),
+                                         (["evaluate", "--mode", "advmix"], "test_balanced")])
+def test_permuted_or_stale_codes_are_refused(project, stage, split):
+    path = project / "data" / "latents" / f"{split}.npy"
+    good = path.read_bytes()
+    np.save(path, np.load(path)[::-1].copy())  # the rows of another order: same shape, same ids file
+    fails(project, stage, 1, f"{split}.npy", "codes are not the ones", "advmix extract")
+    path.write_bytes(good)
+    info = project / "data" / "latents" / "info.json"
+    kept = info.read_text()
+    info.write_text(kept.replace('"generator_sha1": "', '"generator_sha1": "0'))  # made by another generator
+    fails(project, stage, 1, f"{split}.npy", "another generator", "advmix extract")
+    info.write_text(kept)
+
+
+@pytest.mark.slow
 def test_nan_in_the_test_codes_stops_evaluation(project):
     break_latents(project, "test_balanced")
     fails(project, ["evaluate", "--mode", "advmix"], 1, "test_balanced.npy", "NaN or Inf", "advmix extract")
@@ -173,7 +189,7 @@ def test_kill_during_train_gan_then_rerun_gives_the_uninterrupted_generator(proj
     env = {**os.environ, "ADVMIX_THREADS": "1"}
     cmd = [str(Path(sys.executable).parent / "advmix"), "train-gan", "-S", "gan.iterations=40",
            "-S", "gan.checkpoint_minutes=0.001"]
-    state = project / "models" / "gan" / "state.pt"
+    state = project / ".advmix" / "gan" / "state.pt"
     state.unlink(missing_ok=True)  # the fixture's finished run
     reference = project.parent / "reference"
     shutil.copytree(project, reference)
@@ -221,7 +237,18 @@ def test_stages_refuse_data_that_has_not_passed_validation(project, stage):
 
 
 @pytest.mark.slow
+def test_data_changed_since_validation_is_refused(project):
+    manifest = next(p for p in (project / "data").glob("*/manifest.csv"))
+    kept = manifest.read_bytes()
+    manifest.write_bytes(kept + b"\n")  # any byte: the validated fingerprint no longer matches
+    try:
+        fails(project, ["probe"], 1, "validation.json", "stale", "advmix validate")
+    finally:
+        manifest.write_bytes(kept)
+
+
+@pytest.mark.slow
 def test_a_broken_gan_training_state_is_named(project):
-    state = project / "models" / "gan" / "state.pt"
+    state = project / ".advmix" / "gan" / "state.pt"
     state.write_bytes(state.read_bytes()[:64])
     fails(project, ["train-gan"], 1, "state.pt", "GAN training state", "delete")

@@ -33,7 +33,7 @@ def test_probe_train_gan_analyze_layers(project):
     run("probe")
     assert "probe_label_acc" in json.loads((project / "metrics" / "probe.json").read_text())
     run("train-gan")
-    for f in ("models/gan/generator.pt", "models/gan/state.pt", "reports/gan/samples.png", "reports/gan/mixing.png"):
+    for f in ("models/gan/generator.pt", ".advmix/gan/state.pt", "reports/gan/samples.png", "reports/gan/mixing.png"):
         assert (project / f).is_file(), f
     gan = json.loads((project / "metrics" / "gan.json").read_text())
     assert gan["gan_iterations"] == 4 and gan["probe_frechet_distance"] > 0

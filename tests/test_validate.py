@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from advmix.cli import app
 from advmix.data import build_dataset, load_dataset, save_dataset
+from advmix.data.store import image_digests
 from advmix.validate import run_suites
 
 SIZES = {"train": 100, "val": 20, "test_iid": 20, "test_balanced": 40, "test_flipped": 20, "pool": 100}
@@ -65,6 +66,19 @@ def pool_image_in_val(ds):
     ds.images[m.index[m.split == "pool"][0]] = ds.images[m.index[m.split == "val"][0]]
 
 
+def group_disagrees(ds):
+    """A group column that no longer equals label x spurious (Group DRO would train on it)."""
+    ds.manifest.loc[7, "group"] = (ds.manifest.loc[7, "group"] + 1) % 4
+
+
+def rows_shuffled_against_images(ds):
+    """Two manifest rows swapped while the images stay: only the per-image hash ties a row to its image."""
+    ds.manifest["image_sha1"] = image_digests(ds.images)
+    m = ds.manifest
+    i, j = m.index[m.label == 0][0], m.index[m.label == 1][0]
+    m.loc[[i, j]] = m.loc[[j, i]].to_numpy()
+
+
 def missing_column(ds):
     ds.manifest = ds.manifest.drop(columns=["makeup"])
 
@@ -90,6 +104,8 @@ def test_a_ten_class_pool_is_judged_against_independence_not_one_half():
     (missing_column, "required_columns"),
     (correlated_pool, "pool_label_independent"),
     (pool_image_in_val, "no_image_in_two_splits"),
+    (group_disagrees, "group_is_label_x_spurious"),
+    (rows_shuffled_against_images, "rows_match_images"),
 ])
 def test_corruption_fails_named_expectation(good, corrupt, expected):
     params, ds = good

@@ -6,6 +6,7 @@ Row i of images.npy is the image of manifest row i. info.json says what the colu
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -109,13 +110,29 @@ def atomic_folder(folder: Path) -> Iterator[Path]:
         raise
 
 
+def image_digests(images: np.ndarray) -> list[str]:
+    """sha1 of each image's bytes: the manifest's `image_sha1`, which ties a row to its image."""
+    return [hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images]
+
+
 def save_dataset(folder: Path, ds: Dataset) -> None:
-    """Write the three files into a temp folder beside `folder`, then swap it in."""
+    """Write the three files into a temp folder beside `folder`, then swap it in; the manifest gains `image_sha1`."""
     check_consistent(ds, Path(folder))
+    manifest = ds.manifest.assign(image_sha1=image_digests(ds.images))
     with atomic_folder(folder) as tmp:
         np.save(tmp / "images.npy", np.ascontiguousarray(ds.images))
-        ds.manifest.to_csv(tmp / "manifest.csv", index=False)
+        manifest.to_csv(tmp / "manifest.csv", index=False)
         (tmp / "info.json").write_text(json.dumps(ds.info, indent=2) + "\n")
+
+
+def dataset_digest(folder: Path) -> str:
+    """sha1 of a dataset folder's three files: what `advmix validate` validated, so a stage can tell it is stale."""
+    h = hashlib.sha1()
+    for name in ("images.npy", "manifest.csv", "info.json"):
+        with open(Path(folder) / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def load_dataset(folder: Path) -> Dataset:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from advmix.data.store import atomic_torch_save
+from advmix.files import read_torch
 from advmix.params import GanParams
 from advmix.runtime import all_ranks, average_grads, distributed, pick_device
 
@@ -126,7 +127,7 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
     fp = fingerprint(p, images, seed)
     start, elapsed = 0, 0.0
     if state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=True)
+        state = read_torch(state_path, "GAN training state", f"delete {state_path} to start over")
         if state.get("fingerprint") == fp and state.get("version") == STATE_VERSION and state["world"] == world:
             G.load_state_dict(state["G"])
             D.load_state_dict(state["D"])

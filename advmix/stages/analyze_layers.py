@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from advmix.stages import Progress, no_progress
-from advmix.stages.inputs import dataset, generator, probe, split_latents
+from advmix.stages.read_data import dataset
+from advmix.stages.read_gan import generator, split_latents
+from advmix.stages.read_probe import probe
 
 
 @dataclass

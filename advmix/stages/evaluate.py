@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from advmix.stages import StageError
-from advmix.stages.inputs import dataset, mixing_inputs, split_latents
+from advmix.stages.read_data import dataset
+from advmix.stages.read_gan import mixing_inputs, split_latents
 
 
 @dataclass

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from advmix.stages import Progress, StageError, no_progress
-from advmix.stages.inputs import dataset, generator, generator_data, probe
+from advmix.stages.read_data import dataset, generator_data
+from advmix.stages.read_gan import generator
+from advmix.stages.read_probe import probe
 
 
 @dataclass
@@ -58,7 +60,8 @@ def run(p, progress: Progress = no_progress) -> Extracted:
                              encoder_images=generator_data(p, ds).images, progress=step)
     invert.save_latents(paths.LATENTS_DIR, out["latents"], {k: s.manifest for k, s in splits.items()},
                         extra={"n_latent": G.n_latent, "style_dim": G.style_dim, "mode": p.extract.mode,
-                               "generator": str(paths.GENERATOR)})
+                               "generator": str(paths.GENERATOR),
+                               "generator_sha1": invert.file_digest(paths.GENERATOR)})
     invert.save_encoder(paths.ENCODER, out["encoder"], extra={
         "seed": p.seed, "params": p.extract.model_dump(mode="json"), "losses": out["encoder_losses"]})
     metrics = out["metrics"] | {"torch_threads": torch.get_num_threads()}  # the codes depend on it

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from advmix.stages import Progress, no_progress
-from advmix.stages.inputs import dataset
+from advmix.stages.read_data import dataset
 
 
 @dataclass

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from advmix.stages import StageError
-from advmix.stages.inputs import dataset, mixing_inputs
+from advmix.stages.read_data import dataset
+from advmix.stages.read_gan import mixing_inputs
 
 
 @dataclass

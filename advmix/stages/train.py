@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from advmix.stages import Progress, StageError, no_progress
-from advmix.stages.inputs import dataset, mixing_inputs
+from advmix.stages.read_data import dataset
+from advmix.stages.read_gan import mixing_inputs
 
 EVAL_SPLITS = ("val", "test_iid", "test_balanced", "test_flipped")  # measured on the kept epoch
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from advmix.stages import Progress, StageError, no_progress
-from advmix.stages.inputs import check_probe, dataset, generator_data
-from advmix.stages.inputs import probe as load_probe
+from advmix.stages.read_data import dataset, generator_data
+from advmix.stages.read_probe import check_probe
+from advmix.stages.read_probe import probe as load_probe
 
 
 @dataclass
@@ -33,7 +34,7 @@ def run(p, progress: Progress = no_progress) -> GanTrained | None:
     from advmix import paths
     from advmix.data.store import atomic_write_json
     from advmix.figures import grid, save_png
-    from advmix.files import read_torch
+    from advmix.files import BrokenFileError
     from advmix.gan import checkpoints
     from advmix.gan.train import mixing_grid, quality_metrics, sample_images, train_gan
     from advmix.mixing import layer_groups
@@ -53,17 +54,14 @@ def run(p, progress: Progress = no_progress) -> GanTrained | None:
         checkpoints.save_generator(paths.GENERATOR, G, {}, w_avg)  # what every later stage reads
     else:
         check_probe()  # read after training: a missing or broken probe is named now, not after it
-        # a truncated state would end in torch's traceback inside train_gan (which reads it again: the check belongs
-        # in advmix/gan/train.py, a module every later stage depends on, so it moves there with the next full rerun)
-        if paths.GAN_STATE.is_file():
-            try:
-                read_torch(paths.GAN_STATE, "GAN training state", f"delete {paths.GAN_STATE} to start over")
-            except ValueError as exc:
-                raise StageError(str(exc)) from None
-        paths.GAN_DIR.mkdir(parents=True, exist_ok=True)
+        for folder in (paths.GAN_DIR, paths.GAN_STATE.parent):
+            folder.mkdir(parents=True, exist_ok=True)
         with progress("train-gan", p.gan.iterations) as step:
-            run = train_gan(train.images, p.gan, p.seed, paths.GAN_STATE, progress=lambda done, stats: step(
-                completed=done, info=" ".join(f"{k} {v:.3f}" for k, v in stats.items())))
+            try:
+                run = train_gan(train.images, p.gan, p.seed, paths.GAN_STATE, progress=lambda done, stats: step(
+                    completed=done, info=" ".join(f"{k} {v:.3f}" for k, v in stats.items())))
+            except BrokenFileError as exc:  # a truncated training state: named, with what to do
+                raise StageError(str(exc)) from None
         if run["rank"] != 0:
             return None
         G, w_avg, config = run.pop("G_ema"), run.pop("w_avg"), run.pop("config")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from advmix.stages.inputs import dataset
+from advmix.stages.read_data import dataset
 
 
 @dataclass
@@ -21,9 +21,11 @@ class Validated:
 
 def run(p) -> Validated:
     from advmix import paths
+    from advmix.data.store import dataset_digest
     from advmix.validate import run_suites, write_outputs
 
     ds = dataset(p, validated=False)
     report = run_suites(ds, p)
-    write_outputs(report, ds.info, paths.validation_dir(), paths.validation_metrics())
+    write_outputs(report, ds.info, paths.validation_dir(), paths.validation_metrics(),
+                  dataset_digest(paths.dataset_dir(p.data.name)))
     return Validated(report, ds.info["spurious"])

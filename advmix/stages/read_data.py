@@ -1,0 +1,46 @@
+"""The prepared dataset, refused unless validated, and the split the generator learns from."""
+
+from __future__ import annotations
+
+from advmix.stages import StageError
+
+
+def dataset(p, validated: bool = True):
+    """The prepared dataset of `data.name`; with `validated`, only once `advmix validate` has passed on it (a stage
+    run by hand would otherwise train on data that DVC's pipeline stops at)."""
+    import json
+
+    from advmix import paths
+    from advmix.data import DatasetError, load_dataset
+    from advmix.data.store import dataset_digest
+
+    try:
+        ds = load_dataset(paths.dataset_dir(p.data.name))
+    except DatasetError as exc:
+        raise StageError(str(exc)) from None
+    if validated:
+        result = paths.validation_metrics()
+        try:
+            outcome = json.loads(result.read_text())
+        except FileNotFoundError:
+            raise StageError(f"{result}: no validation result for {paths.dataset_dir(p.data.name)}; run "
+                             "`advmix validate` first") from None
+        except (OSError, ValueError) as exc:
+            raise StageError(f"{result}: not a readable validation result ({exc}); rerun `advmix validate`") from None
+        if not isinstance(outcome, dict) or outcome.get("success") is not True:
+            failed = outcome.get("failed") if isinstance(outcome, dict) else None
+            raise StageError(f"{result}: the data failed validation ({', '.join(failed or ['no success flag'])}); "
+                             f"fix the data or params, then rerun `advmix validate` (see {paths.validation_dir()})")
+        if outcome.get("data_sha1") != dataset_digest(paths.dataset_dir(p.data.name)):
+            raise StageError(f"{result}: stale, it validated other data than {paths.dataset_dir(p.data.name)} "
+                             "holds now; rerun `advmix validate`")
+    return ds
+
+
+def generator_data(p, ds):
+    """The split the generator and the encoder learn from (`gan.data`); its labels are never read."""
+    part = ds.split(p.gan.data)
+    if not len(part):
+        raise StageError(f"gan.data: the dataset has no {p.gan.data!r} images; set data.sizes.pool > 0 and rerun "
+                         "`advmix prepare`, or set gan.data: train")
+    return part

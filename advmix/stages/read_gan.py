@@ -1,0 +1,45 @@
+"""The generator, the mixing layers and the W+ codes, loaded and checked, or a StageError that names the file and
+what to do."""
+
+from __future__ import annotations
+
+from advmix.stages import StageError
+
+
+def generator(ds=None):
+    """(G, w_avg) of models/gan/generator.pt; with `ds`, checked to make images of the dataset's size."""
+    from advmix import paths
+    from advmix.gan import checkpoints
+
+    try:
+        G, w_avg, _ = checkpoints.load_generator(paths.GENERATOR)
+    except (checkpoints.CheckpointError, FileNotFoundError) as exc:
+        raise StageError(f"{exc}; rerun `advmix train-gan`") from None
+    if ds is not None and G.size != ds.images.shape[1]:
+        raise StageError(f"{paths.GENERATOR} makes {G.size} px images but the dataset has {ds.images.shape[1]} px")
+    return G, w_avg
+
+
+def mixing_inputs(p, ds, split: str):
+    """The generator, the resolved mixing layers and one split's W+ codes."""
+    from advmix import paths
+    from advmix.mixing import resolve_layers
+
+    G, _ = generator(ds)
+    try:
+        layers = resolve_layers(p.mixing.layers, G.size, paths.LAYERS_METRICS)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise StageError(str(exc)) from None
+    return G, layers, split_latents(ds, split, G)
+
+
+def split_latents(ds, split: str, G):
+    """One split's W+ codes, checked against the split, the generator file and G's W+ shape."""
+    from advmix import paths
+    from advmix.gan.invert import LatentsError, file_digest, load_latents
+
+    try:
+        return load_latents(paths.latents_file(split), ds.split(split).manifest, G.n_latent, G.style_dim,
+                            generator_sha1=file_digest(paths.GENERATOR))
+    except (LatentsError, FileNotFoundError, ValueError) as exc:
+        raise StageError(str(exc)) from None
