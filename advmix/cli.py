@@ -6,13 +6,13 @@ Progress goes to stderr, results to stdout; any failure exits non-zero so DVC st
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from advmix.modes import NAMES as MODE_NAMES  # a leaf module: no torch
+from advmix.progress import bar
 
 app = typer.Typer(help="advmix: adversarial mixing with disentangled representations. One command per stage.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -67,40 +67,6 @@ def _load(params_path: Path, overrides: list[str] | None = None):
     return loaded
 
 
-@contextmanager
-def _progress(description: str, total: int):
-    """A rich progress bar on a terminal; a line every 30 s in logs (DVC, Prefect, CI)."""
-    import time
-
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    console = _console()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
-        task = bar.add_task(description, total=total)
-        last = time.time()
-
-        def step(n: int = 1, completed: int | None = None, info: str = "", of: int | None = None) -> None:
-            nonlocal last, total
-            total = of or total
-            bar.update(task, advance=None if completed is not None else n, completed=completed, total=total,
-                       description=f"{description} {info}".strip())
-            done = bar.tasks[0].completed
-            if not console.is_terminal and (done >= total or time.time() - last > 30):
-                console.print(f"{description}: {done:.0f}/{total} {info}", highlight=False)
-                last = time.time()
-
-        yield step
-
-
 @app.command("params")
 def params_cmd(
     params: ParamsOpt = Path("params.yaml"),
@@ -153,7 +119,7 @@ def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> Non
     """Build the dataset named by data.name into data/<name>/."""
     from advmix.stages import prepare as stage
 
-    typer.echo(_stage(stage.run, _load(params, set_), _progress).summary())
+    typer.echo(_stage(stage.run, _load(params, set_), bar).summary())
 
 
 @app.command()
@@ -178,7 +144,7 @@ def probe(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Train the attribute probe (label + every attribute) that measures generated and mixed images."""
     from advmix.stages import probe as stage
 
-    typer.echo(_stage(stage.run, _load(params, set_), _progress).summary())
+    typer.echo(_stage(stage.run, _load(params, set_), bar).summary())
 
 
 @app.command("train-gan")
@@ -187,7 +153,7 @@ def train_gan_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) 
     grid and quality."""
     from advmix.stages import train_gan as stage
 
-    done = _stage(stage.run, _load(params, set_), _progress)
+    done = _stage(stage.run, _load(params, set_), bar)
     if done is not None:  # None on torchrun ranks other than 0
         typer.echo(done.summary())
 
@@ -197,7 +163,7 @@ def extract(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> Non
     """Invert every labelled split into W+ (encoder, then per-image refinement): latents, encoder, metrics, a grid."""
     from advmix.stages import extract as stage
 
-    typer.echo(_stage(stage.run, _load(params, set_), _progress).summary())
+    typer.echo(_stage(stage.run, _load(params, set_), bar).summary())
 
 
 @app.command("analyze-layers")
@@ -206,7 +172,7 @@ def analyze_layers(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None)
     transfer; pick `auto`."""
     from advmix.stages import analyze_layers as stage
 
-    done = _stage(stage.run, _load(params, set_), _progress)
+    done = _stage(stage.run, _load(params, set_), bar)
     typer.echo(done.summary())
     if done.warning:
         typer.echo(f"warning: {done.warning}", err=True)
@@ -230,7 +196,7 @@ def train_cmd(
     from advmix.stages import train as stage
 
     mode = _mode(mode)
-    done = _stage(stage.run, _load(params, set_), mode, seed, _progress)
+    done = _stage(stage.run, _load(params, set_), mode, seed, bar)
     if done is not None:  # None on torchrun ranks other than 0
         typer.echo(done.summary())
 
@@ -293,34 +259,18 @@ def sweep_cmd(
 
     `advmix sweep --queue --small && dvc queue start -j 1`, wait for `dvc queue status`, then `advmix sweep --plot`.
     """
-    import subprocess
-
-    from advmix import paths
-    from advmix.data.store import atomic_write_json
-    from advmix.sweep import RHOS, by_rho, collect, queue_commands
+    from advmix import sweep
 
     if queue == plot:
         raise _fail("give exactly one of --queue and --plot", 2)
-    if queue:
-        for cmd in queue_commands(tuple(rho or RHOS), small):
-            typer.echo(" ".join(cmd))
-            if subprocess.run(cmd, check=False).returncode:
-                raise _fail(f"`{' '.join(cmd)}` failed")
-        typer.echo("queued; start with `dvc queue start -j 1` (or -j N), follow with `dvc queue status`")
-        return
-    import dvc.api
-
-    from advmix.sweep import plot as draw
-
-    dataset = _load(Path("params.yaml"), None).data.name
-    points = collect(dvc.api.exp_show(num=-1), dataset)
-    if not points:
-        raise _fail(f"no finished sweep experiment on {dataset}: `dvc exp show -A` has none with data.rho and "
-                    "metrics/summary.json")
-    names = sorted({str(p["experiment"]) for p in points})
-    draw(points, paths.SWEEP_FIGURE, f"AdvMix vs nominal on {dataset}; experiments {', '.join(names)}")
-    atomic_write_json(paths.SWEEP_JSON, {"by_rho": by_rho(points), "points": points})
-    typer.echo(f"{paths.SWEEP_FIGURE}: {len(points)} (rho, seed) points from {len(names)} experiments")
+    try:
+        if queue:
+            sweep.queue(tuple(rho or sweep.RHOS), small, echo=typer.echo)
+            typer.echo("queued; start with `dvc queue start -j 1` (or -j N), follow with `dvc queue status`")
+        else:
+            typer.echo(sweep.plot_experiments(_load(Path("params.yaml"), None).data.name))
+    except sweep.SweepError as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command("run")
@@ -337,8 +287,18 @@ def run_cmd(
     """
     import json
 
+    import yaml
+
+    from advmix.params import Params
+
     root = Path.cwd()
     _load(root / "params.yaml", set_)  # a bad key exits 2 before Prefect starts
+    # advmix fills a missing section with its defaults, but DVC reads every declared key from the file itself
+    raw = yaml.safe_load((root / "params.yaml").read_text()) or {}
+    missing = [f.alias or name for name, f in Params.model_fields.items() if (f.alias or name) not in raw]
+    if missing:
+        raise _fail(f"{root / 'params.yaml'}: no {', '.join(missing)} section (DVC reads every key from the file); "
+                    "run `advmix params --write` to write the defaults in", 2)
     overrides = _overrides(set_)
     if not (root / "dvc.yaml").is_file():
         raise _fail(f"{root}: no dvc.yaml; run `advmix run` from the project folder", 2)

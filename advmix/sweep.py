@@ -27,6 +27,37 @@ SMALL = {
 METRIC = "relative_error_reduction_balanced"
 
 
+class SweepError(Exception):
+    """A sweep that cannot go on; the message is one line for the user."""
+
+
+def queue(rhos=RHOS, small: bool = False, echo=print) -> None:
+    """Queue the experiments of `queue_commands`, echoing each command."""
+    import subprocess
+
+    for cmd in queue_commands(rhos, small):
+        echo(" ".join(cmd))
+        if subprocess.run(cmd, check=False).returncode:
+            raise SweepError(f"`{' '.join(cmd)}` failed")
+
+
+def plot_experiments(dataset: str) -> str:
+    """Draw reports/sweep.png and write reports/sweep.json from the finished experiments on `dataset`."""
+    import dvc.api
+
+    from advmix import paths
+    from advmix.data.store import atomic_write_json
+
+    points = collect(dvc.api.exp_show(num=-1), dataset)
+    if not points:
+        raise SweepError(f"no finished sweep experiment on {dataset}: `dvc exp show -A` has none with data.rho and "
+                         "metrics/summary.json")
+    names = sorted({str(p["experiment"]) for p in points})
+    plot(points, paths.SWEEP_FIGURE, f"AdvMix vs nominal on {dataset}; experiments {', '.join(names)}")
+    atomic_write_json(paths.SWEEP_JSON, {"by_rho": by_rho(points), "points": points})
+    return f"{paths.SWEEP_FIGURE}: {len(points)} (rho, seed) points from {len(names)} experiments"
+
+
 def queue_commands(rhos=RHOS, small: bool = False, extra: dict[str, Any] | None = None) -> list[list[str]]:
     """One `dvc exp run --queue` per rho (the seeds run inside each experiment, from `train.seeds`)."""
     sets = {"train.modes": "[" + ",".join(SWEEP_MODES) + "]"} | (SMALL if small else {}) | (extra or {})
