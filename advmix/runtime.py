@@ -1,8 +1,9 @@
 """Where training runs: the device, the CPU threads, and the torchrun process group shared by GAN and classifier
 training.
 
-Gradients are averaged by hand (one flat all-reduce) rather than through DDP, as in
-stylegan2-ada-pytorch: it keeps double-backward penalties (R1) and attacks inside the step simple.
+The classifier trainer averages gradients through torch's DistributedDataParallel. The GAN trainer still averages
+them by hand (`average_grads`, one flat all-reduce after the backward pass), as stylegan2-ada-pytorch does: it
+keeps the double-backward R1 penalty simple.
 
 CPU threads (docs/threads.md): torch's OpenMP threads spin while they wait for each other, so two processes that
 each take every core run 10-20x slower, not 2x. `set_threads` gives each stage process its share of the cores.

@@ -22,8 +22,8 @@ never interrupted. The dvclive folder is rebuilt from the saved history on every
 one row per epoch with no gap and no duplicate. The state file is deleted when training completes.
 
 Under `torchrun` (WORLD_SIZE > 1) every rank takes its share of each global batch (`train.batch` is the global
-batch), gradients are all-reduced by hand and rank 0's BatchNorm buffers are broadcast after every step, so
-every rank holds the same model (as DistributedDataParallel with broadcast_buffers does). On CUDA the forward
+batch), torch's DistributedDataParallel averages the gradients (bucketed all-reduce overlapped with the backward
+pass), and rank 0's BatchNorm buffers are broadcast after every step, so every rank holds the same model. On CUDA the forward
 passes run under bf16 autocast with channels_last activations.
 """
 
@@ -35,6 +35,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ import numpy as np
 from advmix.data.store import Dataset, atomic_torch_save
 from advmix.gan.invert import LatentsError
 from advmix.modes import GROUP_LABEL_MODES, MIXING_MODES, NAMES
-from advmix.runtime import all_ranks, average_grads, distributed, pick_device
+from advmix.runtime import all_ranks, distributed, pick_device
 
 STATE_VERSION = 2
 MODES = NAMES  # advmix/modes.py
@@ -205,6 +206,89 @@ def _log_epoch(live, record: dict[str, float]) -> None:
     live.next_step()
 
 
+@dataclass
+class _Run:
+    """What a run carries across steps and across a resume."""
+    sums: Any  # float64 [5]: loss*n, correct, n, adversarial correct, adversarial n of the epoch so far
+    epoch: int = 0
+    step: int = 0
+    seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": -1, "acc": -1.0, "state": None})
+
+
+def _resume(state_path: Path, fp: str, world: int, rank: int, model, opt, sched, rng, q) -> _Run:
+    """Load a state of the same run (fingerprint, version, world size) into the objects; else a fresh _Run."""
+    import torch
+
+    from advmix.files import read_torch
+
+    run = _Run(sums=torch.zeros(5, dtype=torch.float64))
+    if not state_path.is_file():
+        return run
+    state = read_torch(state_path, "training state", "delete it to start this run over")
+    if not (isinstance(state, dict) and state.get("fingerprint") == fp and state.get("version") == STATE_VERSION
+            and state["world"] == world):
+        return run
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    mine = state["ranks"][rank]
+    rng.set_state(mine["rng"])
+    torch.set_rng_state(mine["torch_rng"])
+    if q is not None:
+        q.copy_(state["group_weights"])
+    return _Run(sums=mine["sums"].clone(), epoch=int(state["epoch"]), step=int(state["step"]),
+                seconds=float(state["seconds"]), history=list(state["history"]),
+                best={"epoch": int(state["best_epoch"]), "acc": float(state["best_acc"]), "state": state["best_state"]})
+
+
+def _attacked(x, y, idx, model, attack, bank, G, cfg, rng, clean_ratio: float, amp):
+    """The batch with a random share `1 - clean_ratio` replaced by the attack's version; (x, rows replaced)."""
+    import torch
+
+    from advmix.attacks import Batch
+
+    n_adv = 0 if attack is None else round((1.0 - clean_ratio) * len(idx))
+    if not n_adv:
+        return x, None
+    sel = torch.randperm(len(idx), generator=rng)[:n_adv]
+    sel_dev = sel.to(x.device)
+    batch = Batch(x[sel_dev], y[sel_dev], w=None if bank is None else bank.w[idx[sel].to(x.device)], index=idx[sel])
+    with amp:
+        x_adv, _ = attack(model, batch, bank, G, cfg, rng)
+    x = x.clone()
+    x[sel_dev] = x_adv.to(x.dtype)
+    return x, sel
+
+
+def _add_step(sums, loss, logits, y, sel) -> None:
+    """One step's loss and accuracy into the epoch's running sums (see _Run.sums)."""
+    import torch
+
+    with torch.no_grad():
+        ok = (logits.argmax(1) == y).cpu()
+        sums[0] += loss.item() * len(y)
+        sums[1] += ok.sum().item()
+        sums[2] += len(y)
+        if sel is not None:
+            sums[3] += ok[sel].sum().item()
+            sums[4] += len(sel)
+
+
+def _epoch_record(epoch: int, sums, val_metrics: dict[str, float], sched, world: int) -> dict[str, float]:
+    """The epoch's row of the history: train loss and accuracy over every rank, val loss and accuracy, lr."""
+    totals = sums.clone()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(totals)
+    record = {"epoch": epoch, "train/loss": float(totals[0] / totals[2]), "train/acc": float(totals[1] / totals[2])}
+    if totals[4] > 0:
+        record["train/adv_acc"] = float(totals[3] / totals[4])
+    return record | {"val/loss": val_metrics["loss"], "val/acc": val_metrics["acc"], "lr": sched.get_last_lr()[0]}
+
+
 def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Path, live_dir: Path | None, *,
                      G=None, latents: np.ndarray | None = None, layers: list[int] | None = None,
                      epoch_rows: np.ndarray | None = None,
@@ -220,10 +304,11 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
     import torch
     import torch.nn.functional as F
 
-    from advmix.attacks import ATTACKS, AttackConfig, Batch, LatentBank
+    from advmix.attacks import ATTACKS, AttackConfig, LatentBank
     from advmix.models import build_model
     from advmix.probes import to_tensor
 
+    # ---- Check the inputs; devices, ranks and the length of the run.
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     t = p.train
@@ -233,7 +318,6 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
             raise ValueError(f"mode {mode} needs the generator, the train latents and the mixing layers")
         if len(latents) != len(train):
             raise LatentsError(f"train latents have {len(latents)} rows but the train split has {len(train)}")
-
     rank, world = distributed()
     device = pick_device(t.device, "train.device")
     if device.type == "cuda" and world > 1:
@@ -246,17 +330,24 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
         raise ValueError(f"the train split has {len(train)} images, fewer than one batch of {t.batch}")
     total = t.epochs * steps_per_epoch
 
+    # ---- Model, optimiser, schedule and the attack's RNG (seeded the same on every rank).
     n_classes = int(train.info.get("n_classes", int(labels_of(train).max()) + 1))
     config = model_config(p, n_classes, train.images.shape[1])
     torch.manual_seed(p.seed)  # the same initial weights on every rank
     model = build_model(config["model"], n_classes, config["resolution"], config["width"]).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    # several ranks: DDP's bucketed all-reduce, overlapped with the backward pass, averages the gradients; the
+    # attacks and the evaluation call the bare model (no gradient sync), and BatchNorm buffers are rank 0's after
+    # every step (_broadcast_buffers), so every rank evaluates and saves the same model
+    forward = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
     opt = build_optimizer(model, p)
     warmup = round(t.warmup_epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, t.schedule))
     rng = torch.Generator().manual_seed(p.seed * 1000 + 17 + rank)  # attack draws, per rank
 
+    # ---- What the mode reads beyond images and labels: the generator and codes, or the group labels.
     bank = None
     if mode in MIXING_MODES:
         bank = LatentBank(torch.from_numpy(latents), labels_of(train), seed=p.seed).to(device)
@@ -271,31 +362,12 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
         groups = torch.from_numpy(train.manifest["group"].to_numpy().astype(np.int64))
         q = torch.full((int(groups.max()) + 1,), 1.0 / (int(groups.max()) + 1), dtype=torch.float32, device=device)
 
+    # ---- Resume a state of this very run (same fingerprint), or start at epoch 0.
     fp = fingerprint(mode, p, cfg, train, val, latents, epoch_rows)
-    start_epoch, start_step, elapsed = 0, 0, 0.0
-    history: list[dict[str, float]] = []
-    best: dict[str, Any] = {"epoch": -1, "acc": -1.0, "state": None}
-    sums = torch.zeros(5, dtype=torch.float64)  # loss*n, correct, n, adversarial correct, adversarial n
-    if state_path.is_file():
-        from advmix.files import read_torch
-
-        state = read_torch(state_path, "training state", "delete it to start this run over")
-        if isinstance(state, dict) and state.get("fingerprint") == fp and state.get("version") == STATE_VERSION and state["world"] == world:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["opt"])
-            sched.load_state_dict(state["sched"])
-            mine = state["ranks"][rank]
-            rng.set_state(mine["rng"])
-            torch.set_rng_state(mine["torch_rng"])
-            sums = mine["sums"].clone()
-            if q is not None:
-                q.copy_(state["group_weights"])
-            start_epoch, start_step, elapsed = int(state["epoch"]), int(state["step"]), float(state["seconds"])
-            history = list(state["history"])
-            best = {"epoch": int(state["best_epoch"]), "acc": float(state["best_acc"]), "state": state["best_state"]}
-    resumed_from = {"epoch": start_epoch, "step": start_step}
-
-    live = _open_live(live_dir, history) if live_dir is not None and rank == 0 else None
+    run = _resume(state_path, fp, world, rank, model, opt, sched, rng, q)
+    resumed_from = {"epoch": run.epoch, "step": run.step}
+    start_epoch, start_step, elapsed = run.epoch, run.step, run.seconds
+    live = _open_live(live_dir, run.history) if live_dir is not None and rank == 0 else None
     amp = _amp(device)
     images = torch.from_numpy(np.ascontiguousarray(train.images))  # uint8, N x H x W x 3, converted per batch
     labels = labels_of(train)
@@ -303,14 +375,14 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
     last_save = time.time()
 
     def save(epoch: int, step: int) -> None:
-        mine = {"rng": rng.get_state(), "torch_rng": torch.get_rng_state(), "sums": sums.clone()}
+        mine = {"rng": rng.get_state(), "torch_rng": torch.get_rng_state(), "sums": run.sums.clone()}
         ranks = all_ranks(mine, world)
         if rank == 0:
             atomic_torch_save({
                 "version": STATE_VERSION, "fingerprint": fp, "world": world, "mode": mode, "epoch": epoch,
                 "step": step, "seconds": time.time() - t0, "model": model.state_dict(), "opt": opt.state_dict(),
-                "sched": sched.state_dict(), "ranks": ranks, "history": history, "best_epoch": best["epoch"],
-                "best_acc": best["acc"], "best_state": best["state"],
+                "sched": sched.state_dict(), "ranks": ranks, "history": run.history, "best_epoch": run.best["epoch"],
+                "best_acc": run.best["acc"], "best_state": run.best["state"],
                 "group_weights": None if q is None else q.detach().cpu().clone()}, state_path)
 
     def checkpoint_due() -> bool:
@@ -327,22 +399,14 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
         perm = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(p.seed * 1000 + epoch))]
         model.train()
         for step in range(start_step if epoch == start_epoch else 0, steps_per_epoch):
+            # ---- One step: this rank's share of the batch, part of it replaced by the mode's attack.
             idx = perm[step * t.batch:(step + 1) * t.batch][rank::world]
             x = _to_device(to_tensor(images[idx].numpy()), device)
             y = labels[idx].to(device)
-            n_adv = 0 if attack is None else round((1.0 - t.clean_ratio) * len(idx))
-            sel = torch.randperm(len(idx), generator=rng)[:n_adv] if n_adv else None
-            if sel is not None:
-                sel_dev = sel.to(device)
-                batch = Batch(x[sel_dev], y[sel_dev], w=None if bank is None else bank.w[idx[sel].to(device)],
-                              index=idx[sel])
-                with amp:
-                    x_adv, _ = attack(model, batch, bank, G, cfg, rng)
-                x = x.clone()
-                x[sel_dev] = x_adv.to(x.dtype)
+            x, sel = _attacked(x, y, idx, model, attack, bank, G, cfg, rng, t.clean_ratio, amp)
             model.train()
             with amp:
-                logits = model(x).float()
+                logits = forward(x).float()
             if q is None:
                 loss = F.cross_entropy(logits, y)
             else:
@@ -353,19 +417,12 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
                                  f"non-finite images or W+ codes, or train.lr {t.lr} too high")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            average_grads(model, world)
             opt.step()
             sched.step()
             _broadcast_buffers(model, world)
+            _add_step(run.sums, loss, logits, y, sel)
 
-            with torch.no_grad():
-                ok = (logits.argmax(1) == y).cpu()
-                sums[0] += loss.item() * len(idx)
-                sums[1] += ok.sum().item()
-                sums[2] += len(idx)
-                if sel is not None:
-                    sums[3] += ok[sel].sum().item()
-                    sums[4] += len(sel)
+            # ---- Progress, and the state every `train.checkpoint_minutes`.
             done = epoch * steps_per_epoch + step + 1
             if progress is not None and rank == 0:
                 progress(done, total, {"epoch": epoch + 1, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
@@ -373,32 +430,24 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
                 save(epoch, step + 1)
                 last_save = time.time()
 
-        # end of epoch: totals over ranks, validation, model selection, state, then the log
-        totals = sums.clone()
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(totals)
-        val_metrics = evaluate(model, val, t.eval_batch, device, rank, world)
-        record = {"epoch": epoch, "train/loss": float(totals[0] / totals[2]), "train/acc": float(totals[1] / totals[2])}
-        if totals[4] > 0:
-            record["train/adv_acc"] = float(totals[3] / totals[4])
-        record |= {"val/loss": val_metrics["loss"], "val/acc": val_metrics["acc"], "lr": sched.get_last_lr()[0]}
-        history.append(record)
-        if val_metrics["acc"] > best["acc"]:
-            best = {"epoch": epoch, "acc": val_metrics["acc"],
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        sums.zero_()
+        # ---- End of epoch: totals over ranks, validation, model selection, the state, then the log.
+        record = _epoch_record(epoch, run.sums, evaluate(model, val, t.eval_batch, device, rank, world), sched, world)
+        run.history.append(record)
+        if record["val/acc"] > run.best["acc"]:
+            run.best = {"epoch": epoch, "acc": record["val/acc"],
+                        "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        run.sums.zero_()
         save(epoch + 1, 0)
         last_save = time.time()
         if live is not None:
             _log_epoch(live, record)
 
+    # ---- Done: the best val epoch's weights on the CPU; the state file goes.
     if live is not None:
         live.end()
     seconds = time.time() - t0
     final = build_model(config["model"], n_classes, config["resolution"], config["width"])
-    final.load_state_dict(best["state"] if best["state"] is not None else
+    final.load_state_dict(run.best["state"] if run.best["state"] is not None else
                           {k: v.cpu() for k, v in model.state_dict().items()})
     last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if world > 1:
@@ -407,8 +456,8 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
         dist.barrier()
     if rank == 0 and state_path.is_file():
         state_path.unlink()
-    return {"model": final.eval(), "last_state": last_state, "config": config, "history": copy.deepcopy(history),
-            "best_epoch": best["epoch"], "best_val_acc": best["acc"], "epochs": t.epochs,
+    return {"model": final.eval(), "last_state": last_state, "config": config, "history": copy.deepcopy(run.history),
+            "best_epoch": run.best["epoch"], "best_val_acc": run.best["acc"], "epochs": t.epochs,
             "steps_per_epoch": steps_per_epoch, "seconds": seconds, "resumed_from": resumed_from,
             "images_per_s": (total - start_epoch * steps_per_epoch - start_step) * t.batch / max(1e-9, seconds - elapsed),
             "rank": rank, "world": world, "device": str(device)}
