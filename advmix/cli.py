@@ -114,12 +114,24 @@ def _mode(mode: str) -> str:
     return mode
 
 
-@app.command()
-def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Build the dataset named by data.name into data/<name>/."""
-    from advmix.stages import prepare as stage
+def _plain_stage(name: str, module: str, doc: str) -> None:
+    """Register `advmix <name>`: load the params, run advmix.stages.<module>.run with a progress bar, print its
+    summary (ranks other than 0 of a torchrun return None) and any warning."""
 
-    typer.echo(_stage(stage.run, _load(params, set_), bar).summary())
+    def command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+        import importlib
+
+        done = _stage(importlib.import_module(f"advmix.stages.{module}").run, _load(params, set_), bar)
+        if done is not None:
+            typer.echo(done.summary())
+        if getattr(done, "warning", None):
+            typer.echo(f"warning: {done.warning}", err=True)
+
+    command.__doc__ = doc
+    app.command(name)(command)
+
+
+_plain_stage("prepare", "prepare", "Build the dataset named by data.name into data/<name>/.")
 
 
 @app.command()
@@ -139,43 +151,14 @@ def validate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> No
     typer.echo(done.summary())
 
 
-@app.command()
-def probe(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Train the attribute probe (label + every attribute) that measures generated and mixed images."""
-    from advmix.stages import probe as stage
-
-    typer.echo(_stage(stage.run, _load(params, set_), bar).summary())
-
-
-@app.command("train-gan")
-def train_gan_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Train StyleGAN2 on `gan.data` (the unlabelled pool by default) or load gan.pretrained; write samples, mixing
-    grid and quality."""
-    from advmix.stages import train_gan as stage
-
-    done = _stage(stage.run, _load(params, set_), bar)
-    if done is not None:  # None on torchrun ranks other than 0
-        typer.echo(done.summary())
-
-
-@app.command()
-def extract(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Invert every labelled split into W+ (encoder, then per-image refinement): latents, encoder, metrics, a grid."""
-    from advmix.stages import extract as stage
-
-    typer.echo(_stage(stage.run, _load(params, set_), bar).summary())
-
-
-@app.command("analyze-layers")
-def analyze_layers(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Swap each W+ layer between random pairs of inverted train faces; measure label change and nuisance
-    transfer; pick `auto`."""
-    from advmix.stages import analyze_layers as stage
-
-    done = _stage(stage.run, _load(params, set_), bar)
-    typer.echo(done.summary())
-    if done.warning:
-        typer.echo(f"warning: {done.warning}", err=True)
+_plain_stage("probe", "probe", "Train the attribute probe (label + every attribute) that measures generated and "
+             "mixed images.")
+_plain_stage("train-gan", "train_gan", "Train StyleGAN2 on `gan.data` (the unlabelled pool by default) or load "
+             "gan.pretrained; write samples, mixing grid and quality.")
+_plain_stage("extract", "extract", "Invert every labelled split into W+ (encoder, then per-image refinement): "
+             "latents, encoder, metrics, a grid.")
+_plain_stage("analyze-layers", "analyze_layers", "Swap each W+ layer between random pairs of inverted train faces; "
+             "measure label change and nuisance transfer; pick `auto`.")
 
 
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="training seed of the classifier (default: `seed`)")]
@@ -287,25 +270,16 @@ def run_cmd(
     """
     import json
 
-    import yaml
-
-    from advmix.params import Params
+    from flows.pipeline import ProjectError, advmix_pipeline, check_project
 
     root = Path.cwd()
     _load(root / "params.yaml", set_)  # a bad key exits 2 before Prefect starts
-    # advmix fills a missing section with its defaults, but DVC reads every declared key from the file itself
-    raw = yaml.safe_load((root / "params.yaml").read_text()) or {}
-    missing = [f.alias or name for name, f in Params.model_fields.items() if (f.alias or name) not in raw]
-    if missing:
-        raise _fail(f"{root / 'params.yaml'}: no {', '.join(missing)} section (DVC reads every key from the file); "
-                    "run `advmix params --write` to write the defaults in", 2)
-    overrides = _overrides(set_)
-    if not (root / "dvc.yaml").is_file():
-        raise _fail(f"{root}: no dvc.yaml; run `advmix run` from the project folder", 2)
-    from flows.pipeline import advmix_pipeline
-
-    state = advmix_pipeline(stages=stage or None, force=force, params_overrides=overrides or None, root=str(root),
-                            return_state=True)
+    try:
+        check_project(root)
+    except ProjectError as exc:
+        raise _fail(str(exc), 2) from None
+    state = advmix_pipeline(stages=stage or None, force=force, params_overrides=_overrides(set_) or None,
+                            root=str(root), return_state=True)
     if not state.is_completed():
         raise _fail(f"pipeline {state.name.lower()}: {state.message}")
     typer.echo(json.dumps(state.result(), indent=2, default=str))

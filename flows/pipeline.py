@@ -48,6 +48,30 @@ class DataValidationError(RuntimeError):
     """The validate stage failed: the data broke an expectation (or could not be checked)."""
 
 
+class ProjectError(ValueError):
+    """The folder is no pipeline that DVC can run to the end: no dvc.yaml, or a params.yaml lacking a section."""
+
+
+def check_project(root: str | Path) -> None:
+    """Refuse, before any stage runs, a folder on which `dvc repro` would fail midway.
+
+    advmix fills a missing params section with its defaults, but DVC reads every declared key from params.yaml
+    itself, fails inside the stage, and deletes that stage's earlier outputs on the way."""
+    import yaml
+
+    from advmix.params import Params
+
+    root = Path(root)
+    if not (root / "dvc.yaml").is_file():
+        raise ProjectError(f"{root}: no dvc.yaml; run `advmix run` from the project folder")
+    path = root / "params.yaml"
+    raw = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    missing = [f.alias or name for name, f in Params.model_fields.items() if (f.alias or name) not in (raw or {})]
+    if missing:
+        raise ProjectError(f"{path}: no {', '.join(missing)} section (DVC reads every key from the file); "
+                           "run `advmix params --write` to write the defaults in")
+
+
 # ---------------------------------------------------------------- retries
 
 
@@ -417,6 +441,7 @@ def advmix_pipeline(stages: list[str] | None = None, force: bool = False,
     """
     logger = get_run_logger()
     root_path = Path(root).resolve()
+    check_project(root_path)
     if params_overrides:
         apply_params(str(root_path), params_overrides)
     plan = select_stages(list_stages(root_path), stages)

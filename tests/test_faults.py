@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -82,6 +83,10 @@ def fails(root: Path, args: list[str], code: int, *needles: str) -> str:
         assert needle in message, (needle, res.output)
     assert "Traceback" not in res.output
     assert outputs(root) == before
+    if os.environ.get("ADVMIX_FAULT_TABLE"):  # `ADVMIX_FAULT_TABLE=faults.md pytest tests/test_faults.py`: the table
+        with open(os.environ["ADVMIX_FAULT_TABLE"], "a") as table:
+            case = os.environ["PYTEST_CURRENT_TEST"].split("::")[-1].removesuffix(" (call)")
+            table.write(f"| {case} | `advmix {' '.join(args)}` | {code} | {errors[0].replace('|', '/')} |\n")
     return errors[0]
 
 
@@ -252,3 +257,43 @@ def test_a_broken_gan_training_state_is_named(project):
     state = project / ".advmix" / "gan" / "state.pt"
     state.write_bytes(state.read_bytes()[:64])
     fails(project, ["train-gan"], 1, "state.pt", "GAN training state", "delete")
+
+
+def _corrupt_manifest(m: pd.DataFrame, case: str) -> None:
+    if case == "label 7":
+        m.loc[5, "label"] = 7
+    elif case == "group disagrees":
+        m.loc[7, "group"] = (m.loc[7, "group"] + 1) % 4  # Group DRO would train on it
+    else:  # two rows swapped while the images stay
+        i, j = m.index[m.label == 0][0], m.index[m.label == 1][0]
+        m.loc[[i, j]] = m.loc[[j, i]].to_numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case,expectation", [("label 7", "label_set"),
+                                              ("group disagrees", "group_is_label_x_spurious"),
+                                              ("rows swapped", "rows_match_images")])
+def test_a_corrupt_manifest_fails_validation_and_then_every_stage_refuses_it(project, case, expectation):
+    manifest = next(p for p in (project / "data").glob("*/manifest.csv"))
+    m = pd.read_csv(manifest)
+    _corrupt_manifest(m, case)
+    m.to_csv(manifest, index=False)
+    res = invoke("validate")
+    assert res.exit_code == 1 and f"FAILED {expectation}" in res.output and "Traceback" not in res.output, res.output
+    for stage in (["probe"], ["train", "--mode", "nominal"]):
+        fails(project, stage, 1, "validation.json", "failed validation", expectation, "advmix validate")
+
+
+@pytest.mark.slow
+def test_run_refuses_a_params_file_without_a_section_before_dvc_starts(project):
+    """advmix fills a missing section with defaults, but DVC reads the declared keys from the file, would fail inside
+    the pipeline and delete that stage's earlier outputs (metrics/validation.json) on the way."""
+    shutil.copy(Path(__file__).parents[1] / "dvc.yaml", project / "dvc.yaml")
+    assert invoke("params", "--write").exit_code == 0
+    path = project / "params.yaml"
+    tree = yaml.safe_load(path.read_text())
+    del tree["probe"]
+    path.write_text(yaml.safe_dump(tree))
+    fails(project, ["run"], 2, "params.yaml: no probe section", "advmix params --write")
+    assert invoke("params", "--write").exit_code == 0  # the fix the message names
+    assert "probe" in yaml.safe_load(path.read_text())

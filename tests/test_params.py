@@ -65,21 +65,3 @@ def test_cli_params_prints_resolved_and_fails_cleanly(tmp_path):
     bad = runner.invoke(app, ["params", "-p", str(write(tmp_path, {"data": {"colour": 1}}))])
     assert bad.exit_code == 2
     assert "data.colour: unknown key" in bad.output
-
-
-def test_run_refuses_a_params_file_without_a_section_before_dvc_starts(tmp_path, monkeypatch):
-    """advmix fills a missing section with defaults, but DVC reads declared keys from the file and would fail inside
-    the pipeline (deleting metrics/validation.json on the way)."""
-    root = Path(__file__).parents[1]
-    tree = yaml.safe_load((root / "params.yaml").read_text())
-    del tree["probe"]
-    write(tmp_path, tree)
-    (tmp_path / "dvc.yaml").write_text((root / "dvc.yaml").read_text())
-    (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics" / "validation.json").write_text("{}")
-    monkeypatch.chdir(tmp_path)
-    res = CliRunner().invoke(app, ["run"])
-    assert res.exit_code == 2 and "no probe section" in res.output and "advmix params --write" in res.output
-    assert (tmp_path / "metrics" / "validation.json").read_text() == "{}"
-    assert CliRunner().invoke(app, ["params", "--write"]).exit_code == 0  # the fix the message names
-    assert "probe" in yaml.safe_load((tmp_path / "params.yaml").read_text())
