@@ -65,8 +65,8 @@ def check_project(root: str | Path) -> None:
     if not (root / "dvc.yaml").is_file():
         raise ProjectError(f"{root}: no dvc.yaml; run `advmix run` from the project folder")
     path = root / "params.yaml"
-    raw = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    missing = [f.alias or name for name, f in Params.model_fields.items() if (f.alias or name) not in (raw or {})]
+    raw = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}
+    missing = [f.alias or name for name, f in Params.model_fields.items() if (f.alias or name) not in raw]
     if missing:
         raise ProjectError(f"{path}: no {', '.join(missing)} section (DVC reads every key from the file); "
                            "run `advmix params --write` to write the defaults in")

@@ -13,14 +13,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import yaml
 from conftest import TINY_UPSTREAM
+from test_validate import group_disagrees, label_outside_set, rows_shuffled_against_images
 from typer.testing import CliRunner
 
 from advmix.cli import app
+from advmix.data import load_dataset
 
 PARAMS = {
     **TINY_UPSTREAM,
@@ -259,25 +260,15 @@ def test_a_broken_gan_training_state_is_named(project):
     fails(project, ["train-gan"], 1, "state.pt", "GAN training state", "delete")
 
 
-def _corrupt_manifest(m: pd.DataFrame, case: str) -> None:
-    if case == "label 7":
-        m.loc[5, "label"] = 7
-    elif case == "group disagrees":
-        m.loc[7, "group"] = (m.loc[7, "group"] + 1) % 4  # Group DRO would train on it
-    else:  # two rows swapped while the images stay
-        i, j = m.index[m.label == 0][0], m.index[m.label == 1][0]
-        m.loc[[i, j]] = m.loc[[j, i]].to_numpy()
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("case,expectation", [("label 7", "label_set"),
-                                              ("group disagrees", "group_is_label_x_spurious"),
-                                              ("rows swapped", "rows_match_images")])
-def test_a_corrupt_manifest_fails_validation_and_then_every_stage_refuses_it(project, case, expectation):
-    manifest = next(p for p in (project / "data").glob("*/manifest.csv"))
-    m = pd.read_csv(manifest)
-    _corrupt_manifest(m, case)
-    m.to_csv(manifest, index=False)
+@pytest.mark.parametrize("corrupt,expectation", [(label_outside_set, "label_set"),
+                                                 (group_disagrees, "group_is_label_x_spurious"),
+                                                 (rows_shuffled_against_images, "rows_match_images")])
+def test_a_corrupt_manifest_fails_validation_and_then_every_stage_refuses_it(project, corrupt, expectation):
+    folder = next(p.parent for p in (project / "data").glob("*/manifest.csv"))
+    ds = load_dataset(folder)
+    corrupt(ds)  # the manifest only: the images stay as they are
+    ds.manifest.to_csv(folder / "manifest.csv", index=False)
     res = invoke("validate")
     assert res.exit_code == 1 and f"FAILED {expectation}" in res.output and "Traceback" not in res.output, res.output
     for stage in (["probe"], ["train", "--mode", "nominal"]):
