@@ -27,3 +27,9 @@ REGISTRY: tuple[Mode, ...] = (
 NAMES: tuple[str, ...] = tuple(m.name for m in REGISTRY)
 MIXING_MODES: tuple[str, ...] = tuple(m.name for m in REGISTRY if m.mixing)
 GROUP_LABEL_MODES: tuple[str, ...] = tuple(m.name for m in REGISTRY if m.group_labels)
+DFR_PREFIX = "dfr_"  # DFR is no training mode: it refits the last layer of a trained one (advmix/dfr.py)
+
+
+def dfr_run(base: str) -> str:
+    """The run name of DFR on `base`'s classifier: its files are those of a mode of that name."""
+    return DFR_PREFIX + base

@@ -51,6 +51,7 @@ class FolderParams(Section):
     label: str = "y"  # column: the class (integers or strings)
     spurious: str = "place"  # column: the spurious attribute, as many values as classes
     split: str | None = "split"  # column: 0/1/2 or train/val/test; None or absent: draw every split from all rows
+    mirror_invariant: bool = True  # a mirrored image shows the same class (birds, faces); false for text or digits
 
 
 class DataParams(Section):
@@ -169,6 +170,8 @@ class GroupDROParams(Section):
     """Group DRO (Sagawa et al. 2020): exponentiated-gradient weights on the per-group losses."""
 
     step_size: float = Field(0.01, gt=0)  # eta of q <- q * exp(eta * group loss)
+    weight_decay: float = Field(1e-4, ge=0)  # this mode's, instead of train.weight_decay: the paper needs strong l2
+    adjustment: float = Field(0.0, ge=0)  # C of the generalisation adjustment: group loss + C / sqrt(group size)
 
 
 class JTTParams(Section):
@@ -227,6 +230,22 @@ class TrainParams(Section):
         return v
 
 
+class DFRParams(Section):
+    """Deep Feature Reweighting (Kirichenko et al. 2023): the last layer of a trained classifier refit by
+    l1-regularised logistic regression on group-balanced val images; reads the group labels of val only."""
+
+    bases: list[Mode] = ["nominal", "advmix"]  # the classifiers refit, each one run dfr_<base>; each in train.modes
+    strengths: list[float] = [1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01]  # C (inverse l1 strength), the paper's grid
+    subsets: int = Field(10, ge=1)  # group-balanced draws of val whose fitted layers are averaged
+
+    @field_validator("strengths")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if not v or min(v) <= 0:
+            raise ValueError("must be a non-empty list of positive numbers")
+        return v
+
+
 class EvaluateParams(Section):
     """Evaluation (advmix/evaluate.py): attacks stronger than in training, on a fixed subset of test_balanced."""
 
@@ -251,9 +270,17 @@ class Params(Section):
     mixing: MixingParams = MixingParams()
     extract: ExtractParams = ExtractParams()
     train: TrainParams = TrainParams()
+    dfr: DFRParams = DFRParams()
     evaluate: EvaluateParams = EvaluateParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _dfr_bases_trained(self) -> Params:
+        untrained = [b for b in self.dfr.bases if b not in self.train.modes]
+        if untrained:  # DFR refits a classifier that train@<base> makes
+            raise ValueError(f"dfr.bases {untrained} must be in train.modes {self.train.modes}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)

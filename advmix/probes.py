@@ -91,8 +91,11 @@ def train_probe(train: Dataset, val: Dataset, epochs: int, batch: int, lr: float
     import torch
     import torch.nn.functional as F
 
+    from advmix.data.store import mirror_invariant
+
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    mirror = mirror_invariant(train.info)
     heads = heads_of(train.info)
     model = build_probe(train.images.shape[1], heads, width)
     x = to_tensor(train.images)
@@ -108,7 +111,7 @@ def train_probe(train: Dataset, val: Dataset, epochs: int, batch: int, lr: float
     for _ in range(steps):
         idx = torch.multinomial(weights, batch, replacement=True, generator=gen)
         xb = degrade(x[idx], gen)
-        if torch.rand(1, generator=gen).item() < 0.5:
+        if mirror and torch.rand(1, generator=gen).item() < 0.5:
             xb = xb.flip(3)
         out = model(xb)
         loss = sum(F.cross_entropy(out[k], ys[k][idx]) for k in heads)

@@ -65,7 +65,7 @@ def test_write_fills_in_missing_sections_and_overrides_apply(project):
     res = invoke("params", "--write", "-S", "train.epochs=3")
     assert res.exit_code == 0, res.output
     written = yaml.safe_load((project / "params.yaml").read_text())
-    assert set(written) == {"seed", "data", "validate", "probe", "gan", "mixing", "extract", "train", "evaluate"}
+    assert set(written) == {"seed", "data", "validate", "probe", "gan", "mixing", "extract", "train", "dfr", "evaluate"}
     assert written["data"]["rho"] == 0.9 and written["train"]["epochs"] == 3
     assert written["train"] == {**parse_params({}).to_dict()["train"], "epochs": 3}  # the rest: the schema's
 

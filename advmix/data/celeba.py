@@ -125,5 +125,5 @@ def build(params: DataParams, seed: int, progress=None) -> Dataset:
     info = {"name": "celeba", "resolution": params.resolution, "rho": params.rho, "n_classes": 2,
             "classes": [f"not_{cfg.target.lower()}", cfg.target.lower()], "spurious": cfg.spurious.lower(),
             "target": cfg.target, "root": str(cfg.root),
-            "attributes": {c: [0, 1] for c in attrs.columns if c != cfg.target.lower()}}
+            "attributes": {c: [0, 1] for c in attrs.columns if c != cfg.target.lower()}, "mirror_invariant": True}
     return Dataset(images, manifest, info)

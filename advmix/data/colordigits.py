@@ -82,5 +82,5 @@ def build(params: DataParams, seed: int, progress=None) -> Dataset:
     manifest["group"] = group_of(manifest["label"], manifest["color"], 10)
     info = {"name": "colordigits", "resolution": params.resolution, "rho": params.rho, "n_classes": 10,
             "classes": [str(c) for c in range(10)], "spurious": "color", "source": source,
-            "attributes": {"color": list(range(10))}}
+            "attributes": {"color": list(range(10))}, "mirror_invariant": False}  # a mirrored 7 is no 7
     return Dataset(np.stack(images), manifest, info)

@@ -132,5 +132,6 @@ def build(params: DataParams, seed: int, progress=None) -> Dataset:
     info = {"name": "folder", "resolution": params.resolution, "rho": params.rho, "n_classes": k,
             "classes": [str(c) for c in classes], "spurious": cfg.spurious,
             "attributes": {cfg.spurious: list(range(k))},
-            "values": {cfg.label: classes, cfg.spurious: spurious_values}, "root": str(cfg.root)}
+            "values": {cfg.label: classes, cfg.spurious: spurious_values}, "root": str(cfg.root),
+            "mirror_invariant": cfg.mirror_invariant}
     return Dataset(images, manifest, info)

@@ -44,6 +44,12 @@ class Dataset:
         return len(self.manifest)
 
 
+def mirror_invariant(info: dict[str, Any]) -> bool:
+    """Whether a left-right mirrored image shows the same thing (faces: yes; digits: no). Every flip
+    augmentation asks this; datasets written before the key existed were all faces."""
+    return bool(info.get("mirror_invariant", True))
+
+
 def group_of(label: np.ndarray, spurious: np.ndarray, n_spurious: int) -> np.ndarray:
     """Group id of (label, spurious value): the unit of worst-group accuracy."""
     return np.asarray(label) * n_spurious + np.asarray(spurious)

@@ -175,6 +175,6 @@ def build(params: DataParams, seed: int, progress=None) -> Dataset:
     info = {
         "name": "synthfaces", "resolution": params.resolution, "rho": params.rho, "mouth": params.mouth, "n_classes": 2,
         "classes": ["not_smiling", "smiling"], "spurious": params.spurious,
-        "attributes": {k: v for k, v in ATTRIBUTES.items()},
+        "attributes": {k: v for k, v in ATTRIBUTES.items()}, "mirror_invariant": True,
     }
     return Dataset(images, manifest, info)

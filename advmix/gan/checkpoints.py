@@ -78,6 +78,9 @@ def save_generator(
         mismatch.append("channels")
     if mismatch:
         raise ValueError(f"config disagrees with the generator on {mismatch}: config={cfg}, G={G.init_kwargs}")
+    broken = [k for k, v in G.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken or not torch.isfinite(w_avg).all():
+        raise ValueError(f"refusing to write {path}: NaN or Inf in {broken[0] if broken else 'w_avg'}")
     reserved = {"format", "config", "g_ema", "latent_avg"} & set(extra or {})
     if reserved:
         raise ValueError(f"extra must not override {sorted(reserved)}")
@@ -153,7 +156,9 @@ def load_generator(
         gen = torch.Generator().manual_seed(MEAN_LATENT_SEED)
         w_avg = G.mean_latent(mean_latent_samples, generator=gen)
         info["w_avg_source"] = f"mean_latent(n={mean_latent_samples}, seed={MEAN_LATENT_SEED})"
-    return G, w_avg.to(device), info
+    w_avg = w_avg.to(device)
+    check_outputs(G, w_avg, path)
+    return G, w_avg, info
 
 
 def _torch_load(path: Path) -> Any:
@@ -232,7 +237,24 @@ def _check_tensors(path: Path, sd: dict[str, Any]) -> dict[str, Tensor]:
     bad = [k for k, v in sd.items() if not isinstance(v, Tensor)]
     if bad:
         raise CheckpointError(f"{path}: state dict entries that are not tensors: {bad[:5]}")
+    broken = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise CheckpointError(f"{path}: {len(broken)} weight tensor(s) hold NaN or Inf (the first: {broken[0]}); "
+                              f"the generator is broken: retrain it (advmix train-gan) or use another checkpoint")
     return sd
+
+
+def check_outputs(G: Generator, w_avg: Tensor, path: Path) -> None:
+    """Synthesise two images (a fixed private seed: no RNG stream moves) and refuse non-finite pixels, which
+    finite weights can still give (an overflow in a large checkpoint)."""
+    if not torch.isfinite(w_avg).all():
+        raise CheckpointError(f"{path}: the latent average holds NaN or Inf; retrain the generator or use another")
+    gen = torch.Generator().manual_seed(MEAN_LATENT_SEED)
+    z = torch.randn(2, G.style_dim, generator=gen).to(w_avg.device)
+    with torch.no_grad():
+        x = G.synthesis(G.make_ws(z), noise_mode="const")
+    if not torch.isfinite(x).all():
+        raise CheckpointError(f"{path}: the generator makes images with NaN or Inf pixels; retrain it or use another")
 
 
 def _reduce_latent_avg(path: Path, latent_avg: Any, style_dim: int, info: dict[str, Any]) -> Tensor | None:

@@ -158,7 +158,7 @@ def recon_loss(G, ws: Tensor, target: Tensor, probe: nn.Module | None, feature_w
 
 def train_encoder(G, w_avg: Tensor, real: Tensor, probe: nn.Module | None, *, steps: int, real_steps: int,
                   batch: int, lr: float, feature_weight: float, width: int = 32, seed: int = 0,
-                  progress: Progress = None) -> tuple[Encoder, dict[str, float]]:
+                  mirror: bool = True, progress: Progress = None) -> tuple[Encoder, dict[str, float]]:
     """Train E on generator samples (latent loss), then fine-tune it on real images (reconstruction loss).
 
     The latent phase needs no backward pass through G, so it is cheap and teaches E the whole of W+; the real
@@ -187,8 +187,9 @@ def train_encoder(G, w_avg: Tensor, real: Tensor, probe: nn.Module | None, *, st
         for _ in range(real_steps if len(real) else 0):
             idx = torch.randint(0, len(real), (batch,), generator=gen)
             x = real[idx]
-            flip = torch.rand(batch, generator=gen) < 0.5  # mirrored faces are faces: more real views
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            if mirror:  # mirrored faces are faces: more real views (a mirrored digit is not a digit)
+                flip = torch.rand(batch, generator=gen) < 0.5
+                x = torch.where(flip[:, None, None, None], x.flip(3), x)
             loss, _ = recon_loss(G, enc(x), x, probe, feature_weight)
             loss = loss.mean()
             opt.zero_grad(set_to_none=True)
@@ -318,7 +319,7 @@ def progress_total(p, n_images: int) -> int:
 
 
 def extract(G, w_avg: Tensor, probe: nn.Module | None, splits: dict[str, np.ndarray], p, seed: int,
-            encoder_images: np.ndarray | None = None, progress: Progress = None) -> dict[str, Any]:
+            encoder_images: np.ndarray | None = None, mirror: bool = True, progress: Progress = None) -> dict[str, Any]:
     """Train the encoder on `encoder_images` (default: `splits["train"]`), then invert every split (encoder, then
     refinement if asked).
 
@@ -334,7 +335,8 @@ def extract(G, w_avg: Tensor, probe: nn.Module | None, splits: dict[str, np.ndar
         encoder_images = splits.get("train", np.zeros((0, G.size, G.size, 3), dtype=np.uint8))
     enc, losses = train_encoder(G, w_avg, to_tensor(encoder_images), probe,
                                 steps=p.encoder_steps, real_steps=p.encoder_real_steps, batch=p.batch, lr=p.lr,
-                                feature_weight=p.feature_weight, width=p.width, seed=seed, progress=progress)
+                                feature_weight=p.feature_weight, width=p.width, seed=seed, mirror=mirror,
+                                progress=progress)
     enc_codes, enc_recs = {}, {}
     for name, x in real.items():
         enc_codes[name] = encode(enc, x, p.refine_batch)

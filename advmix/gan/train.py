@@ -13,6 +13,7 @@ averaged by hand (as in stylegan2-ada-pytorch), which keeps the double-backward 
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import time
 from collections.abc import Callable
@@ -34,10 +35,15 @@ def generator_config(p: GanParams, resolution: int) -> dict[str, Any]:
             "channel_max": p.channel_max}
 
 
-def fingerprint(p: GanParams, images: np.ndarray, seed: int) -> str:
+class GanDivergedError(ValueError):
+    """A non-finite loss: training stops at that iteration instead of writing a NaN generator."""
+
+
+def fingerprint(p: GanParams, images: np.ndarray, seed: int, mirror: bool = True) -> str:
     """What a resumable state must match: the training params, the seed and the data."""
     keep = p.model_dump(mode="json", exclude={"checkpoint_minutes", "eval_samples", "device", "pretrained"})
-    h = hashlib.sha1(json.dumps([keep, seed, list(images.shape)], sort_keys=True).encode())
+    shape = list(images.shape) if mirror else [*images.shape, "no-mirror"]  # unchanged for faces
+    h = hashlib.sha1(json.dumps([keep, seed, shape], sort_keys=True).encode())
     h.update(hashlib.sha1(images.tobytes()).digest())
     return h.hexdigest()
 
@@ -89,9 +95,10 @@ def _shift(padded, dy, dx, h: int, w: int):
 
 
 def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
-              progress: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+              progress: Callable[[int, dict], None] | None = None, mirror: bool = True) -> dict[str, Any]:
     """Train on uint8 N x H x W x 3 images. Returns the EMA generator, its w_avg and run statistics.
 
+    `mirror`: whether a mirrored image is still a real one; False turns gan.augment's flip off (digits).
     `progress(done, stats)` is called after every iteration. The training state is saved to
     `state_path` every `p.checkpoint_minutes` and at the end; a matching state there is resumed.
     """
@@ -124,7 +131,7 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
     g_opt = torch.optim.Adam(G.parameters(), lr=p.lr, betas=(0.0, 0.99))
     d_opt = torch.optim.Adam(D.parameters(), lr=p.lr * c, betas=(0.0, 0.99**c))
 
-    fp = fingerprint(p, images, seed)
+    fp = fingerprint(p, images, seed, mirror)
     start, elapsed = 0, 0.0
     if state_path.is_file():
         state = read_torch(state_path, "GAN training state", f"delete {state_path} to start over")
@@ -154,7 +161,7 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
     def real_batch():
         idx = torch.randint(0, len(reals), (p.batch,), generator=gen)
         x = reals[idx]
-        if "flip" in p.augment:
+        if mirror and "flip" in p.augment:
             flip = torch.rand(p.batch, generator=gen) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         return x.to(device)
@@ -198,6 +205,10 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
         average_grads(G, world)
         g_opt.step()
         stats["g_loss"] = g_loss.item()
+        broken = [k for k, v in stats.items() if not math.isfinite(v)]
+        if broken:  # stop before the state is saved: the last state on disk is the last good one
+            raise GanDivergedError(f"train-gan: {broken[0]} is {stats[broken[0]]} at iteration {it + 1}; likely "
+                                   f"non-finite images, or gan.lr {p.lr} too high (lower it and rerun)")
 
         with torch.no_grad():
             for pe, pg in zip(G_ema.parameters(), G.parameters()):

@@ -42,7 +42,7 @@ def run(p, progress: Progress = no_progress) -> Extracted:
     import torch
 
     from advmix import paths
-    from advmix.data.store import atomic_write_json
+    from advmix.data.store import atomic_write_json, mirror_invariant
     from advmix.figures import grid, save_png
     from advmix.gan import invert
     from advmix.params import SPLITS
@@ -57,7 +57,8 @@ def run(p, progress: Progress = no_progress) -> Extracted:
     t0 = time.time()
     with progress("extract", invert.progress_total(p.extract, sum(len(s) for s in splits.values()))) as step:
         out = invert.extract(G, w_avg, probe_model, {k: s.images for k, s in splits.items()}, p.extract, p.seed,
-                             encoder_images=generator_data(p, ds).images, progress=step)
+                             encoder_images=generator_data(p, ds).images,
+                             mirror=mirror_invariant(ds.info), progress=step)
     invert.save_latents(paths.LATENTS_DIR, out["latents"], {k: s.manifest for k, s in splits.items()},
                         extra={"n_latent": G.n_latent, "style_dim": G.style_dim, "mode": p.extract.mode,
                                "generator": str(paths.GENERATOR),

@@ -32,11 +32,11 @@ def run(p, progress: Progress = no_progress) -> GanTrained | None:
     import torch
 
     from advmix import paths
-    from advmix.data.store import atomic_write_json
+    from advmix.data.store import atomic_write_json, mirror_invariant
     from advmix.figures import grid, save_png
     from advmix.files import BrokenFileError
     from advmix.gan import checkpoints
-    from advmix.gan.train import mixing_grid, quality_metrics, sample_images, train_gan
+    from advmix.gan.train import GanDivergedError, mixing_grid, quality_metrics, sample_images, train_gan
     from advmix.mixing import layer_groups
 
     ds = dataset(p)
@@ -59,8 +59,9 @@ def run(p, progress: Progress = no_progress) -> GanTrained | None:
         with progress("train-gan", p.gan.iterations) as step:
             try:
                 run = train_gan(train.images, p.gan, p.seed, paths.GAN_STATE, progress=lambda done, stats: step(
-                    completed=done, info=" ".join(f"{k} {v:.3f}" for k, v in stats.items())))
-            except BrokenFileError as exc:  # a truncated training state: named, with what to do
+                    completed=done, info=" ".join(f"{k} {v:.3f}" for k, v in stats.items())),
+                    mirror=mirror_invariant(ds.info))
+            except (BrokenFileError, GanDivergedError) as exc:  # a truncated state or a NaN loss: named, with what to do
                 raise StageError(str(exc)) from None
         if run["rank"] != 0:
             return None
