@@ -108,9 +108,13 @@ def _stage(run, *args, **kwargs):
         raise _fail(str(exc), exc.code) from None
 
 
-def _mode(mode: str) -> str:
-    if mode not in MODE_NAMES:
-        raise _fail(f"--mode {mode!r}: expected one of {', '.join(MODE_NAMES)}", 2)
+def _mode(mode: str, refits: bool = False) -> str:
+    """A training mode, or with `refits` also a DFR run dfr_<mode>."""
+    from advmix.modes import DFR_PREFIX
+
+    if mode not in MODE_NAMES and not (refits and mode.removeprefix(DFR_PREFIX) in MODE_NAMES):
+        extra = f" (or {DFR_PREFIX}<one of them>)" if refits else ""
+        raise _fail(f"--mode {mode!r}: expected one of {', '.join(MODE_NAMES)}{extra}", 2)
     return mode
 
 
@@ -186,7 +190,7 @@ def train_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    mode: Annotated[str, typer.Option("--mode", help="the trained mode to evaluate")] = "nominal",
+    mode: Annotated[str, typer.Option("--mode", help="the trained mode to evaluate, or dfr_<mode>")] = "nominal",
     seed: SeedOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
@@ -198,8 +202,24 @@ def evaluate_cmd(
     """
     from advmix.stages import evaluate as stage
 
-    mode = _mode(mode)
+    mode = _mode(mode, refits=True)
     typer.echo(_stage(stage.run, _load(params, set_), mode, seed).summary())
+
+
+@app.command("dfr")
+def dfr_cmd(
+    base: Annotated[str, typer.Option("--base", help="the trained mode whose last layer is refit")] = "nominal",
+    seed: SeedOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Deep Feature Reweighting: refit the last layer of a trained classifier on group-balanced val (reads the
+    group labels of val only). Writes models/classifier-dfr_<base>-s<seed>.pt and metrics/train/dfr_<base>-s<seed>.json.
+    """
+    from advmix.stages import dfr as stage
+
+    base = _mode(base)
+    typer.echo(_stage(stage.run, _load(params, set_), base, seed).summary())
 
 
 @app.command("report")

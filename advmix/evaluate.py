@@ -207,6 +207,21 @@ def val_selection(model, val: Dataset, w: np.ndarray, G, layers: list[int], p, d
             "val_mix_change_error": r["mix_change_error"]}
 
 
+def clean_metrics(model, ds: Dataset, p, device) -> tuple[dict[str, dict], list[dict]]:
+    """split_metrics of every labelled split `ds` holds, and their by-group rows."""
+    model = model.to(device).eval()
+    train_groups = ds.split("train").manifest["group"].to_numpy().astype(int)
+    splits: dict[str, dict] = {}
+    by_group: list[dict] = []
+    for split in EVAL_SPLITS:
+        part = ds.split(split)
+        if len(part):
+            probs = predict(model, part.images, p.train.eval_batch, device)
+            splits[split], rows = split_metrics(probs, part, train_groups, p.evaluate.ece_bins)
+            by_group += [{"split": split} | r for r in rows]
+    return splits, by_group
+
+
 def evaluate_classifier(model, ds: Dataset, p, device, *, G=None, latents: np.ndarray | None = None,
                         layers: list[int] | None = None, val_latents: np.ndarray | None = None
                         ) -> tuple[dict[str, Any], list[dict]]:
@@ -216,17 +231,8 @@ def evaluate_classifier(model, ds: Dataset, p, device, *, G=None, latents: np.nd
     Returns the metrics ({"splits": {split: {...}}, robust figures}) and the by-group rows of every split.
     """
     model = model.to(device).eval()  # a loaded classifier is on the CPU
-    train_groups = ds.split("train").manifest["group"].to_numpy().astype(int)
-    result: dict[str, Any] = {"splits": {}}
-    by_group: list[dict] = []
-    for split in EVAL_SPLITS:
-        part = ds.split(split)
-        if not len(part):
-            continue
-        probs = predict(model, part.images, p.train.eval_batch, device)
-        metrics, rows = split_metrics(probs, part, train_groups, p.evaluate.ece_bins)
-        result["splits"][split] = metrics
-        by_group += [{"split": split} | r for r in rows]
+    splits, by_group = clean_metrics(model, ds, p, device)
+    result: dict[str, Any] = {"splits": splits}
     balanced = ds.split("test_balanced")
     if len(balanced):
         result |= robustness(model, balanced, latents, G, layers, p, device)

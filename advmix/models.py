@@ -77,20 +77,27 @@ def build_model(name: str, n_classes: int, resolution: int, width: int) -> nn.Mo
 
 
 def save_classifier(path: str | os.PathLike[str], model: nn.Module, config: dict[str, Any],
-                    extra: dict[str, Any] | None = None) -> Path:
-    """Write weights + build_model kwargs (+ plain-data extras) atomically; loadable with weights_only=True."""
+                    extra: dict[str, Any] | None = None, rule_states: dict[str, dict] | None = None) -> Path:
+    """Write weights + build_model kwargs (+ plain-data extras) atomically; loadable with weights_only=True.
+
+    `rule_states`: the weights that other model-selection rules keep (advmix.train.SELECTION_RULES), by rule;
+    `model` holds the default rule's."""
     from advmix.data.store import atomic_torch_save
 
     model = getattr(model, "module", model)
     payload = {"format": FORMAT, "config": dict(config),
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **(extra or {})}
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "rule_states": {rule: {k: v.detach().cpu() for k, v in sd.items()}
+                               for rule, sd in (rule_states or {}).items()}, **(extra or {})}
     atomic_torch_save(payload, path)
     return Path(path)
 
 
-def load_classifier(path: str | os.PathLike[str], device: str | torch.device = "cpu"
+def load_classifier(path: str | os.PathLike[str], device: str | torch.device = "cpu", rule: str | None = None
                     ) -> tuple[nn.Module, dict[str, Any]]:
-    """(model in eval mode on `device`, the whole payload without the weights); BrokenFileError for a broken file."""
+    """(model in eval mode on `device`, the whole payload without the weights); BrokenFileError for a broken file.
+
+    `rule`: the weights of that model-selection rule (None: the default rule's)."""
     from advmix.files import BrokenFileError, read_torch
 
     fix = "delete it and rerun `advmix train` for it"
@@ -98,6 +105,18 @@ def load_classifier(path: str | os.PathLike[str], device: str | torch.device = "
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise BrokenFileError(f"{path}: not an advmix classifier checkpoint (format {FORMAT!r}); {fix}")
     cfg = payload["config"]
+    state, others = payload.pop("state_dict"), payload.pop("rule_states", {}) or {}
+    if rule is not None and rule in others:
+        state = others[rule]
+    elif rule is not None and rule != payload.get("default_rule", rule):
+        raise BrokenFileError(f"{path}: holds no weights for selection rule {rule!r} (it has "
+                              f"{sorted(others) or 'only the default'}); {fix}")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise BrokenFileError(f"{path}: NaN or Inf in {broken[0]} ({len(broken)} tensor(s)); {fix}")
     model = build_model(cfg["model"], cfg["n_classes"], cfg["resolution"], cfg["width"])
-    model.load_state_dict(payload.pop("state_dict"))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # weights of another architecture under this config
+        raise BrokenFileError(f"{path}: weights do not fit its config {cfg} ({str(exc).splitlines()[0]}); {fix}") from None
     return model.to(device).eval(), payload

@@ -27,9 +27,19 @@ REGISTRY: tuple[Mode, ...] = (
 NAMES: tuple[str, ...] = tuple(m.name for m in REGISTRY)
 MIXING_MODES: tuple[str, ...] = tuple(m.name for m in REGISTRY if m.mixing)
 GROUP_LABEL_MODES: tuple[str, ...] = tuple(m.name for m in REGISTRY if m.group_labels)
+# model selection (advmix/train.py): label_free keeps the epoch of best val accuracy (no group label read), the
+# default, which evaluate attacks; val_worst_group the epoch of best val worst-group accuracy (val's group labels)
+SELECTION_RULES: tuple[str, ...] = ("label_free", "val_worst_group")
 DFR_PREFIX = "dfr_"  # DFR is no training mode: it refits the last layer of a trained one (advmix/dfr.py)
 
 
 def dfr_run(base: str) -> str:
     """The run name of DFR on `base`'s classifier: its files are those of a mode of that name."""
     return DFR_PREFIX + base
+
+
+def group_labels_read(run: str) -> str:
+    """Which group labels a run's training reads: "train" (Group DRO), "val" (a DFR refit) or "none"."""
+    if run in GROUP_LABEL_MODES:
+        return "train"
+    return "val" if run.startswith(DFR_PREFIX) else "none"

@@ -170,7 +170,7 @@ class GroupDROParams(Section):
     """Group DRO (Sagawa et al. 2020): exponentiated-gradient weights on the per-group losses."""
 
     step_size: float = Field(0.01, gt=0)  # eta of q <- q * exp(eta * group loss)
-    weight_decay: float = Field(1e-4, ge=0)  # this mode's, instead of train.weight_decay: the paper needs strong l2
+    weight_decay: float = Field(1.0, ge=0)  # this mode's, instead of train.weight_decay: the paper needs strong l2
     adjustment: float = Field(0.0, ge=0)  # C of the generalisation adjustment: group loss + C / sqrt(group size)
 
 

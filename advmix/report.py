@@ -13,14 +13,15 @@ import json
 import math
 import re
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from advmix.data.store import atomic_folder, atomic_write_bytes, atomic_write_json
 from advmix.figures import save_figure
 from advmix.modes import NAMES as MODE_NAMES
-from advmix.params import SPLITS, DataParams, TrainParams
+from advmix.modes import SELECTION_RULES, dfr_run
+from advmix.params import SPLITS, DataParams, DFRParams, TrainParams
 from advmix.paths import (
     EVAL_METRICS,
     EVAL_RESULTS,
@@ -45,7 +46,13 @@ from advmix.paths import (
 
 DVC_LOCK = Path("dvc.lock")
 
-MODE_ORDER = MODE_NAMES  # advmix/modes.py
+MODE_ORDER = (*MODE_NAMES, *(dfr_run(m) for m in MODE_NAMES))  # advmix/modes.py; DFR refits last
+RULE_TEXT = {  # what each selection rule keeps and which labels it reads (advmix/train.py)
+    "label_free": "the epoch of best val accuracy; reads no group label (the default: the attacks measure it)",
+    "val_worst_group": "the epoch of best val worst-group accuracy, val accuracy breaking ties; reads the group "
+                       "labels of val (a DFR refit: of the base's epoch by that rule)",
+}
+SELECTION_FIGURES = (("test_iid", "acc"), ("test_balanced", "error"), ("test_balanced", "worst_group_acc"))
 SPLIT_KEYS = ("error", "worst_group_acc", "eod", "dpd", "ece")  # in every split of an eval json
 BINARY_ONLY = ("eod", "dpd")  # fairlearn's gaps are defined for two classes: null for colordigits' ten
 RUN_KEYS = ("semantic_robust_acc", "mix_change_error", "linf_robust_acc_2", "linf_robust_acc_8",  # may be null
@@ -79,6 +86,8 @@ class Run:
     scalars: dict[str, float | None]  # RUN_KEYS
     path: Path
     by_group: Any = None  # pandas DataFrame of results/eval/<mode>-s<seed>/by_group.csv, or None
+    group_labels_read: str = "none"  # in training: none | train (Group DRO) | val (a DFR refit)
+    selection: dict[str, Any] = field(default_factory=dict)  # rule -> {"epoch", "splits" (other rules only)}
 
 
 @dataclass
@@ -142,7 +151,7 @@ def collect(root: Path, class_names: list[str] | None = None, allow_missing: boo
     missing = sorted(f"{m}-s{s}" for m, s in planned - {(r.mode, r.seed) for r in runs})
     if missing and not allow_missing:
         raise ReportError(f"{root / EVAL_METRICS}: no eval file for the planned run(s) {', '.join(missing)} "
-                          "(train.modes x train.seeds); run `dvc repro`, or `advmix report --allow-missing` for a "
+                          "(train.modes and dfr.bases x train.seeds); run `dvc repro`, or `advmix report --allow-missing` for a "
                           "partial report")
     if class_names is None:
         class_names = _dataset_classes(dataset_dir(dataset, root) / "info.json")
@@ -174,8 +183,8 @@ def read_json(path: Path, required: bool = True) -> Any:
 
 
 def read_params(path: Path) -> tuple[str, float, str, set[tuple[str, int]]]:
-    """data.name, data.rho, the (mode, seed) runs that train.modes x train.seeds plan (defaults where absent),
-    and the file's text, to embed verbatim.
+    """data.name, data.rho, the (mode, seed) runs that train.modes x train.seeds and dfr.bases x train.seeds plan
+    (defaults where absent), and the file's text, to embed verbatim.
 
     Read as plain YAML rather than through load_params so a params.yaml that gained a section the report does
     not know still renders.
@@ -201,7 +210,12 @@ def read_params(path: Path) -> tuple[str, float, str, set[tuple[str, int]]]:
     if not (isinstance(modes, list) and isinstance(seeds, list) and all(isinstance(s, int) for s in seeds)):
         raise ReportError(f"{path}: expected train.modes a list of names and train.seeds a list of integers, "
                           f"got {modes!r} and {seeds!r}")
-    return name, float(rho), text, {(str(m), s) for m in modes for s in seeds}
+    dfr = raw.get("dfr", {}) or {}
+    bases = dfr.get("bases", [b for b in DFRParams().bases if b in modes]) if isinstance(dfr, dict) else None
+    if not isinstance(bases, list):
+        raise ReportError(f"{path}: expected dfr.bases a list of mode names, got {bases!r}")
+    runs = [str(m) for m in modes] + [dfr_run(str(b)) for b in bases]
+    return name, float(rho), text, {(r, s) for r in runs for s in seeds}
 
 
 def read_runs(root: Path, planned: set[tuple[str, int]] | None = None) -> list[Run]:
@@ -253,8 +267,16 @@ def read_run(path: Path) -> Run:
         if value is not None and not _is_number(value):
             raise ReportError(f"{path}: {key} should be a finite number or null, got {value!r}")
         scalars[key] = None if value is None else float(value)
-    return Run(mode=mode, seed=int(seed), uses_group_labels=bool(raw.get("uses_group_labels", False)),
-               splits=raw["splits"], scalars=scalars, path=path)
+    selection = raw.get("selection") or {}
+    for rule, entry in selection.items():
+        if rule not in SELECTION_RULES or not isinstance(entry, dict) or not all(
+                _is_number(entry.get("splits", {}).get(s, {}).get(k)) for s, k in SELECTION_FIGURES
+                if "splits" in entry and s in entry["splits"]):
+            raise ReportError(f"{path}: selection.{rule} should be one of {SELECTION_RULES} with finite split "
+                              "metrics")
+    uses = bool(raw.get("uses_group_labels", False))
+    return Run(mode=mode, seed=int(seed), uses_group_labels=uses, splits=raw["splits"], scalars=scalars, path=path,
+               group_labels_read=str(raw.get("group_labels_read", "train" if uses else "none")), selection=selection)
 
 
 def read_by_group(path: Path) -> Any:
@@ -380,8 +402,37 @@ def summarize(runs: list[Run], dataset: str, rho: float) -> dict[str, Any]:
         },
         "vs_nominal": {m: paired_gain(grouped["nominal"], g) for m, g in grouped.items()
                        if m != "nominal" and "nominal" in grouped},
+        "selection": selection_summary(runs),
         "ci_method": CI_METHOD,
     }
+
+
+def rule_runs(runs: list[Run], rule: str) -> list[Run]:
+    """The runs as `rule` selects them: the default rule's are the runs; another's swap in its clean metrics
+    (runs without that rule's weights are left out)."""
+    if rule == SELECTION_RULES[0]:
+        return runs
+    return [replace(r, splits=r.selection[rule]["splits"]) for r in runs if "splits" in r.selection.get(rule, {})]
+
+
+def selection_summary(runs: list[Run]) -> dict[str, Any]:
+    """summary.json's `selection`: every mode under every rule, with the labels each read, per seed and against
+    nominal under the same rule."""
+    out: dict[str, Any] = {"rules": RULE_TEXT, "modes": {}}
+    for rule in SELECTION_RULES:
+        grouped = by_mode(rule_runs(runs, rule))
+        for mode, group in grouped.items():
+            entry = out["modes"].setdefault(mode, {"group_labels_in_training": group[0].group_labels_read})
+            figures: dict[str, Any] = {"seeds": [r.seed for r in group],
+                                       "epochs": [r.selection.get(rule, {}).get("epoch") for r in group]}
+            for split, key in SELECTION_FIGURES:
+                values = [r.splits.get(split, {}).get(key) for r in group]
+                figures[f"{split}_{key}"], figures[f"{split}_{key}_std"] = mean_std([v for v in values if v is not None])
+                figures[f"{split}_{key}_per_seed"] = values
+            if mode != "nominal" and "nominal" in grouped:
+                figures["vs_nominal"] = paired_gain(grouped["nominal"], group)
+            entry[rule] = figures
+    return out
 
 
 CI_METHOD = ("seed-paired percentile bootstrap, 10,000 resamples of the seeds both modes share (a resample keeps "
@@ -592,6 +643,11 @@ def report_blocks(summary: dict[str, Any], inputs: Inputs, figures: list[Figure]
         blocks += [("h", 2, "Against nominal, with confidence intervals"),
                    ("table", *gain_table(summary["vs_nominal"])),
                    ("p", f"Intervals: {summary['ci_method']}. n/a: fewer than two shared seeds.")]
+    blocks += [("h", 2, "Model selection rules"), ("table", *selection_table(summary["selection"])),
+               ("p", "Rules: " + "; ".join(f"`{r}`: {t}" for r, t in RULE_TEXT.items()) + ". Group labels in "
+                "training: `train` = Group DRO, `val` = a DFR refit (its last layer fit on group-balanced val), "
+                "`none` = the rest. The val_worst_group rule is measured clean (no attack). Against nominal: "
+                "under the same rule, seed-paired as above.")]
     blocks += [("h", 2, "Per seed"), ("table", *per_seed_table(inputs.runs))]
     blocks += [("h", 2, "Figures")]
     for fig in figures:
@@ -633,6 +689,10 @@ def results_section(summary: dict[str, Any], runs: list[Run]) -> str:
         ("p", f"Against nominal ({summary['ci_method']}):"),
         ("table", *gain_table(summary["vs_nominal"])),
     ]
+    if summary.get("selection"):  # summaries written before the rules existed have none
+        blocks += [("p", "Under both model-selection rules (" + "; ".join(f"`{r}`: {t}" for r, t in
+                                                                         RULE_TEXT.items()) + "):"),
+                   ("table", *selection_table(summary["selection"]))]
     if (layers := summary.get("layers")) is not None:
         blocks.append(("p", (
             f"Mixing rows: W+ {', '.join(map(str, layers['layers']))} (`metrics/layers.json`). On the "
@@ -687,6 +747,33 @@ def gain_table(vs_nominal: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
              ci(g["relative_error_reduction_ci"], True),
              "n/a" if g.get("worst_group_gain") is None else f"{g['worst_group_gain']:+.3f}",
              ci(g["worst_group_gain_ci"], False)] for mode, g in vs_nominal.items()]
+    return headers, rows
+
+
+def selection_table(selection: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    headers = ["mode", "group labels in training", "selection rule", "epochs kept (per seed)", "test_iid acc",
+               "test_balanced error", "worst-group acc (balanced)", "worst group per seed",
+               "rel. error reduction vs nominal [95% CI]", "worst-group gain [95% CI]"]
+    rows = []
+    for mode, entry in selection["modes"].items():
+        for rule in SELECTION_RULES:
+            if rule not in entry:
+                continue
+            f, g = entry[rule], entry[rule].get("vs_nominal") or {}
+            ci = g.get("relative_error_reduction_ci")
+            wci = g.get("worst_group_gain_ci")
+            rows.append([
+                mode, entry["group_labels_in_training"], rule,
+                ", ".join("?" if e is None else str(e + 1) for e in f["epochs"]),
+                _fmt(f["test_iid_acc"], f["test_iid_acc_std"]),
+                _fmt(f["test_balanced_error"], f["test_balanced_error_std"]),
+                _fmt(f["test_balanced_worst_group_acc"], f["test_balanced_worst_group_acc_std"]),
+                ", ".join(_fmt(v) for v in f["test_balanced_worst_group_acc_per_seed"]),
+                "(reference)" if mode == "nominal" else "n/a" if ci is None else
+                f"{g['relative_error_reduction']:+.1%} [{ci[0]:+.1%}, {ci[1]:+.1%}]",
+                "(reference)" if mode == "nominal" else "n/a" if wci is None else
+                f"{g['worst_group_gain']:+.3f} [{wci[0]:+.3f}, {wci[1]:+.3f}]",
+            ])
     return headers, rows
 
 

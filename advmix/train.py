@@ -6,13 +6,17 @@ nominal, a share `1 - train.clean_ratio` of the batch (chosen at random) is repl
 random-mix version (AugMix: its augmented version), with the label unchanged, and the model takes one step on
 the mixed batch. Group DRO (Sagawa et al. 2020) is the one mode that reads group labels (label x spurious
 attribute): its loss is the q-weighted mean of the per-group losses of the batch, q updated by exponentiated
-gradient (q_g <- q_g exp(eta l_g), renormalised) before each step, without the generalisation adjustment.
+gradient (q_g <- q_g exp(eta (l_g + C / sqrt(n_g))), renormalised) before each step, C the generalisation
+adjustment (`train.groupdro.adjustment`, 0 by default) and n_g the group's train count; it has its own weight
+decay (`train.groupdro.weight_decay`), since the paper needs far stronger l2 than ERM.
 JTT (Liu et al. 2021) is nominal training twice: an identification run of `train.jtt.epochs_first` epochs, whose
 errors on train then appear `train.jtt.upweight` times in every epoch of the final run (`train_jtt`).
 
-Model selection follows the paper's setting, in which no group labels are available: the weights kept are
-those of the epoch with the best accuracy on the val split, which has the same spurious correlation as train.
-No group label is read during selection, nor during training except by groupdro.
+Model selection: every run keeps the weights of two epochs, one per rule of SELECTION_RULES. `label_free`, the
+paper's setting and the default, keeps the epoch of best val accuracy (val has train's spurious correlation; no
+group label is read). `val_worst_group` keeps the epoch of best val worst-group accuracy, val accuracy breaking
+ties: it reads the group labels of val, as SubpopBench's "group labels known on val" setting and Group DRO's
+early stopping do. No group label is read in training except by groupdro.
 
 Checkpoint and resume: the whole training state (model, optimiser, scheduler, epoch, step within the epoch,
 the epoch's running sums, every RNG state, the history and the best weights so far) is written atomically at
@@ -43,10 +47,10 @@ import numpy as np
 
 from advmix.data.store import Dataset, atomic_torch_save
 from advmix.gan.invert import LatentsError
-from advmix.modes import GROUP_LABEL_MODES, MIXING_MODES, NAMES
+from advmix.modes import GROUP_LABEL_MODES, MIXING_MODES, NAMES, SELECTION_RULES
 from advmix.runtime import all_ranks, distributed, pick_device
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 MODES = NAMES  # advmix/modes.py
 
 
@@ -73,11 +77,13 @@ def fingerprint(mode: str, p, attack_cfg, train: Dataset, val: Dataset, latents:
     return h.hexdigest()
 
 
-def group_dro_loss(losses, groups, q, step_size: float, world: int = 1):
+def group_dro_loss(losses, groups, q, step_size: float, world: int = 1, adjustment=None):
     """Group DRO's robust loss of one batch; updates the group weights `q` in place.
 
     Per-group mean losses (groups absent from the batch keep their weight and add nothing); under torchrun the
     weights are updated from the group losses of the whole global batch, so every rank holds the same q.
+    `adjustment`: C / sqrt(n_g) per group, added to the group losses that update q (the paper's generalisation
+    adjustment: small groups, whose train loss underestimates their test loss, get more weight).
     """
     import torch
 
@@ -93,7 +99,10 @@ def group_dro_loss(losses, groups, q, step_size: float, world: int = 1):
             dist.all_reduce(global_sums)
             dist.all_reduce(global_counts)
         present = global_counts > 0
-        q.mul_(torch.where(present, torch.exp(step_size * global_sums / global_counts.clamp(min=1)), 1.0))
+        group_loss = global_sums / global_counts.clamp(min=1)
+        if adjustment is not None:
+            group_loss = group_loss + adjustment
+        q.mul_(torch.where(present, torch.exp(step_size * group_loss), 1.0))
         q.div_(q.sum())
     return (q * means).sum()
 
@@ -107,13 +116,29 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def build_optimizer(model, p):
+def build_optimizer(model, p, mode: str):
     import torch
 
     t = p.train
+    decay = t.groupdro.weight_decay if mode == "groupdro" else t.weight_decay
     if t.optimizer == "adam":
-        return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=0.9, nesterov=True, weight_decay=t.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=decay)
+    return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=0.9, nesterov=True, weight_decay=decay)
+
+
+def selection_score(record: dict[str, float], rule: str) -> tuple[float, ...]:
+    """What a selection rule maximises over the epochs of a run's history (see the module docstring)."""
+    if rule == "label_free":
+        return (record["val/acc"],)
+    if rule == "val_worst_group":
+        return (record.get("val/worst_group_acc", -1.0), record["val/acc"])
+    raise ValueError(f"unknown selection rule {rule!r}; expected one of {SELECTION_RULES}")
+
+
+def select_epoch(history: list[dict[str, float]], rule: str) -> int:
+    """The epoch (index into `history`) that `rule` keeps: the first one of the highest score."""
+    scores = [selection_score(r, rule) for r in history]
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
 def labels_of(ds: Dataset):
@@ -124,7 +149,7 @@ def labels_of(ds: Dataset):
 
 def evaluate(model, ds: Dataset, batch: int, device, rank: int = 0, world: int = 1) -> dict[str, float]:
     """Loss, accuracy and error on a split (sharded over ranks, summed); worst-group accuracy when the split
-    has a `group` column (single process only; never used for model selection)."""
+    has a `group` column (read by the val_worst_group selection rule only)."""
     import torch
     import torch.nn.functional as F
 
@@ -134,7 +159,7 @@ def evaluate(model, ds: Dataset, batch: int, device, rank: int = 0, world: int =
     y_all = labels_of(ds)
     rows = torch.arange(rank, len(ds), world)
     sums = torch.zeros(3, dtype=torch.float64)
-    correct_all = torch.zeros(len(ds), dtype=torch.bool)
+    correct_all = torch.zeros(len(ds), dtype=torch.float64)  # 1 where right; each rank fills its own rows
     with eval_mode(model), torch.no_grad(), _amp(device):
         for chunk in rows.split(batch):
             x = _to_device(to_tensor(ds.images[chunk.numpy()]), device)
@@ -144,16 +169,17 @@ def evaluate(model, ds: Dataset, batch: int, device, rank: int = 0, world: int =
             ok = (logits.argmax(1) == y).cpu()
             sums[1] += ok.sum().item()
             sums[2] += len(chunk)
-            correct_all[chunk] = ok
+            correct_all[chunk] = ok.double()
     if world > 1:
         import torch.distributed as dist
 
         dist.all_reduce(sums)
+        dist.all_reduce(correct_all)
     out = {"loss": float(sums[0] / sums[2]), "acc": float(sums[1] / sums[2])}
     out["error"] = 1.0 - out["acc"]
-    if world == 1 and "group" in ds.manifest.columns:
+    if "group" in ds.manifest.columns:
         groups = ds.manifest["group"].to_numpy()
-        ok = correct_all.numpy()
+        ok = correct_all.numpy() > 0.5
         out["worst_group_acc"] = float(min(ok[groups == g].mean() for g in np.unique(groups)))
     return out
 
@@ -214,7 +240,8 @@ class _Run:
     step: int = 0
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
-    best: dict[str, Any] = field(default_factory=lambda: {"epoch": -1, "acc": -1.0, "state": None})
+    best: dict[str, dict[str, Any]] = field(  # per selection rule: the epoch it keeps so far and its weights
+        default_factory=lambda: {rule: {"epoch": -1, "state": None} for rule in SELECTION_RULES})
 
 
 def _resume(state_path: Path, fp: str, world: int, rank: int, model, opt, sched, rng, q) -> _Run:
@@ -239,8 +266,7 @@ def _resume(state_path: Path, fp: str, world: int, rank: int, model, opt, sched,
     if q is not None:
         q.copy_(state["group_weights"])
     return _Run(sums=mine["sums"].clone(), epoch=int(state["epoch"]), step=int(state["step"]),
-                seconds=float(state["seconds"]), history=list(state["history"]),
-                best={"epoch": int(state["best_epoch"]), "acc": float(state["best_acc"]), "state": state["best_state"]})
+                seconds=float(state["seconds"]), history=list(state["history"]), best=state["best"])
 
 
 def _attacked(x, y, idx, model, attack, bank, G, cfg, rng, clean_ratio: float, amp):
@@ -286,14 +312,18 @@ def _epoch_record(epoch: int, sums, val_metrics: dict[str, float], sched, world:
     record = {"epoch": epoch, "train/loss": float(totals[0] / totals[2]), "train/acc": float(totals[1] / totals[2])}
     if totals[4] > 0:
         record["train/adv_acc"] = float(totals[3] / totals[4])
-    return record | {"val/loss": val_metrics["loss"], "val/acc": val_metrics["acc"], "lr": sched.get_last_lr()[0]}
+    record |= {"val/loss": val_metrics["loss"], "val/acc": val_metrics["acc"]}
+    if "worst_group_acc" in val_metrics:
+        record["val/worst_group_acc"] = val_metrics["worst_group_acc"]
+    return record | {"lr": sched.get_last_lr()[0]}
 
 
 def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Path, live_dir: Path | None, *,
                      G=None, latents: np.ndarray | None = None, layers: list[int] | None = None,
                      epoch_rows: np.ndarray | None = None,
                      progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
-    """Train the classifier of one mode. Returns the model of the best val epoch (CPU, eval mode) and the run.
+    """Train the classifier of one mode. Returns the model of the label-free rule's epoch (CPU, eval mode), the
+    weights of every selection rule's epoch ("states", "best_epochs") and the run.
 
     `latents`: W+ codes of the train split, row i = train image i (randmix/advmix). `G`: the frozen generator
     (randmix/advmix). `layers`: resolved mixing layers. `epoch_rows`: the train rows that make one epoch, repeats
@@ -342,7 +372,7 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
     # every step (_broadcast_buffers), so every rank evaluates and saves the same model
     forward = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    opt = build_optimizer(model, p)
+    opt = build_optimizer(model, p, mode)
     warmup = round(t.warmup_epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, t.schedule))
     rng = torch.Generator().manual_seed(p.seed * 1000 + 17 + rank)  # attack draws, per rank
@@ -355,12 +385,16 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
         if device.type == "cuda":
             G = G.to(memory_format=torch.channels_last)
     attack = ATTACKS.get(mode)
-    groups = q = None
+    groups = q = adjustment = None
     if mode in GROUP_LABEL_MODES:
         if "group" not in train.manifest.columns:
             raise ValueError(f"mode {mode} needs group labels: the train manifest has no 'group' column")
         groups = torch.from_numpy(train.manifest["group"].to_numpy().astype(np.int64))
-        q = torch.full((int(groups.max()) + 1,), 1.0 / (int(groups.max()) + 1), dtype=torch.float32, device=device)
+        n_groups = int(groups.max()) + 1
+        q = torch.full((n_groups,), 1.0 / n_groups, dtype=torch.float32, device=device)
+        if t.groupdro.adjustment > 0:
+            sizes = torch.bincount(groups, minlength=n_groups).clamp(min=1).float()
+            adjustment = (t.groupdro.adjustment / sizes.sqrt()).to(device)
 
     # ---- Resume a state of this very run (same fingerprint), or start at epoch 0.
     fp = fingerprint(mode, p, cfg, train, val, latents, epoch_rows)
@@ -381,8 +415,7 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
             atomic_torch_save({
                 "version": STATE_VERSION, "fingerprint": fp, "world": world, "mode": mode, "epoch": epoch,
                 "step": step, "seconds": time.time() - t0, "model": model.state_dict(), "opt": opt.state_dict(),
-                "sched": sched.state_dict(), "ranks": ranks, "history": run.history, "best_epoch": run.best["epoch"],
-                "best_acc": run.best["acc"], "best_state": run.best["state"],
+                "sched": sched.state_dict(), "ranks": ranks, "history": run.history, "best": run.best,
                 "group_weights": None if q is None else q.detach().cpu().clone()}, state_path)
 
     def checkpoint_due() -> bool:
@@ -411,7 +444,7 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
                 loss = F.cross_entropy(logits, y)
             else:
                 loss = group_dro_loss(F.cross_entropy(logits, y, reduction="none"), groups[idx].to(device), q,
-                                      t.groupdro.step_size, world)
+                                      t.groupdro.step_size, world, adjustment)
             if not torch.isfinite(loss):  # stop here: one NaN step leaves every weight NaN
                 raise ValueError(f"train {mode}: the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; likely "
                                  f"non-finite images or W+ codes, or train.lr {t.lr} too high")
@@ -433,9 +466,10 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
         # ---- End of epoch: totals over ranks, validation, model selection, the state, then the log.
         record = _epoch_record(epoch, run.sums, evaluate(model, val, t.eval_batch, device, rank, world), sched, world)
         run.history.append(record)
-        if record["val/acc"] > run.best["acc"]:
-            run.best = {"epoch": epoch, "acc": record["val/acc"],
-                        "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        for rule in SELECTION_RULES:
+            if select_epoch(run.history, rule) == epoch:
+                run.best[rule] = {"epoch": epoch,
+                                  "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
         run.sums.zero_()
         save(epoch + 1, 0)
         last_save = time.time()
@@ -446,18 +480,21 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
     if live is not None:
         live.end()
     seconds = time.time() - t0
-    final = build_model(config["model"], n_classes, config["resolution"], config["width"])
-    final.load_state_dict(run.best["state"] if run.best["state"] is not None else
-                          {k: v.cpu() for k, v in model.state_dict().items()})
     last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    states = {rule: b["state"] if b["state"] is not None else last_state for rule, b in run.best.items()}
+    final = build_model(config["model"], n_classes, config["resolution"], config["width"])
+    final.load_state_dict(states[SELECTION_RULES[0]])
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
     if rank == 0 and state_path.is_file():
         state_path.unlink()
-    return {"model": final.eval(), "last_state": last_state, "config": config, "history": copy.deepcopy(run.history),
-            "best_epoch": run.best["epoch"], "best_val_acc": run.best["acc"], "epochs": t.epochs,
+    best_epochs = {rule: b["epoch"] for rule, b in run.best.items()}
+    return {"model": final.eval(), "last_state": last_state, "states": states, "best_epochs": best_epochs,
+            "config": config, "history": copy.deepcopy(run.history), "best_epoch": best_epochs[SELECTION_RULES[0]],
+            "best_val_acc": run.history[best_epochs[SELECTION_RULES[0]]]["val/acc"] if run.history else -1.0,
+            "epochs": t.epochs,
             "steps_per_epoch": steps_per_epoch, "seconds": seconds, "resumed_from": resumed_from,
             "images_per_s": (total - start_epoch * steps_per_epoch - start_step) * t.batch / max(1e-9, seconds - elapsed),
             "rank": rank, "world": world, "device": str(device)}

@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--val-only", action="store_true",
                     help="only the label-free val figure (for choosing hyperparameters): no test split is read")
+    ap.add_argument("--no-attack", action="store_true",
+                    help="with --val-only: skip the val attack; the rows keep val accuracy and worst-group accuracy")
     args = ap.parse_args(argv)
 
     overrides = dict(item.split("=", 1) for item in [f"train.device={args.device}", *args.sets])
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
                           layers=layers if mixing else None)
             t1 = time.time()
             if args.val_only:
-                result = val_selection(run["model"], val, w_val, G, layers, p, device)
+                result = {} if args.no_attack else val_selection(run["model"], val, w_val, G, layers, p, device)
                 bal = {"error": float("nan"), "worst_group_acc": float("nan")}
             else:
                 result, _ = evaluate_classifier(run["model"], ds, p, device, G=G, latents=w_balanced, layers=layers,
@@ -69,6 +71,11 @@ def main(argv: list[str] | None = None) -> dict:
                          "semantic_robust_acc": result.get("semantic_robust_acc"),
                          "val_semantic_robust_acc": result.get("val_semantic_robust_acc"),
                          "best_epoch": run["best_epoch"], "train_s": round(t1 - t0, 1),
+                         # the epoch the val_worst_group rule keeps, and its val figures
+                         "val_worst_group_epoch": run["best_epochs"]["val_worst_group"],
+                         **{f"val_worst_group_rule_{k.removeprefix('val/')}": v for k, v in
+                            run["history"][run["best_epochs"]["val_worst_group"]].items()
+                            if k in ("val/acc", "val/worst_group_acc")},
                          "eval_s": round(time.time() - t1, 1)})
             print(json.dumps(rows[-1]), flush=True)
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"

@@ -146,6 +146,29 @@ def test_missing_keys_are_listed(tmp_path):
         load_generator(tmp_path / "broken.pt")
 
 
+def test_a_generator_with_nan_or_inf_is_refused_on_load_and_on_save(tmp_path):
+    sd = make_generator().state_dict()
+    sd["convs.1.conv.weight"][0, 0, 0, 0, 0] = float("nan")
+    torch.save({"g_ema": sd}, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match=r"nan\.pt: 1 weight tensor\(s\) hold NaN or Inf \(the first: "
+                                              r"convs\.1\.conv\.weight\)"):
+        load_generator(tmp_path / "nan.pt")
+    G = make_generator()
+    with pytest.raises(ValueError, match="refusing to write .*w_avg"):
+        save_generator(tmp_path / "g.pt", G, dict(CONFIG), torch.full((CONFIG["style_dim"],), float("inf")))
+    assert not (tmp_path / "g.pt").exists()
+
+
+def test_a_generator_whose_images_overflow_is_refused(tmp_path):
+    G = make_generator()
+    with torch.no_grad():  # finite weights, but the RGB skip sum of two near-max biases overflows float32
+        G.to_rgb1.bias.fill_(3e38)
+        G.to_rgbs[0].bias.fill_(3e38)
+    save_generator(tmp_path / "big.pt", G, dict(CONFIG), torch.zeros(CONFIG["style_dim"]))
+    with pytest.raises(CheckpointError, match=r"big\.pt: the generator makes images with NaN or Inf pixels"):
+        load_generator(tmp_path / "big.pt")
+
+
 def test_unknown_layouts_are_rejected(tmp_path):
     torch.save({"model": {}}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match=r"other\.pt.*unknown checkpoint layout"):

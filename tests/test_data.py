@@ -33,6 +33,9 @@ def test_realised_rho_and_balance(name, spurious, n_spur):
     assert set(m.split) == set(ALL_SPLITS) and m.id.is_unique
     pool = m[m.split == "pool"]
     assert len(pool) == sizes["pool"] and (pool.label == pool[spurious]).mean() == pytest.approx(1 / n_spur)
+    from advmix.data.store import mirror_invariant
+
+    assert mirror_invariant(ds.info) is (name == "synthfaces")  # a mirrored 7 is no 7: no flip augmentation
 
 
 def test_colordigits_pool_recolours_train_digits_only():

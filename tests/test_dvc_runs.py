@@ -1,5 +1,5 @@
 """Real `dvc repro` / `dvc exp run` of the classifier stage on a tiny project: a kill inside the stage, then the
-run-cache restoring earlier params without training."""
+run-cache restoring earlier params without training, evaluating or refitting."""
 
 import hashlib
 import json
@@ -17,8 +17,11 @@ from test_pipeline import dvc, make_project
 from advmix import paths
 
 TINY = {**TINY_UPSTREAM,  # every stage at its smallest: the test is about DVC, not about the networks
-        "train": {"modes": ["nominal"], "seeds": [0], "epochs": 3, "batch": 8, "width": 8}}
+        "train": {"modes": ["nominal"], "seeds": [0], "epochs": 3, "batch": 8, "width": 8},
+        "dfr": {"bases": ["nominal"]},
+        "evaluate": {"robust_images": 8, "val_robust_images": 8, "partners_k": 2, "steps": 1, "linf_steps": 1}}
 STAGE = "train@nominal-0"
+DOWNSTREAM = ("evaluate@nominal-0", "dfr@nominal-0")  # both read the classifier
 RUN_ONLY = ("seconds", "images_per_s", "resumed_from_epoch", "torch_threads")  # what may differ between runs
 
 
@@ -50,7 +53,7 @@ def project(tmp_path_factory):
         subprocess.run(["git", "commit", "-qm", message], cwd=root, env=env, check=True)
 
     commit("code and params")  # dvclive in `advmix train` needs a commit to exist (an empty repo fails)
-    res = dvc(root, env, "repro", STAGE)
+    res = dvc(root, env, "repro", STAGE, *DOWNSTREAM)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     commit("tiny run")
     return root, env
@@ -86,10 +89,16 @@ def test_a_killed_repro_finishes_on_the_rerun_and_the_run_cache_restores_earlier
     assert {k: v for k, v in resumed.items() if k not in RUN_ONLY} == {
         k: v for k, v in uninterrupted.items() if k not in RUN_ONLY}
     assert uninterrupted["val_acc"] != first["val_acc"] or md5(model) != first_model  # lr / 2 trained anew
+    evaluation = root / paths.eval_metrics("nominal", 0)
+    first_eval = evaluation.read_bytes()
+    downstream = dvc(root, env, "repro", *DOWNSTREAM)
+    assert downstream.returncode == 0, downstream.stdout[-3000:] + downstream.stderr[-3000:]
 
-    # back to the committed params through `dvc exp run`: DVC restores the first classifier, nothing trains
-    back = dvc(root, env, "exp", "run", "-S", f"train.lr={lr}", STAGE)
+    # back to the committed params through `dvc exp run`: DVC restores the first classifier, its evaluation and
+    # its DFR refit from the run-cache; nothing trains, evaluates or refits
+    back = dvc(root, env, "exp", "run", "-S", f"train.lr={lr}", STAGE, *DOWNSTREAM)
     assert back.returncode == 0, back.stdout[-3000:] + back.stderr[-3000:]
-    assert f"Stage '{STAGE}' is cached - skipping run" in back.stdout, back.stdout
-    assert "> advmix train" not in back.stdout
-    assert md5(model) == first_model and train_metrics(root) == first
+    for stage in (STAGE, *DOWNSTREAM):
+        assert f"Stage '{stage}' is cached - skipping run" in back.stdout, back.stdout
+    assert "> advmix" not in back.stdout
+    assert md5(model) == first_model and train_metrics(root) == first and evaluation.read_bytes() == first_eval

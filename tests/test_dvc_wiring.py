@@ -75,7 +75,8 @@ def test_a_new_seed_adds_only_its_own_stages(committed):
     p = load_params(committed[0] / "params.yaml")
     new = max(p.train.seeds) + 1
     changed = changed_after(committed, **{"train.seeds": [*p.train.seeds, new]})
-    assert changed == {f"{stage}@{m}-{new}" for stage in ("train", "evaluate") for m in p.train.modes} | {"report"}
+    assert changed == {f"{stage}@{m}-{new}" for stage in ("train", "evaluate") for m in p.train.modes} | {
+        f"dfr@{b}-{new}" for b in p.dfr.bases} | {"report"}
 
 
 @pytest.mark.slow

@@ -105,6 +105,17 @@ def test_group_dro_upweights_the_worst_group():
     assert losses.grad[2] > losses.grad[0] > 0
 
 
+def test_group_dro_adjustment_gives_a_small_group_more_weight():
+    losses = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    groups = torch.tensor([0, 0, 1, 1])
+    plain, adjusted = torch.full((2,), 0.5), torch.full((2,), 0.5)
+    group_dro_loss(losses, groups, plain, step_size=0.5)
+    sizes = torch.tensor([900.0, 9.0])  # the train counts: group 1 is the rare one
+    group_dro_loss(losses, groups, adjusted, step_size=0.5, adjustment=2.0 / sizes.sqrt())
+    assert plain[0] == pytest.approx(plain[1])  # equal losses: equal weights
+    assert adjusted[1] / adjusted[0] == pytest.approx(np.exp(0.5 * (2 / 3 - 2 / 30)), rel=1e-5)
+
+
 def test_augmix_changes_images_reproducibly_and_leaves_the_global_rng(one_thread):
     from advmix.attacks import AttackConfig, Batch, augmix
 

@@ -29,6 +29,7 @@ PARAMS = {
               "advmix": {"partners_k": 2, "steps": 1}},
     "evaluate": {"robust_images": 8, "val_robust_images": 8, "partners_k": 2, "steps": 1, "linf_steps": 1,
                  "worst_mixes": 4},
+    "dfr": {"bases": []},  # the DFR refits are tests/test_train.py's
 }
 STAGES = [["prepare"], ["validate"], ["probe"], ["train-gan"], ["extract"], ["analyze-layers"],
           ["train", "--mode", "nominal"], ["train", "--mode", "advmix"], ["evaluate", "--mode", "nominal"],
@@ -121,6 +122,28 @@ def test_permuted_or_stale_codes_are_refused(project, stage, split):
     info.write_text(kept.replace('"generator_sha1": "', '"generator_sha1": "0'))  # made by another generator
     fails(project, stage, 1, f"{split}.npy", "another generator", "advmix extract")
     info.write_text(kept)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [["extract"], ["analyze-layers"], ["train", "--mode", "advmix"],
+                                   ["evaluate", "--mode", "advmix"]])
+def test_a_generator_with_nan_weights_is_refused_by_every_reader(project, stage):
+    path = project / "models" / "gan" / "generator.pt"
+    payload = torch.load(path, weights_only=True)
+    name = next(k for k, v in payload["g_ema"].items() if v.is_floating_point() and v.numel() > 1)
+    payload["g_ema"][name].view(-1)[0] = float("nan")
+    torch.save(payload, path)
+    fails(project, stage, 1, "generator.pt", "NaN or Inf", name)
+
+
+@pytest.mark.slow
+def test_a_nan_classifier_is_refused(project):
+    path = project / "models" / "classifier-advmix-s0.pt"
+    payload = torch.load(path, weights_only=True)
+    name = next(iter(payload["state_dict"]))
+    payload["state_dict"][name].view(-1)[0] = float("inf")
+    torch.save(payload, path)
+    fails(project, ["evaluate", "--mode", "advmix"], 1, "classifier-advmix-s0.pt", "NaN or Inf", name)
 
 
 @pytest.mark.slow

@@ -46,6 +46,28 @@ def test_resume_after_interruption_continues_the_same_run(tmp_path):
     assert train_gan(data, other, seed=0, state_path=state)["resumed_from"] == 0
 
 
+def test_mirror_false_turns_the_flip_augmentation_off(tmp_path):
+    """Digits: a run told the images are not mirror-invariant is the run without the flip, bit for bit."""
+    data = images()
+    no_mirror = train_gan(data, GanParams(iterations=3, augment=["flip", "translation"], **TINY), seed=0,
+                          state_path=tmp_path / "a.pt", mirror=False)
+    no_flip = train_gan(data, GanParams(iterations=3, augment=["translation"], **TINY), seed=0,
+                        state_path=tmp_path / "b.pt")
+    flipped = train_gan(data, GanParams(iterations=3, augment=["flip", "translation"], **TINY), seed=0,
+                        state_path=tmp_path / "c.pt")
+    a, b, c = (r["G_ema"].state_dict() for r in (no_mirror, no_flip, flipped))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_a_non_finite_gan_loss_stops_training_naming_the_iteration(tmp_path):
+    from advmix.gan.train import GanDivergedError
+
+    bad = GanParams(iterations=50, lr=1e30, **TINY)
+    with pytest.raises(GanDivergedError, match=r"train-gan: \w+ is (nan|inf|-inf) at iteration \d+; likely"):
+        train_gan(images(), bad, seed=0, state_path=tmp_path / "state.pt")
+
+
 def test_fingerprint_tracks_params_seed_and_data():
     p, data = GanParams(**TINY), images()
     assert fingerprint(p, data, 0) == fingerprint(p.model_copy(update={"checkpoint_minutes": 9}), data, 0)

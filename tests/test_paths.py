@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from advmix import paths
+from advmix.modes import dfr_run
 from advmix.params import SPLITS, load_params
 
 ROOT = Path(__file__).parents[1]
@@ -22,6 +23,10 @@ def spelled() -> set[Path]:
         for seed in p.train.seeds:
             found |= {f(mode, seed) for f in (paths.classifier, paths.train_live_dir, paths.train_metrics,
                                               paths.eval_dir, paths.eval_by_group, paths.eval_metrics)}
+    for run in (dfr_run(base) for base in p.dfr.bases):  # a DFR refit: no dvclive folder
+        for seed in p.train.seeds:
+            found |= {f(run, seed) for f in (paths.classifier, paths.train_metrics, paths.eval_dir,
+                                             paths.eval_by_group, paths.eval_metrics)}
     return found
 
 

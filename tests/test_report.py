@@ -47,9 +47,10 @@ def write_by_group(root, mode, seed, wga):
 
 
 def write_params(root, modes, seeds=(0, 1)):
-    """params.yaml planning exactly `modes` x `seeds`."""
+    """params.yaml planning exactly `modes` x `seeds` (no DFR refit)."""
     (root / "params.yaml").write_text(f"seed: 0\ndata:\n  name: synthfaces\n  rho: 0.9\n"
-                                      f"train:\n  modes: [{', '.join(modes)}]\n  seeds: {list(seeds)}\n")
+                                      f"train:\n  modes: [{', '.join(modes)}]\n  seeds: {list(seeds)}\n"
+                                      "dfr:\n  bases: []\n")
 
 
 def write_inputs(root, modes=("nominal", "advmix", "linf"), by_group=True, extras=True):
@@ -138,7 +139,8 @@ def test_only_the_runs_the_params_plan_enter_the_report(tmp_path):
     """A DVC experiment that trains nominal and AdvMix keeps the committed eval files of the other modes."""
     write_inputs(tmp_path, by_group=False, extras=False)
     (tmp_path / "params.yaml").write_text("data:\n  name: synthfaces\n  rho: 0.9\n"
-                                          "train:\n  modes: [nominal, advmix]\n  seeds: [1]\n")
+                                          "train:\n  modes: [nominal, advmix]\n  seeds: [1]\n"
+                                          "dfr:\n  bases: []\n")
     summary = report.build_report(tmp_path)
     assert list(summary["modes"]) == ["nominal", "advmix"]
     assert summary["modes"]["nominal"]["seeds"] == [1]
@@ -319,3 +321,44 @@ def test_the_mixing_rows_and_their_held_out_figures_reach_the_summary_and_the_re
                "layers": got}
     text = report.results_section(summary, [])
     assert "W+ 0, 1" in text and "held-out half" in text and "4.5%" in text and "66.9%" in text
+
+
+def test_both_selection_rules_and_dfr_rows_with_the_labels_each_read(tmp_path):
+    """Every run under each rule: the default rule's metrics are the run's; the other rule's are its own clean
+    splits; a DFR run is planned by dfr.bases, measured clean and marked as reading val's group labels."""
+    write_inputs(tmp_path, modes=("nominal", "advmix"), by_group=False, extras=False)
+    (tmp_path / "params.yaml").write_text("data:\n  name: synthfaces\n  rho: 0.9\ntrain:\n  modes: [nominal, advmix]\n"
+                                          "  seeds: [0, 1]\ndfr:\n  bases: [nominal]\n")
+    with pytest.raises(report.ReportError, match="dfr_nominal-s0, dfr_nominal-s1"):
+        report.build_report(tmp_path)
+    wg_rule = {("nominal", 0): 0.25, ("nominal", 1): 0.15, ("advmix", 0): 0.10, ("advmix", 1): 0.05,
+               ("dfr_nominal", 0): 0.12, ("dfr_nominal", 1): 0.08}
+    for (mode, seed), err in wg_rule.items():
+        path = tmp_path / "metrics" / "eval" / f"{mode}-s{seed}.json"
+        if mode == "dfr_nominal":
+            write_eval(tmp_path, mode, seed, 0.15, 0.7, 0.1)
+        body = json.loads(path.read_text())
+        (run,) = body.values()
+        run["group_labels_read"] = "val" if mode == "dfr_nominal" else "none"
+        splits = {"test_iid": {"acc": 0.95, "error": 0.05, "worst_group_acc": 0.5},
+                  "test_balanced": {"acc": 1 - err, "error": err, "worst_group_acc": 0.9 - err}}
+        run["selection"] = {"label_free": {"epoch": 3}, "val_worst_group": {"epoch": seed, "splits": splits}}
+        path.write_text(json.dumps(body))
+    summary = report.build_report(tmp_path)
+    sel = summary["selection"]["modes"]
+    assert list(sel) == ["nominal", "advmix", "dfr_nominal"]
+    assert sel["dfr_nominal"]["group_labels_in_training"] == "val" and sel["nominal"]["group_labels_in_training"] == "none"
+    assert sel["nominal"]["label_free"]["test_balanced_error"] == pytest.approx(0.25)  # the run's own: (.3 + .2) / 2
+    assert sel["nominal"]["val_worst_group"]["test_balanced_error"] == pytest.approx(0.20)  # (.25 + .15) / 2
+    assert sel["advmix"]["val_worst_group"]["epochs"] == [0, 1]
+    assert sel["advmix"]["val_worst_group"]["test_balanced_worst_group_acc_per_seed"] == pytest.approx([0.8, 0.85])
+    gain = sel["advmix"]["val_worst_group"]["vs_nominal"]
+    assert gain["relative_error_reduction"] == pytest.approx((0.20 - 0.075) / 0.20)
+    markdown = (tmp_path / "reports" / "summary.md").read_text()
+    assert "## Model selection rules" in markdown and "| dfr_nominal | val | val_worst_group |" in markdown
+    bad = tmp_path / "metrics" / "eval" / "advmix-s1.json"
+    body = json.loads(bad.read_text())
+    next(iter(body.values()))["selection"]["val_worst_group"]["splits"]["test_balanced"]["error"] = float("nan")
+    bad.write_text(json.dumps(body))
+    with pytest.raises(report.ReportError, match="advmix-s1.json: selection.val_worst_group"):
+        report.build_report(tmp_path)

@@ -112,6 +112,34 @@ def test_model_selection_keeps_the_best_val_epoch(tiny_run, tmp_path):
     assert all("train/adv_acc" in h for h in run["history"])
 
 
+def test_each_selection_rule_keeps_the_epoch_it_names_and_its_weights(tiny_run, tmp_path):
+    from advmix.train import evaluate
+
+    p, train, val, _, _ = tiny_run
+    q = p.model_copy(update={"train": p.train.model_copy(update={"epochs": 5, "lr": 0.05, "schedule": "constant"})})
+    run = train_classifier("nominal", train, val, q, tmp_path / "state.pt", None)
+    hist = run["history"]
+    by_acc = max(range(len(hist)), key=lambda i: (hist[i]["val/acc"], -i))
+    by_wg = max(range(len(hist)), key=lambda i: (hist[i]["val/worst_group_acc"], hist[i]["val/acc"], -i))
+    assert run["best_epochs"] == {"label_free": by_acc, "val_worst_group": by_wg}
+    for rule, epoch in run["best_epochs"].items():  # the weights kept are that epoch's: they measure the same
+        model = build_model("smallcnn", 2, 16, 8)
+        model.load_state_dict(run["states"][rule])
+        again = evaluate(model, val, 64, torch.device("cpu"))
+        assert (again["acc"], again["worst_group_acc"]) == (hist[epoch]["val/acc"], hist[epoch]["val/worst_group_acc"])
+
+
+def test_select_epoch_on_a_hand_made_history():
+    from advmix.train import select_epoch
+
+    hist = [{"val/acc": a, "val/worst_group_acc": w} for a, w in [(0.90, 0.2), (0.95, 0.1), (0.93, 0.5), (0.94, 0.5),
+                                                                  (0.95, 0.0)]]
+    assert select_epoch(hist, "label_free") == 1  # the first of the two 0.95
+    assert select_epoch(hist, "val_worst_group") == 3  # 0.5 twice: the higher val accuracy
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        select_epoch(hist, "test")
+
+
 def test_lr_schedule():
     assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
     assert lr_factor(9, 100, 10, "cosine") == 1.0 and lr_factor(10, 100, 10, "cosine") == 1.0
@@ -291,11 +319,21 @@ def test_cli_train_advmix_with_a_saved_generator(project):
     (root / "params.yaml").write_text(json.dumps({"data": {"sizes": TINY_SIZES},
                                                   "train": {"modes": ["nominal", "advmix"], "seeds": [0]}}) + "\n")
     res = CliRunner().invoke(app, ["report", *CLI_SETS, *small_eval])
+    assert res.exit_code == 1 and "dfr_advmix-s0, dfr_nominal-s0" in res.output  # dfr.bases plans two refits
+    for base in ("nominal", "advmix"):  # DFR: the last layer refit on group-balanced val, measured clean
+        res = CliRunner().invoke(app, ["dfr", "--base", base, *CLI_SETS, "-S", "dfr.subsets=2"])
+        assert res.exit_code == 0, (res.output, res.exception)
+        assert f"classifier-dfr_{base}-s0.pt: label_free C " in res.output
+    refit = json.loads((root / "metrics" / "eval" / "dfr_advmix-s0.json").read_text())["eval_dfr_advmix_s0"]
+    assert refit["group_labels_read"] == "val" and "semantic_robust_acc" not in refit  # no attack
+    assert set(refit["selection"]) == {"label_free", "val_worst_group"}
+    res = CliRunner().invoke(app, ["report", *CLI_SETS, *small_eval])
     assert res.exit_code == 0, (res.output, res.exception)
     with np.load(root / "results" / "report" / "worst_mixes.npz") as npz:
         assert npz["mixed"].shape == (4, 16, 16, 3) and set(npz.files) >= {"pred_nominal", "pred_advmix", "label"}
     summary = json.loads((root / "metrics" / "summary.json").read_text())
-    assert set(summary["modes"]) == {"nominal", "advmix"}
+    assert set(summary["modes"]) == {"nominal", "advmix", "dfr_nominal", "dfr_advmix"}
+    assert summary["selection"]["modes"]["dfr_nominal"]["group_labels_in_training"] == "val"
     assert "data:image/png;base64," in (root / "reports" / "summary.html").read_text()
 
     # bench/seed_spread.py: the stages' train and evaluate calls, modes x seeds in one process, nothing written

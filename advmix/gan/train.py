@@ -13,8 +13,8 @@ averaged by hand (as in stylegan2-ada-pytorch), which keeps the double-backward 
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path

@@ -30,14 +30,16 @@ class Evaluated:
                 f"{r.get('val_semantic_robust_acc')}, {self.seconds:.0f} s")
 
 
-def load_classifier(mode: str, seed: int):
-    """The trained classifier of a run, or a StageError that says how to make it."""
+def load_classifier(mode: str, seed: int, rule: str | None = None, with_payload: bool = False):
+    """The trained classifier of a run (the weights that selection `rule` keeps; None: the default rule's), with
+    its checkpoint's other entries if asked, or a StageError that says how to make it."""
     from advmix import paths
     from advmix.models import load_classifier as load
 
     path = paths.classifier(mode, seed)
     try:
-        return load(path)[0]
+        model, payload = load(path, rule=rule)
+        return (model, payload) if with_payload else model
     except FileNotFoundError:
         raise StageError(f"{path}: no such classifier; run `advmix train --mode {mode} --seed {seed}` first") from None
     except ValueError as exc:  # a broken file
@@ -45,18 +47,13 @@ def load_classifier(mode: str, seed: int):
 
 
 def run(p, mode: str, seed: int | None = None) -> Evaluated:
-    import pandas as pd
-    import torch
-
     from advmix import paths
-    from advmix.data.store import atomic_write_bytes, atomic_write_json
     from advmix.evaluate import evaluate_classifier
-    from advmix.modes import GROUP_LABEL_MODES
     from advmix.runtime import pick_device
 
     seed = p.seed if seed is None else seed
     ds = dataset(p)
-    model = load_classifier(mode, seed)
+    model, payload = load_classifier(mode, seed, with_payload=True)
     device = pick_device(p.train.device, "train.device")
     G = latents = val_latents = layers = None
     if paths.GENERATOR.is_file() and paths.latents_file("test_balanced").is_file():
@@ -66,7 +63,40 @@ def run(p, mode: str, seed: int | None = None) -> Evaluated:
     t0 = time.time()
     result, by_group = evaluate_classifier(model, ds, p, device, G=G, latents=latents, layers=layers,
                                            val_latents=val_latents)
-    result = {"mode": mode, "seed": seed, "uses_group_labels": mode in GROUP_LABEL_MODES} | result
+    return write_result(p, ds, mode, seed, payload, result, by_group, device, t0)
+
+
+def run_clean(p, ds, mode: str, seed: int, device) -> Evaluated:
+    """The clean metrics alone (no attack): the measurement of a DFR refit, written like `run`'s."""
+    from advmix.evaluate import clean_metrics
+
+    t0 = time.time()
+    model, payload = load_classifier(mode, seed, with_payload=True)
+    splits, by_group = clean_metrics(model, ds, p, device)
+    return write_result(p, ds, mode, seed, payload, {"splits": splits}, by_group, device, t0)
+
+
+def write_result(p, ds, mode: str, seed: int, payload: dict[str, Any], result: dict[str, Any], by_group: list,
+                 device, t0: float) -> Evaluated:
+    """Add the other selection rules' epochs, measured clean (the attacks are the default rule's alone), and what
+    the run read of the group labels; write metrics/eval/<run>.json and its by_group.csv."""
+    import pandas as pd
+    import torch
+
+    from advmix import paths
+    from advmix.data.store import atomic_write_bytes, atomic_write_json
+    from advmix.evaluate import clean_metrics
+    from advmix.modes import SELECTION_RULES, group_labels_read
+
+    epochs = payload.get("selected_epochs") or {}
+    selection: dict[str, Any] = {SELECTION_RULES[0]: {"epoch": epochs.get(SELECTION_RULES[0])}}
+    for rule in SELECTION_RULES[1:]:
+        if rule in epochs:  # classifiers written before the rule existed hold only the default's weights
+            splits, _ = clean_metrics(load_classifier(mode, seed, rule=rule), ds, p, device)
+            selection[rule] = {"epoch": epochs[rule], "splits": splits}
+    read = group_labels_read(mode)
+    result = {"mode": mode, "seed": seed, "uses_group_labels": read != "none", "group_labels_read": read} | result
+    result["selection"] = selection
     result["torch_threads"] = torch.get_num_threads()  # CPU results are bitwise reproducible at the same count
     name = paths.run_name(mode, seed)
     atomic_write_bytes(paths.eval_by_group(mode, seed), pd.DataFrame(by_group).to_csv(index=False).encode())

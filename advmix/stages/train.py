@@ -67,7 +67,7 @@ def run(p, mode: str, seed: int | None = None, progress: Progress = no_progress)
     from advmix.data.store import atomic_folder, atomic_write_json
     from advmix.gan.invert import LatentsError
     from advmix.models import save_classifier
-    from advmix.modes import MIXING_MODES
+    from advmix.modes import MIXING_MODES, SELECTION_RULES
     from advmix.runtime import distributed
     from advmix.train import evaluate
 
@@ -102,12 +102,15 @@ def run(p, mode: str, seed: int | None = None, progress: Progress = no_progress)
     # ---- the kept epoch: saved, then measured on every labelled split ----
     model = run["model"]
     path = paths.classifier(mode, seed)
+    default_rule, *other_rules = SELECTION_RULES
     save_classifier(path, model, run["config"], extra={
         "mode": mode, "best_epoch": run["best_epoch"], "best_val_acc": run["best_val_acc"], "seed": seed,
-        "layers": layers, "partners": p.mixing.partners if mode in MIXING_MODES else None})
+        "layers": layers, "partners": p.mixing.partners if mode in MIXING_MODES else None,
+        "default_rule": default_rule, "selected_epochs": run["best_epochs"]},
+        rule_states={rule: run["states"][rule] for rule in other_rules})
     device = torch.device(run["device"])
     model = model.to(device)
-    out = {"best_epoch": run["best_epoch"], "epochs": run["epochs"], "seconds": round(run["seconds"], 2),
+    out = {"best_epoch": run["best_epoch"], "selected_epochs": run["best_epochs"], "epochs": run["epochs"], "seconds": round(run["seconds"], 2),
            "images_per_s": round(run["images_per_s"], 2), "resumed_from_epoch": run["resumed_from"]["epoch"],
            "torch_threads": torch.get_num_threads()}  # CPU results are bitwise reproducible at the same count
     for split in EVAL_SPLITS:
