@@ -290,14 +290,16 @@ def run_cmd(
     """
     import json
 
-    from flows.pipeline import ProjectError, advmix_pipeline, check_project
+    from flows.project import ProjectError, check_project
 
     root = Path.cwd()
-    _load(root / "params.yaml", set_)  # a bad key exits 2 before Prefect starts
+    _load(root / "params.yaml", set_)  # a bad key or folder exits 2 before Prefect is imported
     try:
         check_project(root)
     except ProjectError as exc:
         raise _fail(str(exc), 2) from None
+    from flows.pipeline import advmix_pipeline
+
     state = advmix_pipeline(stages=stage or None, force=force, params_overrides=_overrides(set_) or None,
                             root=str(root), return_state=True)
     if not state.is_completed():

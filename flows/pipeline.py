@@ -33,6 +33,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.project import check_project
+
 VALIDATION_STAGES = frozenset({"validate"})  # never retried; a failure stops the flow
 STAGE_RETRIES = 2
 STAGE_RETRY_DELAYS = [30, 120]  # seconds before the first and the second retry
@@ -46,30 +48,6 @@ _PERMANENT_OS_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, N
 
 class DataValidationError(RuntimeError):
     """The validate stage failed: the data broke an expectation (or could not be checked)."""
-
-
-class ProjectError(ValueError):
-    """The folder is no pipeline that DVC can run to the end: no dvc.yaml, or a params.yaml lacking a section."""
-
-
-def check_project(root: str | Path) -> None:
-    """Refuse, before any stage runs, a folder on which `dvc repro` would fail midway.
-
-    advmix fills a missing params section with its defaults, but DVC reads every declared key from params.yaml
-    itself, fails inside the stage, and deletes that stage's earlier outputs on the way."""
-    import yaml
-
-    from advmix.params import Params
-
-    root = Path(root)
-    if not (root / "dvc.yaml").is_file():
-        raise ProjectError(f"{root}: no dvc.yaml; run `advmix run` from the project folder")
-    path = root / "params.yaml"
-    raw = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}
-    missing = [f.alias or name for name, f in Params.model_fields.items() if (f.alias or name) not in raw]
-    if missing:
-        raise ProjectError(f"{path}: no {', '.join(missing)} section (DVC reads every key from the file); "
-                           "run `advmix params --write` to write the defaults in")
 
 
 # ---------------------------------------------------------------- retries

@@ -309,5 +309,11 @@ def test_run_refuses_a_params_file_without_a_section_before_dvc_starts(project):
     del tree["probe"]
     path.write_text(yaml.safe_dump(tree))
     fails(project, ["run"], 2, "params.yaml: no probe section", "advmix params --write")
+    # ... and before Prefect is imported: Prefect's log handlers keep the stderr of the moment, which in-process
+    # callers (CliRunner, notebooks) close afterwards, and every later flow in that process then fails to log
+    code = ("import sys; from typer.testing import CliRunner; from advmix.cli import app; "
+            "r = CliRunner().invoke(app, ['run']); assert r.exit_code == 2, r.output; print('prefect' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True, check=False)
+    assert res.returncode == 0 and res.stdout.strip() == "False", res.stdout + res.stderr
     assert invoke("params", "--write").exit_code == 0  # the fix the message names
     assert "probe" in yaml.safe_load(path.read_text())
