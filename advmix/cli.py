@@ -243,7 +243,7 @@ def report_cmd(
 
     p = _load(params, set_)
     if results_doc is not None:
-        _stage(stage.rewrite_results_doc, p, results_doc)
+        _stage(stage.rewrite_results_doc, results_doc)
         typer.echo(f"{results_doc}: the generated section rewritten from {paths.SUMMARY_METRICS}")
         return
     typer.echo(_stage(stage.run, p, allow_missing).summary())

@@ -335,6 +335,11 @@ def test_cli_train_advmix_with_a_saved_generator(project):
     assert set(summary["modes"]) == {"nominal", "advmix", "dfr_nominal", "dfr_advmix"}
     assert summary["selection"]["modes"]["dfr_nominal"]["group_labels_in_training"] == "val"
     assert "data:image/png;base64," in (root / "reports" / "summary.html").read_text()
+    doc = root / "results.md"  # the generated section of docs/results.md, DFR refits included
+    doc.write_text("head\n<!-- results: advmix report --results-doc -->\nold\n<!-- /results -->\ntail\n")
+    res = CliRunner().invoke(app, ["report", *CLI_SETS, "--results-doc", str(doc)])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "| dfr_advmix |" in doc.read_text() and "old" not in doc.read_text()
 
     # bench/seed_spread.py: the stages' train and evaluate calls, modes x seeds in one process, nothing written
     import importlib.util

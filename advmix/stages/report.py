@@ -60,16 +60,16 @@ def run(p, allow_missing: bool = False) -> Reported:
     return Reported(summary)
 
 
-def rewrite_results_doc(p, doc: Path) -> None:
+def rewrite_results_doc(doc: Path) -> None:
     """Only the generated section of `doc` (docs/results.md), from metrics/summary.json and metrics/eval/."""
     import json
 
     from advmix import paths
-    from advmix.report import read_runs, replace_results_section, results_section
+    from advmix.report import read_params, read_runs, replace_results_section, results_section
 
     try:
         summary = json.loads(paths.SUMMARY_METRICS.read_text())
-        runs = read_runs(Path("."), {(m, s) for m in p.train.modes for s in p.train.seeds})
+        runs = read_runs(Path("."), read_params(paths.PARAMS)[3])  # the report's plan: DFR refits included
         replace_results_section(doc, results_section(summary, runs))
     except (FileNotFoundError, ValueError) as exc:
         raise StageError(str(exc)) from None
