@@ -79,7 +79,7 @@ def fit_layer(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: int, 
         if len(classes) < 2:
             raise ValueError(f"a group-balanced draw of {len(rows)} val images holds one class only; DFR needs "
                              "val images of every class (raise data.sizes.val)")
-        fit = LogisticRegression(penalty="l1", C=strength, solver="liblinear",
+        fit = LogisticRegression(l1_ratio=1.0, C=strength, solver="liblinear",  # l1_ratio 1: the l1 penalty
                                  random_state=int(rng.integers(2**31))).fit(x[rows], y[rows])
         if len(classes) == 2:  # one score row, for the second class: logits (0, s) give the same argmax
             weight[classes[1]] += fit.coef_[0]
