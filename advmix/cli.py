@@ -293,9 +293,9 @@ def run_cmd(
     from flows.project import ProjectError, check_project
 
     root = Path.cwd()
-    _load(root / "params.yaml", set_)  # a bad key or folder exits 2 before Prefect is imported
+    _load(root / "params.yaml", set_)  # a bad key exits 2
     try:
-        check_project(root)
+        check_project(root)  # so does a bad folder, before Prefect is imported
     except ProjectError as exc:
         raise _fail(str(exc), 2) from None
     from flows.pipeline import advmix_pipeline

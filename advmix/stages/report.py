@@ -69,7 +69,8 @@ def rewrite_results_doc(doc: Path) -> None:
 
     try:
         summary = json.loads(paths.SUMMARY_METRICS.read_text())
-        runs = read_runs(Path("."), read_params(paths.PARAMS)[3])  # the report's plan: DFR refits included
+        *_, planned = read_params(paths.PARAMS)  # the report's plan: DFR refits included
+        runs = read_runs(Path("."), planned)
         replace_results_section(doc, results_section(summary, runs))
     except (FileNotFoundError, ValueError) as exc:
         raise StageError(str(exc)) from None
