@@ -19,17 +19,15 @@ from `rng` (a CPU torch.Generator), so an attack is reproducible for a fixed gen
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advmix.mixing import mix
-
-PARTNER_RULES = ("any", "same_label")
+from advmix.mixing import mix, partner_key
+from advmix.models import eval_mode
 
 
 @dataclass(frozen=True)
@@ -94,11 +92,9 @@ class LatentBank:
 
     def pools(self, rule: str, strata: int = 0, layers: Sequence[int] = ()) -> _Pools:
         """The rule's pools (one per class under same_label, one under any), split into strata; cached."""
-        if rule not in PARTNER_RULES:
-            raise ValueError(f"partner rule {rule!r}: expected one of {PARTNER_RULES}")
+        base = partner_key(self.labels, rule)
         key = (rule, strata, tuple(layers) if strata else ())
         if key not in self._pools:
-            base = self.labels if rule == "same_label" else torch.zeros_like(self.labels)
             sub = torch.zeros_like(base)
             if strata:
                 if not layers:
@@ -118,7 +114,7 @@ class LatentBank:
         pools = self.pools(rule, strata, layers)
         y = y.detach().cpu().long()
         n = len(y)
-        base = y if rule == "same_label" else torch.zeros(n, dtype=torch.long)
+        base = partner_key(y, rule)
         missing = sorted({c for c in base.tolist() if c >= len(pools.n_sub) or pools.n_sub[c] == 0})
         if missing:
             raise ValueError(f"partner rule {rule}: the bank has no example of class(es) {missing}")
@@ -188,17 +184,6 @@ def kmeans(x: Tensor, c: int, g: torch.Generator, iters: int = 25, restarts: int
     return torch.unique(best, return_inverse=True)[1]  # renumbered without empty clusters
 
 
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """The model in eval mode inside the block, back in the mode it came in after it."""
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was)
-
-
 def _frozen(G: nn.Module) -> nn.Module:
     G.eval().requires_grad_(False)
     return G
@@ -211,9 +196,8 @@ def _compose(img: Tensor, residual: Tensor | None) -> Tensor:
     return img.clamp(-1.0, 1.0)
 
 
-def _residual(G: nn.Module, batch: Batch, cfg: AttackConfig) -> Tensor | None:
-    if not cfg.residual:
-        return None
+def _residual(G: nn.Module, batch: Batch) -> Tensor:
+    """x - G(w_x): what inversion lost, added back to every mix of the example."""
     with torch.no_grad():
         return batch.x.float() - G.synthesis(batch.w, noise_mode="const").float()
 
@@ -239,7 +223,7 @@ def advmix_attack(model: nn.Module, batch: Batch, latents: LatentBank, G: nn.Mod
     n, k = len(y), cfg.k
     rows = torch.arange(n, device=x.device)
     with eval_mode(model):
-        residual = _residual(G, batch, cfg)
+        residual = _residual(G, batch) if cfg.residual else None
         with torch.no_grad():  # every hard mix in one generator pass of N*K codes
             cand = latents.partners(y, k, cfg.partners, rng, batch.index, cfg.strata, layers).to(latents.w.device)
             w_p = latents.w[cand].to(w_x.device, w_x.dtype)  # [N, K, L, D]
@@ -276,7 +260,7 @@ def randmix(model: nn.Module, batch: Batch, latents: LatentBank, G: nn.Module, c
     G = _frozen(G)
     x, y, w_x = batch.x, batch.y, batch.w
     with torch.no_grad():
-        residual = _residual(G, batch, cfg)
+        residual = _residual(G, batch) if cfg.residual else None
         cand = latents.partners(y, 1, cfg.partners, rng, batch.index)[:, 0].to(latents.w.device)
         alpha = torch.rand(len(y), len(cfg.layers), generator=rng).to(x.device, w_x.dtype)
         ws = mix(w_x, latents.w[cand].to(w_x.device, w_x.dtype), alpha, list(cfg.layers))
@@ -306,14 +290,16 @@ def augmix(model: nn.Module, batch: Batch, latents: LatentBank | None, G: nn.Mod
     """AugMix (torchvision) on each image; its random draws are seeded from `rng`, the global RNG is left alone."""
     from torchvision.transforms import AugMix
 
+    from advmix.images import from_uint8, to_uint8
+
     severity, width, depth = cfg.augmix
     aug = AugMix(severity=severity, mixture_width=width, chain_depth=depth)
-    x8 = ((batch.x.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    x8 = torch.from_numpy(to_uint8(batch.x)).permute(0, 3, 1, 2)  # AugMix reads uint8 images
     seed = int(torch.randint(0, 2**62, (1,), generator=rng))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         out = torch.stack([aug(img) for img in x8])  # one draw of chains per image, not one per batch
-    return (out.float() / 127.5 - 1.0).to(batch.x.device, batch.x.dtype), batch.y
+    return from_uint8(out).to(batch.x.device, batch.x.dtype), batch.y
 
 
 Attack = Callable[[nn.Module, Batch, "LatentBank | None", "nn.Module | None", AttackConfig, torch.Generator],

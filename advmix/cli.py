@@ -1,4 +1,4 @@
-"""The `advmix` command: one subcommand per pipeline stage.
+"""The `advmix` command: one subcommand per pipeline stage, each a thin wrapper of advmix.stages.<stage>.run.
 
 Heavy libraries are imported inside each command so that `advmix --help` stays fast.
 Progress goes to stderr, results to stdout; any failure exits non-zero so DVC stops.
@@ -6,12 +6,14 @@ Progress goes to stderr, results to stdout; any failure exits non-zero so DVC st
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from advmix.modes import NAMES as MODE_NAMES  # a leaf module: no torch
+from advmix import paths  # leaf modules: no torch
+from advmix.modes import REGISTRY
 from advmix.progress import bar
 
 app = typer.Typer(help="advmix: adversarial mixing with disentangled representations. One command per stage.",
@@ -19,57 +21,64 @@ app = typer.Typer(help="advmix: adversarial mixing with disentangled representat
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file", dir_okay=False)]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="override a param: -S data.rho=0.9")]
-_command: str | None = None  # the subcommand being run, for _load
-
-
-@app.callback()
-def _subcommand(ctx: typer.Context) -> None:
-    global _command
-    _command = ctx.invoked_subcommand
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True, soft_wrap=True)  # an error stays one line however narrow the terminal
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="training seed of the classifier (default: `seed`)")]
+NO_TORCH = ("params", "prepare", "validate", "run", "sweep")  # run and sweep start advmix processes that count
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    _console().print(f"[bold red]error:[/] {message}", highlight=False)
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)  # one line
     return typer.Exit(code)
 
 
-def _overrides(items: list[str] | None) -> dict:
-    """`-S key=value` options as {dotted key: YAML value}."""
-    import yaml
-
-    parsed = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise _fail(f"--set {item!r}: expected KEY=VALUE", 2)
-        parsed[key] = yaml.safe_load(value)
-    return parsed
-
-
-def _load(params_path: Path, overrides: list[str] | None = None):
+def _load(params_path: Path, overrides: list[str] | None, command: str):
     """Params or a clean exit naming the bad key; a torch stage then takes its share of the CPU cores."""
-    from advmix.params import ParamsError, load_params
+    from advmix.params import ParamsError, load_params, parse_overrides
     from advmix.runtime import set_threads
 
     try:
-        loaded = load_params(params_path, _overrides(overrides))
+        loaded = load_params(params_path, parse_overrides(overrides))
     except ParamsError as exc:
         raise _fail(str(exc), 2) from None
-    # no torch work in these (run and sweep start other advmix processes, which count themselves)
-    if _command not in ("params", "prepare", "validate", "run", "sweep"):
+    if command not in NO_TORCH:
         set_threads()
     return loaded
 
 
+def _call(fn, *args):
+    """fn(*args), with a StageError (a user's mistake or a broken file) as one clean line and its exit code."""
+    from advmix.stages import StageError
+
+    try:
+        return fn(*args)
+    except StageError as exc:
+        raise _fail(str(exc), exc.code) from None
+
+
+def _run(command: str, module: str, params: Path, set_: list[str] | None, *args):
+    """advmix.stages.<module>.run(params, *args); prints its summary (ranks other than 0 of a torchrun return None)
+    and any warning."""
+    done = _call(importlib.import_module(f"advmix.stages.{module}").run, _load(params, set_, command), *args)
+    if done is not None:
+        typer.echo(done.summary())
+    if getattr(done, "warning", None):
+        typer.echo(f"warning: {done.warning}", err=True)
+    return done
+
+
+def _mode(mode: str, refits: bool = False) -> str:
+    from advmix.modes import check_run
+
+    try:
+        return check_run(mode, refits)
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+
+
 @app.command("params")
 def params_cmd(
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = paths.PARAMS,
     set_: SetOpt = None,
     profile: Annotated[str | None, typer.Option(help="start from profiles/NAME.yaml (cpu, gpu, celeba-gpu) or a file")
                        ] = None,
@@ -79,57 +88,25 @@ def params_cmd(
 
     The source is --profile when given, else the params file; -S overrides apply on top. Written files keep the
     comments of profiles/cpu.yaml."""
-    from advmix.data.store import atomic_write_bytes
-    from advmix.params import PROFILES_DIR, TEMPLATE_PROFILE, ParamsError, load_profile, profile_path, render_params
+    from advmix.files import atomic_write_bytes
+    from advmix.params import ParamsError, params_text, parse_overrides
 
-    template = Path(PROFILES_DIR) / f"{TEMPLATE_PROFILE}.yaml"
     try:
-        source = profile_path(profile) if profile else params
-        resolved = load_profile(profile, _overrides(set_)) if profile else _load(params, set_)
+        text = params_text(params, profile, parse_overrides(set_))
     except ParamsError as exc:
         raise _fail(str(exc), 2) from None
-    text = render_params(resolved, template.read_text() if template.is_file() else None)
-    if profile and not (template.is_file() and source.resolve() == template.resolve()):
-        text = f"# written by `advmix params --profile {profile} --write`: {source} over {template}\n" + text
     if not write:
         typer.echo(text, nl=False)
         return
     atomic_write_bytes(params, text.encode())
-    _console().print(f"wrote {params}: {source}{' with ' + ', '.join(set_) if set_ else ''}", highlight=False)
-
-
-def _stage(run, *args, **kwargs):
-    """A stage's `run`, with its StageError as one clean line and exit code."""
-    from advmix.stages import StageError
-
-    try:
-        return run(*args, **kwargs)
-    except StageError as exc:
-        raise _fail(str(exc), exc.code) from None
-
-
-def _mode(mode: str, refits: bool = False) -> str:
-    """A training mode, or with `refits` also a DFR run dfr_<mode>."""
-    from advmix.modes import DFR_PREFIX
-
-    if mode not in MODE_NAMES and not (refits and mode.removeprefix(DFR_PREFIX) in MODE_NAMES):
-        extra = f" (or {DFR_PREFIX}<one of them>)" if refits else ""
-        raise _fail(f"--mode {mode!r}: expected one of {', '.join(MODE_NAMES)}{extra}", 2)
-    return mode
+    typer.echo(f"wrote {params}: {profile or params}{' with ' + ', '.join(set_) if set_ else ''}", err=True)
 
 
 def _plain_stage(name: str, module: str, doc: str) -> None:
-    """Register `advmix <name>`: load the params, run advmix.stages.<module>.run with a progress bar, print its
-    summary (ranks other than 0 of a torchrun return None) and any warning."""
+    """Register `advmix <name>`: advmix.stages.<module>.run with a progress bar."""
 
-    def command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-        import importlib
-
-        done = _stage(importlib.import_module(f"advmix.stages.{module}").run, _load(params, set_), bar)
-        if done is not None:
-            typer.echo(done.summary())
-        if getattr(done, "warning", None):
-            typer.echo(f"warning: {done.warning}", err=True)
+    def command(params: ParamsOpt = paths.PARAMS, set_: SetOpt = None) -> None:
+        _run(name, module, params, set_, bar)
 
     command.__doc__ = doc
     app.command(name)(command)
@@ -139,19 +116,16 @@ _plain_stage("prepare", "prepare", "Build the dataset named by data.name into da
 
 
 @app.command()
-def validate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+def validate(params: ParamsOpt = paths.PARAMS, set_: SetOpt = None) -> None:
     """Run the Great Expectations suites on the prepared dataset; exit 1 on any failed expectation."""
-    from advmix import paths
     from advmix.stages import validate as stage
 
-    done = _stage(stage.run, _load(params, set_))
-    report = done.report
-    if not report.success:
-        for f in report.failures:
-            _console().print(f"[red]FAILED[/] {f.name} ({f.expectation}"
-                             f"{', column ' + f.column if f.column else ''}): observed {f.observed}", highlight=False)
-        raise _fail(f"data validation failed: {len(report.failures)} of {report.evaluated} expectations; "
-                    f"see {paths.validation_dir() / 'index.html'}")
+    done = _call(stage.run, _load(params, set_, "validate"))
+    if done.failures():
+        for line in done.failures():
+            typer.secho(line, fg="red", err=True)
+        raise _fail(f"data validation failed: {len(done.failures())} of {done.report.evaluated} expectations; "
+                    f"see {paths.validation_page()}")
     typer.echo(done.summary())
 
 
@@ -165,66 +139,41 @@ _plain_stage("analyze-layers", "analyze_layers", "Swap each W+ layer between ran
              "measure label change and nuisance transfer; pick `auto`.")
 
 
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="training seed of the classifier (default: `seed`)")]
-
-
 @app.command("train")
-def train_cmd(
-    mode: Annotated[str, typer.Option("--mode", help=" | ".join(MODE_NAMES))] = "nominal",
-    seed: SeedOpt = None,
-    params: ParamsOpt = Path("params.yaml"),
-    set_: SetOpt = None,
-) -> None:
+def train_cmd(mode: Annotated[str, typer.Option("--mode", help="; ".join(f"{m.name}: {m.summary}" for m in REGISTRY))
+                               ] = "nominal",
+              seed: SeedOpt = None, params: ParamsOpt = paths.PARAMS, set_: SetOpt = None) -> None:
     """Train the classifier of one mode and seed (the best val epoch is kept); a killed run resumes.
 
     Writes models/classifier-<mode>-s<seed>.pt, the dvclive folder results/train/<mode>-s<seed>/ and
     metrics/train/<mode>-s<seed>.json. Several GPUs: `torchrun --nproc_per_node N $(which advmix) train ...`.
     """
-    from advmix.stages import train as stage
-
-    mode = _mode(mode)
-    done = _stage(stage.run, _load(params, set_), mode, seed, bar)
-    if done is not None:  # None on torchrun ranks other than 0
-        typer.echo(done.summary())
+    _run("train", "train", params, set_, _mode(mode), seed, bar)
 
 
 @app.command("evaluate")
-def evaluate_cmd(
-    mode: Annotated[str, typer.Option("--mode", help="the trained mode to evaluate, or dfr_<mode>")] = "nominal",
-    seed: SeedOpt = None,
-    params: ParamsOpt = Path("params.yaml"),
-    set_: SetOpt = None,
-) -> None:
+def evaluate_cmd(mode: Annotated[str, typer.Option("--mode", help="a trained mode, or dfr_<mode>")] = "nominal",
+                 seed: SeedOpt = None, params: ParamsOpt = paths.PARAMS, set_: SetOpt = None) -> None:
     """Evaluate one classifier: accuracy, group and fairness metrics, ECE, semantic and pixel robustness.
 
     Writes metrics/eval/<mode>-s<seed>.json and results/eval/<mode>-s<seed>/by_group.csv. The attacks draw from
     `seed` (not the classifier's seed), so every classifier meets the same test images and partners.
     """
-    from advmix.stages import evaluate as stage
-
-    mode = _mode(mode, refits=True)
-    typer.echo(_stage(stage.run, _load(params, set_), mode, seed).summary())
+    _run("evaluate", "evaluate", params, set_, _mode(mode, refits=True), seed)
 
 
 @app.command("dfr")
-def dfr_cmd(
-    base: Annotated[str, typer.Option("--base", help="the trained mode whose last layer is refit")] = "nominal",
-    seed: SeedOpt = None,
-    params: ParamsOpt = Path("params.yaml"),
-    set_: SetOpt = None,
-) -> None:
+def dfr_cmd(base: Annotated[str, typer.Option("--base", help="the trained mode whose last layer is refit")] = "nominal",
+            seed: SeedOpt = None, params: ParamsOpt = paths.PARAMS, set_: SetOpt = None) -> None:
     """Deep Feature Reweighting: refit the last layer of a trained classifier on group-balanced val (reads the
     group labels of val only). Writes models/classifier-dfr_<base>-s<seed>.pt and metrics/train/dfr_<base>-s<seed>.json.
     """
-    from advmix.stages import dfr as stage
-
-    base = _mode(base)
-    typer.echo(_stage(stage.run, _load(params, set_), base, seed).summary())
+    _run("dfr", "dfr", params, set_, _mode(base), seed)
 
 
 @app.command("report")
 def report_cmd(
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = paths.PARAMS,
     set_: SetOpt = None,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="a partial report when planned runs lack "
                                                 "their evaluation (it says so)")] = False,
@@ -238,15 +187,7 @@ def report_cmd(
     Reads metrics/eval/ and results/eval/ (the evaluate stages), the earlier stages' figures and metrics, and
     shows the AdvMix mixes that hurt the nominal model of `seed` most, with the AdvMix model's answers beside.
     """
-    from advmix import paths
-    from advmix.stages import report as stage
-
-    p = _load(params, set_)
-    if results_doc is not None:
-        _stage(stage.rewrite_results_doc, results_doc)
-        typer.echo(f"{results_doc}: the generated section rewritten from {paths.SUMMARY_METRICS}")
-        return
-    typer.echo(_stage(stage.run, p, allow_missing).summary())
+    _run("report", "report", params, set_, allow_missing, results_doc)
 
 
 @app.command("sweep")
@@ -264,16 +205,10 @@ def sweep_cmd(
     """
     from advmix import sweep
 
-    if queue == plot:
-        raise _fail("give exactly one of --queue and --plot", 2)
     try:
-        if queue:
-            sweep.queue(tuple(rho or sweep.RHOS), small, echo=typer.echo)
-            typer.echo("queued; start with `dvc queue start -j 1` (or -j N), follow with `dvc queue status`")
-        else:
-            typer.echo(sweep.plot_experiments(_load(Path("params.yaml"), None).data.name))
+        sweep.command(queue, plot, rho, small, _load(paths.PARAMS, None, "sweep").data.name, echo=typer.echo)
     except sweep.SweepError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(str(exc), exc.code) from None
 
 
 @app.command("run")
@@ -290,21 +225,16 @@ def run_cmd(
     """
     import json
 
-    from flows.project import ProjectError, check_project
+    from advmix.params import parse_overrides
+    from flows.project import ProjectError, run_pipeline
 
     root = Path.cwd()
-    _load(root / "params.yaml", set_)  # a bad key exits 2
+    _load(root / paths.PARAMS, set_, "run")  # a bad key exits 2
     try:
-        check_project(root)  # so does a bad folder, before Prefect is imported
+        result = run_pipeline(root, stage, force, parse_overrides(set_))
     except ProjectError as exc:
-        raise _fail(str(exc), 2) from None
-    from flows.pipeline import advmix_pipeline
-
-    state = advmix_pipeline(stages=stage or None, force=force, params_overrides=_overrides(set_) or None,
-                            root=str(root), return_state=True)
-    if not state.is_completed():
-        raise _fail(f"pipeline {state.name.lower()}: {state.message}")
-    typer.echo(json.dumps(state.result(), indent=2, default=str))
+        raise _fail(str(exc), exc.code) from None
+    typer.echo(json.dumps(result, indent=2, default=str))
 
 
 if __name__ == "__main__":

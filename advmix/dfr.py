@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from advmix.data.store import Dataset
+from advmix.groups import worst_group_acc
 
 
 @dataclass
@@ -45,8 +46,8 @@ def features(model, images: np.ndarray, batch: int, device) -> np.ndarray:
     """The inputs of the last linear layer for uint8 N x H x W x 3 images (float64, N x d)."""
     import torch
 
-    from advmix.attacks import eval_mode
-    from advmix.probes import to_tensor
+    from advmix.images import to_tensor
+    from advmix.models import eval_mode
 
     seen: list[np.ndarray] = []
     hook = last_linear(model).register_forward_hook(lambda m, args, out: seen.append(args[0].double().cpu().numpy()))
@@ -90,11 +91,6 @@ def fit_layer(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: int, 
     return weight / subsets, bias / subsets
 
 
-def worst_group_acc(logits: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
-    ok = logits.argmax(1) == y
-    return float(min(ok[groups == g].mean() for g in np.unique(groups)))
-
-
 def halves(groups: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Two disjoint halves of the rows, each group split as evenly as it can be (a group of one goes first)."""
     first, second = [], []
@@ -122,7 +118,7 @@ def refit(model, val: Dataset, strengths: list[float], subsets: int, seed: int, 
     scores: dict[float, float] = {}
     for c in strengths:
         w, b = fit_layer(z[fit_rows], y[fit_rows], groups[fit_rows], n_classes, c, subsets, rng)
-        scores[c] = worst_group_acc(z[score_rows] @ w.T + b, y[score_rows], groups[score_rows])
+        scores[c] = worst_group_acc((z[score_rows] @ w.T + b).argmax(1) == y[score_rows], groups[score_rows])
     best = max(strengths, key=lambda c: (scores[c], -strengths.index(c)))
     w, b = fit_layer(z, y, groups, n_classes, best, subsets, rng)
     out = copy.deepcopy(model).cpu().eval()

@@ -23,16 +23,15 @@ from typing import Any
 import numpy as np
 
 from advmix.data.store import Dataset
-
-EVAL_SPLITS = ("val", "test_iid", "test_balanced", "test_flipped")
+from advmix.params import EVAL_SPLITS
 
 
 def predict(model, images: np.ndarray, batch: int, device) -> np.ndarray:
     """Class probabilities (float64, N x C) of uint8 N x H x W x 3 images."""
     import torch
 
-    from advmix.attacks import eval_mode
-    from advmix.probes import to_tensor
+    from advmix.images import to_tensor
+    from advmix.models import eval_mode
 
     out = []
     with eval_mode(model), torch.no_grad():
@@ -69,6 +68,8 @@ def split_metrics(probs: np.ndarray, ds: Dataset, train_groups: np.ndarray, bins
     """Metrics of one split from its predicted probabilities; also its by-group rows (for by_group.csv)."""
     from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference, true_positive_rate
 
+    from advmix.groups import group_accuracy
+
     y = ds.manifest["label"].to_numpy().astype(int)
     pred = probs.argmax(1)
     ok = pred == y
@@ -76,7 +77,7 @@ def split_metrics(probs: np.ndarray, ds: Dataset, train_groups: np.ndarray, bins
     n_groups = int(max(groups.max(initial=0), train_groups.max(initial=0))) + 1
     names = group_names(ds.info, n_groups)
     prop = np.bincount(train_groups, minlength=n_groups) / max(1, len(train_groups))
-    acc_of = {g: float(ok[groups == g].mean()) for g in np.unique(groups)}
+    acc_of = group_accuracy(ok, groups)
     present = list(acc_of)
     weights = prop[present] / prop[present].sum() if prop[present].sum() > 0 else np.full(len(present), 1 / len(present))
     out: dict[str, Any] = {
@@ -139,14 +140,16 @@ def attack_configs(p, layers: list[int] | None):
 
 def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | None, p, device, *,
                rows: np.ndarray | None = None, pixel: bool = True) -> dict[str, Any]:
-    """Semantic (AdvMix) and pixel (PGD) robust accuracy and mix change error on `rows` of `ds`.
+    """Semantic (AdvMix) and pixel (PGD) robust accuracy and mix change error on `rows` of `ds`: EvalResult's
+    fields of the same names (advmix/results.py).
 
     `rows`: default, a seeded group-stratified subset of `evaluate.robust_images`. `pixel`: also PGD.
     """
     import torch
 
     from advmix.attacks import Batch, LatentBank, advmix_attack, pgd_linf, randmix
-    from advmix.probes import to_tensor
+    from advmix.images import to_tensor
+    from advmix.results import epsilon_label
 
     e = p.evaluate
     if rows is None:
@@ -189,8 +192,8 @@ def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | 
     out: dict[str, Any] = {"robust_images": int(n), "robust_clean_acc": counts["clean"] / n,
                            "semantic_robust_acc": counts["semantic"] / n if bank is not None else None,
                            "mix_change_error": counts["changed"] / counts["mixes"] if counts["mixes"] else None}
-    for eps in epsilons:
-        out[f"linf_robust_acc_{round(eps * 255)}"] = counts[f"linf_{eps}"] / n
+    if epsilons:
+        out["pgd_robust_acc"] = {epsilon_label(eps): counts[f"linf_{eps}"] / n for eps in epsilons}
     return out
 
 
@@ -251,7 +254,7 @@ def worst_mixes(models: dict[str, Any], ds: Dataset, w: np.ndarray, G, layers: l
     import torch
 
     from advmix.attacks import Batch, LatentBank, advmix_attack
-    from advmix.probes import to_tensor
+    from advmix.images import to_tensor, to_uint8
 
     e = p.evaluate
     rows = stratified_subset(ds.manifest["group"].to_numpy(), min(e.robust_images, 128), p.seed)
@@ -268,8 +271,7 @@ def worst_mixes(models: dict[str, Any], ds: Dataset, w: np.ndarray, G, layers: l
         loss = torch.nn.functional.cross_entropy(first(x_adv).float(), batch.y, reduction="none")
         order = torch.argsort(loss, descending=True)[: e.worst_mixes].cpu()
         out = {"clean": ds.images[rows[order.numpy()]],
-               "mixed": ((x_adv[order.to(device)].float().cpu().permute(0, 2, 3, 1) + 1) * 127.5).round()
-               .clamp(0, 255).to(torch.uint8).numpy(),
+               "mixed": to_uint8(x_adv[order.to(device)]),
                "label": batch.y[order.to(device)].cpu().numpy()}
         for name, model in models.items():
             model = model.to(device).eval()

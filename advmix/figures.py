@@ -7,15 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from advmix.data.store import atomic_write_bytes
-
-
-def to_uint8(images) -> np.ndarray:
-    """A [-1, 1] tensor N x 3 x H x W, or uint8 N x H x W x 3, as uint8 N x H x W x 3."""
-    if isinstance(images, np.ndarray) and images.dtype == np.uint8:
-        return images
-    x = images.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().byte()
-    return x.permute(0, 2, 3, 1).numpy()
+from advmix.files import atomic_write_bytes
+from advmix.images import to_uint8
 
 
 def grid(images, ncol: int, pad: int = 1, scale: int = 1) -> np.ndarray:

@@ -14,18 +14,27 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
-PRESETS = ("coarse", "middle", "fine", "middle+fine")
+from advmix.modes import LAYER_PRESETS, PARTNER_RULES
+
+
+def partner_key(labels, rule: str):
+    """Rows may be partners when their keys are equal: the class under same_label, one key for all under any.
+
+    `labels`: a numpy array or a tensor; the key has its type and dtype."""
+    if rule not in PARTNER_RULES:
+        raise ValueError(f"partner rule {rule!r}: expected one of {PARTNER_RULES}")
+    return labels if rule == "same_label" else labels * 0
 
 
 def layer_groups(resolution: int) -> dict[str, list[int]]:
+    """The W+ indices of each of LAYER_PRESETS at `resolution` (the module docstring says how)."""
     n_res = int(math.log2(resolution)) - 1  # resolutions 4 .. resolution
     per = math.ceil(2 * n_res / 9)
     coarse = list(range(2 * per))
     middle = list(range(2 * per, min(4 * per, 2 * n_res)))
     fine = list(range(4 * per, 2 * n_res))
-    return {"coarse": coarse, "middle": middle, "fine": fine, "middle+fine": middle + fine}
+    return dict(zip(LAYER_PRESETS, (coarse, middle, fine, middle + fine), strict=True))
 
 
 def resolve_layers(spec: str | list[int], resolution: int, layers_json: Path | None = None) -> list[int]:
@@ -59,8 +68,3 @@ def mix(w_a, w_b, alpha, layers: list[int]):
     weight = torch.zeros(w_a.shape[:2], dtype=w_a.dtype, device=w_a.device)
     weight[:, layers] = alpha.expand(w_a.shape[0], len(layers))
     return w_a + weight[..., None] * (w_b - w_a)
-
-
-def describe(layers: list[int], resolution: int) -> dict[str, Any]:
-    groups = {k: v for k, v in layer_groups(resolution).items() if k != "middle+fine"}
-    return {"layers": layers, "groups": {k: sorted(set(v) & set(layers)) for k, v in groups.items()}}

@@ -10,6 +10,8 @@ faces is a small mouth, and after global pooling the network cannot tell where a
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,17 @@ def small_resnet18(n_classes: int, width: int = 64) -> nn.Module:
     return net
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode inside the block, back in the mode it came in after it."""
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
 def build_model(name: str, n_classes: int, resolution: int, width: int) -> nn.Module:
     """A freshly initialised classifier taking [N, 3, resolution, resolution] images in [-1, 1] -> logits."""
     if name == "smallcnn":
@@ -82,7 +95,7 @@ def save_classifier(path: str | os.PathLike[str], model: nn.Module, config: dict
 
     `rule_states`: the weights that other model-selection rules keep (advmix.train.SELECTION_RULES), by rule;
     `model` holds the default rule's."""
-    from advmix.data.store import atomic_torch_save
+    from advmix.files import atomic_torch_save
 
     model = getattr(model, "module", model)
     payload = {"format": FORMAT, "config": dict(config),

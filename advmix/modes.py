@@ -1,5 +1,6 @@
 """The training modes: the one list from which the params schema, the CLI's help, the training loop's dispatch
-and the report's row order derive. Adding a mode starts here."""
+and the report's row order derive. Adding a mode starts here. Also the other names that params, stages and the
+report share: selection rules, partner rules, the W+ layer presets. A leaf module: no torch, no advmix."""
 
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ GROUP_LABEL_MODES: tuple[str, ...] = tuple(m.name for m in REGISTRY if m.group_l
 # model selection (advmix/train.py): label_free keeps the epoch of best val accuracy (no group label read), the
 # default, which evaluate attacks; val_worst_group the epoch of best val worst-group accuracy (val's group labels)
 SELECTION_RULES: tuple[str, ...] = ("label_free", "val_worst_group")
+# mixing.partners (advmix/mixing.py): who may donate the nuisance rows of a mix; the paper's rule is anyone
+PARTNER_RULES: tuple[str, ...] = ("any", "same_label")
+# mixing.layers' named sets (advmix/mixing.py: layer_groups), besides `auto` and explicit indices
+LAYER_PRESETS: tuple[str, ...] = ("coarse", "middle", "fine", "middle+fine")
 DFR_PREFIX = "dfr_"  # DFR is no training mode: it refits the last layer of a trained one (advmix/dfr.py)
 
 
@@ -43,3 +48,11 @@ def group_labels_read(run: str) -> str:
     if run in GROUP_LABEL_MODES:
         return "train"
     return "val" if run.startswith(DFR_PREFIX) else "none"
+
+
+def check_run(name: str, refits: bool = False) -> str:
+    """`name` when it is a training mode (with `refits`, also a DFR run dfr_<mode>); else ValueError saying what is."""
+    if name in NAMES or (refits and name.startswith(DFR_PREFIX) and name.removeprefix(DFR_PREFIX) in NAMES):
+        return name
+    extra = f" (or {DFR_PREFIX}<one of them>)" if refits else ""
+    raise ValueError(f"--mode {name!r}: expected one of {', '.join(NAMES)}{extra}")

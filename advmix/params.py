@@ -11,9 +11,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from advmix.modes import NAMES
+from advmix.modes import LAYER_PRESETS, NAMES, PARTNER_RULES
+from advmix.paths import PARAMS, PROFILES
 
 SPLITS = ("train", "val", "test_iid", "test_balanced", "test_flipped")  # the labelled splits
+EVAL_SPLITS = SPLITS[1:]  # what a trained classifier is measured on
 POOL = "pool"  # unlabelled for training: the generator and the encoder learn from it; no stage reads its labels
 ALL_SPLITS = (*SPLITS, POOL)
 
@@ -118,8 +120,8 @@ class GanParams(Section):
 
 
 class MixingParams(Section):
-    layers: Literal["auto", "coarse", "middle", "fine", "middle+fine"] | list[int] = "auto"
-    partners: Literal["any", "same_label"] = "any"  # who may donate nuisance layers (the paper: anyone)
+    layers: Literal[("auto", *LAYER_PRESETS)] | list[int] = "auto"
+    partners: Literal[PARTNER_RULES] = "any"  # who may donate nuisance layers (the paper: anyone)
     max_label_change: float = Field(0.1, ge=0, le=1)  # for `auto`: the label may change in at most this share
     min_transfer: float = Field(0.7, ge=0, le=1)  # for `auto`: the smallest range moving the spurious this often
     analysis_pairs: int = Field(2048, ge=8)
@@ -254,7 +256,7 @@ class EvaluateParams(Section):
     partners_k: int = Field(32, ge=1)  # AdvMix at evaluation strength: more partners and steps than in training
     steps: int = Field(5, ge=0)
     step_size: float = Field(0.25, gt=0, le=1)
-    random_mixes: int = Field(4, ge=1)  # random mixes per image for mix consistency
+    random_mixes: int = Field(4, ge=1)  # random mixes per image for the mix change error
     linf_epsilons: list[float] = [2 / 255, 8 / 255]  # [0, 1] pixel units
     linf_steps: int = Field(10, ge=1)
     ece_bins: int = Field(15, ge=2)
@@ -305,7 +307,7 @@ def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
         raise ParamsError(f"{source}: invalid params\n{lines}") from None
 
 
-def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+def load_params(path: str | Path = PARAMS, overrides: dict[str, Any] | None = None) -> Params:
     """Read and validate params.yaml; `overrides` maps dotted keys to values (like `dvc exp run -S`)."""
     raw = _read_mapping(Path(path), "params file")
     if not overrides:
@@ -340,15 +342,27 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
-PROFILES_DIR = "profiles"  # shipped params files: cpu.yaml (the committed default), gpu.yaml, celeba-gpu.yaml
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """`-S key=value` options (the CLI's, like `dvc exp run -S`) as {dotted key: YAML value}."""
+    import yaml
+
+    parsed = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ParamsError(f"--set {item!r}: expected KEY=VALUE")
+        parsed[key] = yaml.safe_load(value)
+    return parsed
+
+
 TEMPLATE_PROFILE = "cpu"  # its comments document every key; written params files keep them
 
 
 def profile_path(name: str, root: str | Path = ".") -> Path:
     """profiles/<name>.yaml under `root`, or `name` itself when it is a path to a YAML file."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else Path(root) / PROFILES_DIR / f"{name}.yaml"
+    path = Path(name) if name.endswith((".yaml", ".yml")) else Path(root) / PROFILES / f"{name}.yaml"
     if not path.is_file():
-        shipped = sorted(p.stem for p in (Path(root) / PROFILES_DIR).glob("*.yaml"))
+        shipped = sorted(p.stem for p in (Path(root) / PROFILES).glob("*.yaml"))
         raise ParamsError(f"profile {name!r}: {path} not found; shipped profiles: {', '.join(shipped) or 'none'}")
     return path
 
@@ -356,7 +370,7 @@ def profile_path(name: str, root: str | Path = ".") -> Path:
 def load_profile(name: str, overrides: dict[str, Any] | None = None, root: str | Path = ".") -> Params:
     """A profile's params: its keys over those of the cpu profile (the committed default), then `overrides`."""
     path = profile_path(name, root)
-    base = Path(root) / PROFILES_DIR / f"{TEMPLATE_PROFILE}.yaml"
+    base = Path(root) / PROFILES / f"{TEMPLATE_PROFILE}.yaml"
     raw = _read_mapping(base, "profile") if base.is_file() and base.resolve() != path.resolve() else {}
 
     def merge(into: dict, new: dict) -> None:
@@ -404,3 +418,15 @@ def render_params(p: Params, template: str | None = None) -> str:
     buf = io.StringIO()
     rt.dump(tree, buf)
     return buf.getvalue()
+
+
+def params_text(source: Path, profile: str | None, overrides: dict[str, Any]) -> str:
+    """`advmix params`: every key of the params from `profile` (else the file `source`) with `overrides`, as a
+    params file that keeps the comments of the template profile (cpu.yaml)."""
+    template = PROFILES / f"{TEMPLATE_PROFILE}.yaml"
+    origin = profile_path(profile) if profile else source
+    resolved = load_profile(profile, overrides) if profile else load_params(source, overrides)
+    text = render_params(resolved, template.read_text() if template.is_file() else None)
+    if profile and not (template.is_file() and origin.resolve() == template.resolve()):
+        text = f"# written by `advmix params --profile {profile} --write`: {origin} over {template}\n" + text
+    return text

@@ -9,19 +9,34 @@ from __future__ import annotations
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
+PROFILES = Path("profiles")  # shipped params files: cpu.yaml (the committed default), gpu.yaml, celeba-gpu.yaml
+DVC_YAML, DVC_LOCK = Path("dvc.yaml"), Path("dvc.lock")  # the pipeline, and what its last run recorded
 DATA = Path("data")
 METRICS = Path("metrics")
 REPORTS = Path("reports")
 MODELS = Path("models")
+RESULTS = Path("results")  # per-run tables and arrays (dvclive folders, by_group.csv, the worst mixes)
 SCRATCH = Path(".advmix")  # resumable training states: no DVC output, ignored by git
+# a dataset folder (advmix/data/store.py): row i of images.npy is the image of manifest row i
+DATASET_IMAGES, DATASET_MANIFEST, DATASET_INFO = "images.npy", "manifest.csv", "info.json"
 
 
 def dataset_dir(name: str, root: Path = Path(".")) -> Path:
     return root / DATA / name
 
 
+def dataset_info(name: str, root: Path = Path(".")) -> Path:
+    """What a dataset's columns mean (classes, attributes, which one is spurious)."""
+    return dataset_dir(name, root) / DATASET_INFO
+
+
 def validation_dir(root: Path = Path(".")) -> Path:
     return root / REPORTS / "validation"
+
+
+def validation_page(root: Path = Path(".")) -> Path:
+    """The Great Expectations results as one HTML page (results.json beside it)."""
+    return validation_dir(root) / "index.html"
 
 
 def validation_metrics(root: Path = Path(".")) -> Path:
@@ -40,16 +55,18 @@ GAN_METRICS = METRICS / "gan.json"
 LAYERS_METRICS = METRICS / "layers.json"
 LAYERS_FIGURE = REPORTS / "layers.png"
 LATENTS_DIR = DATA / "latents"
-TRAIN_RESULTS = Path("results") / "train"
+TRAIN_RESULTS = RESULTS / "train"
 
 
-EVAL_RESULTS = Path("results") / "eval"
+EVAL_RESULTS = RESULTS / "eval"
 EVAL_METRICS = METRICS / "eval"
 SUMMARY_METRICS = METRICS / "summary.json"
 SUMMARY_MD = REPORTS / "summary.md"
 SUMMARY_HTML = REPORTS / "summary.html"  # self-contained: every figure inlined
 SUMMARY_DIR = REPORTS / "summary"  # the report's own figures
-WORST_MIXES = Path("results") / "report" / "worst_mixes.npz"  # the AdvMix mixes that fool nominal most
+SUMMARY_BY_GROUP = SUMMARY_DIR / "by_group.png"
+SUMMARY_WORST_MIXES = SUMMARY_DIR / "worst_mixes.png"
+WORST_MIXES = RESULTS / "report" / "worst_mixes.npz"  # the AdvMix mixes that fool nominal most
 
 
 def run_name(mode: str, seed: int) -> str:
@@ -96,6 +113,9 @@ SWEEP_JSON = REPORTS / "sweep.json"
 ENCODER = MODELS / "encoder.pt"
 INVERSION_METRICS = METRICS / "inversion.json"
 INVERSION_FIGURE = REPORTS / "inversion.png"
+
+
+LATENTS_INFO = LATENTS_DIR / "info.json"  # beside the codes: the rows, digests and generator they were made for
 
 
 def latents_file(split: str, root: Path = Path(".")) -> Path:

@@ -3,7 +3,7 @@
 One small CNN with a head for the label and a head per known attribute, trained on real images
 with blur and noise augmentation (generated samples are slightly blurry; a probe trained only on
 crisp images misreads them). It flattens spatial features instead of pooling them away, because
-global pooling could not see the mouth (shared/notes/data-and-gan.md). The label head is trained
+global pooling could not see the mouth (a smile is a few pixels at 32 px). The label head is trained
 with group-balanced sampling, so it reads the mouth and not the spurious attribute: it judges
 whether a mix kept the label, and must not itself take the shortcut under study.
 """
@@ -11,18 +11,15 @@ whether a mix kept the label, and must not itself take the shortcut under study.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from advmix.data.store import Dataset
+from advmix.groups import worst_group_acc
+from advmix.images import to_tensor
 
-
-def to_tensor(images: np.ndarray):
-    """uint8 N x H x W x 3 -> float N x 3 x H x W in [-1, 1] (the generator's range)."""
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+if TYPE_CHECKING:  # the probe reads images, not the dataset format: nothing of advmix/data at run time
+    from advmix.data.store import Dataset
 
 
 def heads_of(info: dict[str, Any]) -> dict[str, int]:
@@ -144,12 +141,12 @@ def evaluate_probe(model, ds: Dataset) -> dict[str, Any]:
     metrics = {f"probe_{k}_acc": float((pred[k].argmax(1) == truth[k]).mean()) for k in model.heads_spec}
     correct = pred["label"].argmax(1) == truth["label"]
     groups = ds.manifest["group"].to_numpy()
-    metrics["probe_label_worst_group_acc"] = float(min(correct[groups == g].mean() for g in np.unique(groups)))
+    metrics["probe_label_worst_group_acc"] = worst_group_acc(correct, groups)
     return metrics
 
 
 def save_probe(path: Path, model, resolution: int, width: int) -> None:
-    from advmix.data.store import atomic_torch_save
+    from advmix.files import atomic_torch_save
 
     atomic_torch_save({"format": "advmix-probe", "resolution": resolution, "width": width, "heads": model.heads_spec,
                        "state_dict": model.state_dict()}, path)

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from advmix.data.store import atomic_folder, atomic_write_bytes, atomic_write_json
+from advmix import results
 from advmix.figures import save_figure
+from advmix.files import atomic_folder, atomic_write_bytes, atomic_write_json
 from advmix.modes import NAMES as MODE_NAMES
 from advmix.modes import SELECTION_RULES, dfr_run
 from advmix.params import SPLITS, DataParams, DFRParams, TrainParams
 from advmix.paths import (
+    DVC_LOCK,
     EVAL_METRICS,
     EVAL_RESULTS,
     GAN_METRICS,
@@ -33,18 +35,19 @@ from advmix.paths import (
     LAYERS_METRICS,
     PARAMS,
     REPORTS,
+    SUMMARY_BY_GROUP,
     SUMMARY_DIR,
     SUMMARY_HTML,
     SUMMARY_MD,
     SUMMARY_METRICS,
+    SUMMARY_WORST_MIXES,
     SWEEP_FIGURE,
     WORST_MIXES,
-    dataset_dir,
+    dataset_info,
     eval_by_group,
     validation_metrics,
 )
-
-DVC_LOCK = Path("dvc.lock")
+from advmix.results import SPLIT_KEYS, EvalFileError, EvalResult, Metric, metrics_of, parse
 
 MODE_ORDER = (*MODE_NAMES, *(dfr_run(m) for m in MODE_NAMES))  # advmix/modes.py; DFR refits last
 RULE_TEXT = {  # what each selection rule keeps and which labels it reads (advmix/train.py)
@@ -53,10 +56,6 @@ RULE_TEXT = {  # what each selection rule keeps and which labels it reads (advmi
                        "labels of val (a DFR refit: of the base's epoch by that rule)",
 }
 SELECTION_FIGURES = (("test_iid", "acc"), ("test_balanced", "error"), ("test_balanced", "worst_group_acc"))
-SPLIT_KEYS = ("error", "worst_group_acc", "eod", "dpd", "ece")  # in every split of an eval json
-BINARY_ONLY = ("eod", "dpd")  # fairlearn's gaps are defined for two classes: null for colordigits' ten
-RUN_KEYS = ("semantic_robust_acc", "mix_change_error", "linf_robust_acc_2", "linf_robust_acc_8",  # may be null
-            "val_semantic_robust_acc")  # the label-free selection figure (evaluate.val_selection)
 BY_GROUP_COLUMNS = ("split", "group", "n", "acc")
 WORST_MIXES_KEYS = ("clean", "mixed", "label", "pred_nominal", "pred_advmix")
 WORST_MIXES_SHOWN = 8
@@ -77,17 +76,39 @@ class ReportError(ValueError):
 
 @dataclass
 class Run:
-    """One evaluated (mode, seed)."""
+    """One evaluated (mode, seed): its eval file, with the split metrics as plain dicts (a selection rule other
+    than the default swaps in its own, rule_runs)."""
 
-    mode: str
-    seed: int
-    uses_group_labels: bool
-    splits: dict[str, dict[str, Any]]
-    scalars: dict[str, float | None]  # RUN_KEYS
+    result: EvalResult
     path: Path
+    splits: dict[str, dict[str, Any]]
     by_group: Any = None  # pandas DataFrame of results/eval/<mode>-s<seed>/by_group.csv, or None
-    group_labels_read: str = "none"  # in training: none | train (Group DRO) | val (a DFR refit)
-    selection: dict[str, Any] = field(default_factory=dict)  # rule -> {"epoch", "splits" (other rules only)}
+
+    @property
+    def mode(self) -> str:
+        return self.result.mode
+
+    @property
+    def seed(self) -> int:
+        return self.result.seed
+
+    @property
+    def uses_group_labels(self) -> bool:
+        return self.result.uses_group_labels
+
+    @property
+    def group_labels_read(self) -> str:  # in training: none | train (Group DRO) | val (a DFR refit)
+        return self.result.group_labels_read
+
+    @property
+    def selection(self) -> dict[str, Any]:  # rule -> {"epoch", "splits" (other rules only)}
+        return self.result.to_json().get("selection", {})
+
+    def figure(self, metric: Metric) -> float | None:
+        """`metric` of this run, split metrics from `splits` (so under the run's selection rule)."""
+        if metric.split is not None:
+            return self.splits.get(metric.split, {}).get(metric.key)
+        return results.value(self.result, metric)
 
 
 @dataclass
@@ -154,7 +175,7 @@ def collect(root: Path, class_names: list[str] | None = None, allow_missing: boo
                           "(train.modes and dfr.bases x train.seeds); run `dvc repro`, or `advmix report --allow-missing` for a "
                           "partial report")
     if class_names is None:
-        class_names = _dataset_classes(dataset_dir(dataset, root) / "info.json")
+        class_names = _dataset_classes(dataset_info(dataset, root))
     inputs = Inputs(root=root, dataset=dataset, rho=rho, params_text=params_text, runs=runs, missing=missing,
                     class_names=class_names)
     found = read_worst_mixes(root)
@@ -244,39 +265,18 @@ def read_runs(root: Path, planned: set[tuple[str, int]] | None = None) -> list[R
 
 
 def read_run(path: Path) -> Run:
-    """One eval json: {"eval_<mode>_s<seed>": {mode, seed, uses_group_labels, splits, RUN_KEYS...}}."""
-    raw = read_json(path)
-    if isinstance(raw, dict) and len(raw) == 1 and "splits" not in raw:
-        raw = next(iter(raw.values()))
-    if not isinstance(raw, dict) or not isinstance(raw.get("splits"), dict) or not raw["splits"]:
-        raise ReportError(f"{path}: expected {{\"eval_<mode>_s<seed>\": {{\"mode\", \"seed\", \"splits\": {{...}}}}}}")
+    """One eval json: {"eval_<mode>_s<seed>": EvalResult} (advmix/results.py), named <mode>-s<seed>.json."""
+    try:
+        result = parse(read_json(path), path)
+    except EvalFileError as exc:
+        raise ReportError(str(exc)) from None
     name = EVAL_NAME.fullmatch(path.name)
-    mode, seed = raw.get("mode", name["mode"]), raw.get("seed", int(name["seed"]))
-    if (mode, seed) != (name["mode"], int(name["seed"])):
-        raise ReportError(f"{path}: holds mode {mode!r} seed {seed!r}, but its name says {name['mode']!r} "
-                         f"seed {name['seed']}")
-    for split, metrics in raw["splits"].items():
-        missing = [k for k in SPLIT_KEYS if not isinstance(metrics, dict) or not (
-            _is_number(metrics.get(k)) or (k in BINARY_ONLY and metrics.get(k, 0) is None))]
-        if missing:
-            hint = f" (or null: {', '.join(BINARY_ONLY)})" if set(missing) & set(BINARY_ONLY) else ""
-            raise ReportError(f"{path}: split {split!r} lacks a finite number for {missing}{hint}")
-    scalars = {}
-    for key in RUN_KEYS:
-        value = raw.get(key)
-        if value is not None and not _is_number(value):
-            raise ReportError(f"{path}: {key} should be a finite number or null, got {value!r}")
-        scalars[key] = None if value is None else float(value)
-    selection = raw.get("selection") or {}
-    for rule, entry in selection.items():
-        if rule not in SELECTION_RULES or not isinstance(entry, dict) or not all(
-                _is_number(entry.get("splits", {}).get(s, {}).get(k)) for s, k in SELECTION_FIGURES
-                if "splits" in entry and s in entry["splits"]):
-            raise ReportError(f"{path}: selection.{rule} should be one of {SELECTION_RULES} with finite split "
-                              "metrics")
-    uses = bool(raw.get("uses_group_labels", False))
-    return Run(mode=mode, seed=int(seed), uses_group_labels=uses, splits=raw["splits"], scalars=scalars, path=path,
-               group_labels_read=str(raw.get("group_labels_read", "train" if uses else "none")), selection=selection)
+    if (result.mode, result.seed) != (name["mode"], int(name["seed"])):
+        raise ReportError(f"{path}: holds mode {result.mode!r} seed {result.seed!r}, but its name says "
+                          f"{name['mode']!r} seed {name['seed']}")
+    if not result.splits:
+        raise ReportError(f"{path}: splits: empty; rerun its `advmix evaluate`")
+    return Run(result=result, path=path, splits={k: m.model_dump() for k, m in result.splits.items()})
 
 
 def read_by_group(path: Path) -> Any:
@@ -381,11 +381,15 @@ def summarize(runs: list[Run], dataset: str, rho: float) -> dict[str, Any]:
         for split in _splits(group):
             entry[split] = {}
             for key in SPLIT_KEYS:
-                mean, std = mean_std(_values(group, split, key))
+                mean, std = mean_std(_split_values(group, split, key))
                 entry[split][key] = mean
                 entry[split][f"{key}_std"] = std
-        for key in ("semantic_robust_acc", "mix_change_error", "val_semantic_robust_acc"):
-            entry[key] = mean_std(_values(group, None, key))[0]
+        for metric in run_metrics(runs):  # run-level figures; PGD nested per epsilon
+            mean = mean_std(_values(group, metric))[0]
+            if metric.entry is None:
+                entry[metric.key] = mean
+            else:
+                entry.setdefault(metric.key, {})[metric.entry] = mean
         entry["uses_group_labels"] = any(r.uses_group_labels for r in group)
         entry["seeds"] = sorted(r.seed for r in group)
         modes[mode] = entry
@@ -484,13 +488,19 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def _values(runs: list[Run], split: str | None, key: str) -> list[float]:
-    """One metric of each run (a split metric, or a run-level one when split is None); nulls dropped."""
-    if split is None:
-        values = [r.scalars.get(key) for r in runs]
-    else:
-        values = [r.splits[split].get(key) for r in runs if split in r.splits]
-    return [float(v) for v in values if v is not None]
+def _values(runs: list[Run], metric: Metric) -> list[float]:
+    """One figure of each run, nulls dropped."""
+    return [float(v) for v in (r.figure(metric) for r in runs) if v is not None]
+
+
+def _split_values(runs: list[Run], split: str, key: str) -> list[float]:
+    """The split metric `key` of each run that has `split`, nulls dropped."""
+    return [float(v) for v in (r.splits[split].get(key) for r in runs if split in r.splits) if v is not None]
+
+
+def run_metrics(runs: list[Run]) -> list[Metric]:
+    """The run-level figures of the comparison (results.METRICS; PGD per epsilon the runs hold)."""
+    return [m for m in metrics_of([r.result for r in runs]) if m.split is None]
 
 
 def _splits(runs: list[Run]) -> list[str]:
@@ -520,14 +530,15 @@ def make_figures(inputs: Inputs, folder: Path) -> list[Figure]:
         figures.append(Figure(caption, "", None, "no by_group.csv with test_balanced rows under "
                                                   f"{EVAL_RESULTS.as_posix()}/<mode>-s<seed>/"))
     else:
-        figures.append(_saved(fig, folder / "by_group.png", caption, f"{md_folder}/by_group.png"))
+        figures.append(_saved(fig, folder / SUMMARY_BY_GROUP.name, caption, f"{md_folder}/{SUMMARY_BY_GROUP.name}"))
     caption = "Worst AdvMix mixes against the nominal model (captions: label / nominal / advmix prediction)"
     if inputs.worst_mixes is None:
         figures.append(Figure(caption, "", None, f"no {WORST_MIXES.as_posix()} (needs the nominal and advmix "
                                                   "classifiers of `seed` and the generator)"))
     else:
         fig = plot_worst_mixes(inputs.worst_mixes, inputs.class_names)
-        figures.append(_saved(fig, folder / "worst_mixes.png", caption, f"{md_folder}/worst_mixes.png"))
+        figures.append(_saved(fig, folder / SUMMARY_WORST_MIXES.name, caption,
+                              f"{md_folder}/{SUMMARY_WORST_MIXES.name}"))
     for caption, path in EXTERNAL_FIGURES:
         data = inputs.images.get(path)
         figures.append(Figure(caption, path.relative_to(REPORTS).as_posix(), data,
@@ -630,7 +641,7 @@ def report_blocks(summary: dict[str, Any], inputs: Inputs, figures: list[Figure]
         ("h", 1, _title(summary)),
         ("p", (f"Dataset `{summary['dataset']}`, label/spurious agreement rho = {summary['rho']:g} in train, val "
                "and test_iid. Numbers are means over seeds (± sample std where there are several); lower error and "
-               "fairness gaps (EOD, DPD) are better, higher accuracies are better.")),
+               "fairness gaps (EOD, DPD) are better, higher accuracies are better; bold: the best mode of a column.")),
         ("h", 2, "Comparison"),
         ("table", *comparison_table(summary, inputs.runs)),
     ]
@@ -713,27 +724,40 @@ def replace_results_section(doc: Path, section: str) -> None:
 
 
 def comparison_table(summary: dict[str, Any], runs: list[Run]) -> tuple[list[str], list[list[str]]]:
-    headers = ["mode", "test_balanced error", "rel. error reduction vs nominal", "worst-group acc (balanced)",
-               "test_flipped error", "EOD (balanced)", "DPD (balanced)", "ECE (balanced)", "semantic robust acc",
-               "mix change error", "PGD acc 2/255", "PGD acc 8/255", "val robust acc (selection)", "group labels"]
-    rows = []
+    """Per mode the mean ± std of every figure of results.METRICS (split ones from summary.json), with the
+    relative test_balanced error reduction after the first column; the best mode of each column in bold (by the
+    metric's direction)."""
+    first, *rest = metrics_of([r.result for r in runs])
+    headers = ["mode", first.label, "rel. error reduction vs nominal", *(m.label for m in rest), "group labels"]
     grouped = by_mode(runs)
+    cells = {mode: {m: _mean_std(m, entry, grouped[mode]) for m in (first, *rest)}
+             for mode, entry in summary["modes"].items()}
+    best = {}
+    for m in (first, *rest):
+        means = [c[m][0] for c in cells.values() if c[m][0] is not None]
+        best[m] = (max if m.higher_is_better else min)(means) if len(means) > 1 else None
+
+    def cell(mode: str, m: Metric) -> str:
+        mean, std = cells[mode][m]
+        text = _fmt(mean, std)
+        return f"**{text}**" if mean is not None and mean == best[m] else text
+
+    rows = []
     for mode, entry in summary["modes"].items():
-        bal, flip = entry.get("test_balanced", {}), entry.get("test_flipped", {})
         reduction = relative_error_reduction(summary["modes"], mode)
-        rows.append([
-            mode,
-            _fmt(bal.get("error"), bal.get("error_std")),
-            "n/a" if reduction is None else ("(reference)" if mode == "nominal" else f"{reduction:+.1%}"),
-            _fmt(bal.get("worst_group_acc"), bal.get("worst_group_acc_std")),
-            _fmt(flip.get("error"), flip.get("error_std")),
-            _fmt(bal.get("eod"), bal.get("eod_std")),
-            _fmt(bal.get("dpd"), bal.get("dpd_std")),
-            _fmt(bal.get("ece"), bal.get("ece_std")),
-            *(_fmt(*mean_std(_values(grouped[mode], None, k))) for k in RUN_KEYS),
-            "yes" if entry["uses_group_labels"] else "no",
-        ])
+        rows.append([mode, cell(mode, first),
+                     "n/a" if reduction is None else ("(reference)" if mode == "nominal" else f"{reduction:+.1%}"),
+                     *(cell(mode, m) for m in rest), "yes" if entry["uses_group_labels"] else "no"])
     return headers, rows
+
+
+def _mean_std(metric: Metric, entry: dict[str, Any], runs: list[Run]) -> tuple[float | None, float | None]:
+    """A mode's mean and std of `metric`: a split metric from its summary.json entry, a run-level one from the
+    runs."""
+    if metric.split is None:
+        return mean_std(_values(runs, metric))
+    split = entry.get(metric.split, {})
+    return split.get(metric.key), split.get(f"{metric.key}_std")
 
 
 def gain_table(vs_nominal: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -778,15 +802,15 @@ def selection_table(selection: dict[str, Any]) -> tuple[list[str], list[list[str
 
 
 def per_seed_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
-    splits = _splits(runs)
+    splits, figures = _splits(runs), run_metrics(runs)
     headers = ["mode", "seed", *(f"{s} error" for s in splits), "worst-group acc (balanced)",
-               "semantic robust acc", "mix change error", "PGD acc 2/255", "PGD acc 8/255", "val robust acc (selection)"]
+               *(m.label for m in figures)]
     rows = []
     for run in sorted(runs, key=lambda r: (_mode_rank(r.mode), r.seed)):
         rows.append([run.mode, str(run.seed),
                      *(_fmt(run.splits[s]["error"]) if s in run.splits else "n/a" for s in splits),
                      _fmt(run.splits.get("test_balanced", {}).get("worst_group_acc")),
-                     *(_fmt(run.scalars[k]) for k in RUN_KEYS)])
+                     *(_fmt(run.figure(m)) for m in figures)])
     return headers, rows
 
 

@@ -30,6 +30,21 @@ METRIC = "relative_error_reduction_balanced"
 class SweepError(Exception):
     """A sweep that cannot go on; the message is one line for the user."""
 
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code  # the exit code of `advmix sweep`: 2 for a usage mistake
+
+
+def command(queue_them: bool, plot_them: bool, rhos, small: bool, dataset: str, echo=print) -> None:
+    """`advmix sweep`: exactly one of queue the experiments (`queue`) or plot the finished ones on `dataset`."""
+    if queue_them == plot_them:
+        raise SweepError("give exactly one of --queue and --plot", 2)
+    if queue_them:
+        queue(tuple(rhos or RHOS), small, echo=echo)
+        echo("queued; start with `dvc queue start -j 1` (or -j N), follow with `dvc queue status`")
+    else:
+        echo(plot_experiments(dataset))
+
 
 def queue(rhos=RHOS, small: bool = False, echo=print) -> None:
     """Queue the experiments of `queue_commands`, echoing each command."""
@@ -46,7 +61,7 @@ def plot_experiments(dataset: str) -> str:
     import dvc.api
 
     from advmix import paths
-    from advmix.data.store import atomic_write_json
+    from advmix.files import atomic_write_json
 
     points = collect(dvc.api.exp_show(num=-1), dataset)
     if not points:

@@ -39,19 +39,20 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from advmix.data.store import Dataset, atomic_torch_save
+from advmix.data.store import Dataset
+from advmix.files import atomic_torch_save
 from advmix.gan.invert import LatentsError
+from advmix.groups import worst_group_acc
 from advmix.modes import GROUP_LABEL_MODES, MIXING_MODES, NAMES, SELECTION_RULES
 from advmix.runtime import all_ranks, distributed, pick_device
 
 STATE_VERSION = 3
-MODES = NAMES  # advmix/modes.py
 
 
 def model_config(p, n_classes: int, resolution: int) -> dict[str, Any]:
@@ -153,8 +154,8 @@ def evaluate(model, ds: Dataset, batch: int, device, rank: int = 0, world: int =
     import torch
     import torch.nn.functional as F
 
-    from advmix.attacks import eval_mode
-    from advmix.probes import to_tensor
+    from advmix.images import to_tensor
+    from advmix.models import eval_mode
 
     y_all = labels_of(ds)
     rows = torch.arange(rank, len(ds), world)
@@ -179,8 +180,7 @@ def evaluate(model, ds: Dataset, batch: int, device, rank: int = 0, world: int =
     out["error"] = 1.0 - out["acc"]
     if "group" in ds.manifest.columns:
         groups = ds.manifest["group"].to_numpy()
-        ok = correct_all.numpy() > 0.5
-        out["worst_group_acc"] = float(min(ok[groups == g].mean() for g in np.unique(groups)))
+        out["worst_group_acc"] = worst_group_acc(correct_all.numpy() > 0.5, groups)
     return out
 
 
@@ -318,12 +318,43 @@ def _epoch_record(epoch: int, sums, val_metrics: dict[str, float], sched, world:
     return record | {"lr": sched.get_last_lr()[0]}
 
 
+@dataclass
+class ClassifierRun:
+    """What train_classifier returns (on every torchrun rank; rank 0 writes)."""
+
+    model: Any  # the weights the default selection rule kept (CPU, eval mode)
+    states: dict[str, dict]  # selection rule -> the state dict of the epoch it kept
+    best_epochs: dict[str, int]  # selection rule -> the epoch it kept (0-based)
+    last_state: dict  # the last epoch's weights (JTT's identification run reads them)
+    config: dict[str, Any]  # model_config: what rebuilds the network
+    history: list[dict[str, float]]  # per epoch: train and val loss and accuracy, lr
+    epochs: int
+    steps_per_epoch: int
+    seconds: float  # of the whole run, resumed parts included
+    images_per_s: float  # of this process's part of the run
+    resumed_from: dict[str, int]  # {"epoch", "step"} a matching state let it start at
+    rank: int
+    world: int
+    device: str
+    jtt_errors: int | None = None  # JTT: the identification run's train errors, upsampled in this run
+    jtt_first_seconds: float | None = None
+
+    @property
+    def best_epoch(self) -> int:
+        """The default (label-free) rule's epoch."""
+        return self.best_epochs[SELECTION_RULES[0]]
+
+    @property
+    def best_val_acc(self) -> float:
+        return self.history[self.best_epoch]["val/acc"] if self.history else -1.0
+
+
 def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Path, live_dir: Path | None, *,
                      G=None, latents: np.ndarray | None = None, layers: list[int] | None = None,
                      epoch_rows: np.ndarray | None = None,
-                     progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
-    """Train the classifier of one mode. Returns the model of the label-free rule's epoch (CPU, eval mode), the
-    weights of every selection rule's epoch ("states", "best_epochs") and the run.
+                     progress: Callable[[int, int, dict[str, float]], None] | None = None) -> ClassifierRun:
+    """Train the classifier of one mode: the model of the label-free rule's epoch, the weights of every selection
+    rule's epoch, and the run.
 
     `latents`: W+ codes of the train split, row i = train image i (randmix/advmix). `G`: the frozen generator
     (randmix/advmix). `layers`: resolved mixing layers. `epoch_rows`: the train rows that make one epoch, repeats
@@ -335,12 +366,12 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
     import torch.nn.functional as F
 
     from advmix.attacks import ATTACKS, AttackConfig, LatentBank
+    from advmix.images import to_tensor
     from advmix.models import build_model
-    from advmix.probes import to_tensor
 
     # ---- Check the inputs; devices, ranks and the length of the run.
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    if mode not in NAMES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {NAMES}")
     t = p.train
     cfg = AttackConfig.from_params(p, layers or [])
     if mode in MIXING_MODES:
@@ -491,13 +522,11 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
     if rank == 0 and state_path.is_file():
         state_path.unlink()
     best_epochs = {rule: b["epoch"] for rule, b in run.best.items()}
-    return {"model": final.eval(), "last_state": last_state, "states": states, "best_epochs": best_epochs,
-            "config": config, "history": copy.deepcopy(run.history), "best_epoch": best_epochs[SELECTION_RULES[0]],
-            "best_val_acc": run.history[best_epochs[SELECTION_RULES[0]]]["val/acc"] if run.history else -1.0,
-            "epochs": t.epochs,
-            "steps_per_epoch": steps_per_epoch, "seconds": seconds, "resumed_from": resumed_from,
-            "images_per_s": (total - start_epoch * steps_per_epoch - start_step) * t.batch / max(1e-9, seconds - elapsed),
-            "rank": rank, "world": world, "device": str(device)}
+    return ClassifierRun(
+        model=final.eval(), states=states, best_epochs=best_epochs, last_state=last_state, config=config,
+        history=copy.deepcopy(run.history), epochs=t.epochs, steps_per_epoch=steps_per_epoch, seconds=seconds,
+        images_per_s=(total - start_epoch * steps_per_epoch - start_step) * t.batch / max(1e-9, seconds - elapsed),
+        resumed_from=resumed_from, rank=rank, world=world, device=str(device))
 
 
 def jtt_epoch_rows(wrong: np.ndarray, upweight: int) -> np.ndarray:
@@ -510,8 +539,8 @@ def train_errors(model, ds: Dataset, batch: int, device) -> np.ndarray:
     """True where `model` misclassifies a row of `ds`."""
     import torch
 
-    from advmix.attacks import eval_mode
-    from advmix.probes import to_tensor
+    from advmix.images import to_tensor
+    from advmix.models import eval_mode
 
     y = labels_of(ds)
     wrong = []
@@ -523,7 +552,7 @@ def train_errors(model, ds: Dataset, batch: int, device) -> np.ndarray:
 
 
 def train_jtt(train: Dataset, val: Dataset, p, state_path: Path, live_dir: Path | None, *,
-              progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+              progress: Callable[[int, int, dict[str, float]], None] | None = None) -> ClassifierRun:
     """JTT: an identification run (nominal, `train.jtt.epochs_first` epochs, its last weights), then the final
     run on train with the identification run's errors upsampled. No group label is read. Each run resumes."""
     import torch
@@ -534,10 +563,10 @@ def train_jtt(train: Dataset, val: Dataset, p, state_path: Path, live_dir: Path 
     first_p = p.model_copy(update={"train": p.train.model_copy(update={"epochs": j.epochs_first})})
     first_state = state_path.with_name(state_path.stem + "-identification" + state_path.suffix)
     first = train_classifier("nominal", train, val, first_p, first_state, None)
-    c = first["config"]
+    c = first.config
     model = build_model(c["model"], c["n_classes"], c["resolution"], c["width"])
-    model.load_state_dict(first["last_state"])
-    wrong = train_errors(model, train, p.train.eval_batch, torch.device(first["device"]))
+    model.load_state_dict(first.last_state)
+    wrong = train_errors(model, train, p.train.eval_batch, torch.device(first.device))
     run = train_classifier("jtt", train, val, p, state_path, live_dir, epoch_rows=jtt_epoch_rows(wrong, j.upweight),
                            progress=progress)
-    return run | {"jtt_errors": int(wrong.sum()), "jtt_first_seconds": first["seconds"]}
+    return replace(run, jtt_errors=int(wrong.sum()), jtt_first_seconds=first.seconds)

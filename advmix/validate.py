@@ -19,7 +19,9 @@ import numpy as np
 import pandas as pd
 
 from advmix.data.splits import agreement_of
-from advmix.data.store import Dataset, atomic_write_bytes, atomic_write_json, group_of, image_digests
+from advmix.data.store import Dataset, image_digests
+from advmix.files import atomic_write_bytes, atomic_write_json
+from advmix.groups import group_of
 from advmix.params import ALL_SPLITS, POOL, Params
 
 INT_TYPES = ["int64", "int32", "int16", "int8", "Int64"]

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append({"variant": name, "seconds": round(seconds, 1), "test_balanced_error": bal["error"],
                      "semantic_robust_acc": result["semantic_robust_acc"],
                      "val_semantic_robust_acc": result.get("val_semantic_robust_acc"),
-                     "linf_robust_acc_8": result.get("linf_robust_acc_8")})
+                     "pgd_robust_acc": result.get("pgd_robust_acc")})
         print(rows[-1], flush=True)
     print(f"{args.mode}-s{args.seed}, {torch.get_num_threads()} torch threads")
     for r in rows:

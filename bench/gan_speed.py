@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 run = train_gan(data, p, seed=0, state_path=Path(tmp) / "state.pt")
                 wall = time.time() - t0
             rows.append({"device": str(pick_device(args.device)), "resolution": res, "config": name,
-                         "iterations": args.iterations, "images_per_s": round(run["images_per_s"], 1),
+                         "iterations": args.iterations, "images_per_s": round(run.images_per_s, 1),
                          "s_per_iteration": round(wall / args.iterations, 4)})
             print(rows[-1], flush=True)
     if torch.cuda.is_available():

@@ -23,12 +23,13 @@ def main(argv: list[str] | None = None) -> dict:
     import yaml
 
     from advmix.evaluate import evaluate_classifier, val_selection
+    from advmix.modes import MIXING_MODES
+    from advmix.modes import NAMES as MODES
     from advmix.params import load_params
     from advmix.runtime import pick_device, set_threads
     from advmix.stages.read_data import dataset
     from advmix.stages.read_gan import mixing_inputs, split_latents
     from advmix.stages.train import fit
-    from advmix.train import MIXING_MODES, MODES
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modes", nargs="+", default=["nominal", "advmix"], choices=MODES)
@@ -61,20 +62,20 @@ def main(argv: list[str] | None = None) -> dict:
                           layers=layers if mixing else None)
             t1 = time.time()
             if args.val_only:
-                result = {} if args.no_attack else val_selection(run["model"], val, w_val, G, layers, p, device)
+                result = {} if args.no_attack else val_selection(run.model, val, w_val, G, layers, p, device)
                 bal = {"error": float("nan"), "worst_group_acc": float("nan")}
             else:
-                result, _ = evaluate_classifier(run["model"], ds, p, device, G=G, latents=w_balanced, layers=layers,
+                result, _ = evaluate_classifier(run.model, ds, p, device, G=G, latents=w_balanced, layers=layers,
                                                 val_latents=w_val)
                 bal = result["splits"]["test_balanced"]
             rows.append({"mode": mode, "seed": seed, "error": bal["error"], "worst_group_acc": bal["worst_group_acc"],
                          "semantic_robust_acc": result.get("semantic_robust_acc"),
                          "val_semantic_robust_acc": result.get("val_semantic_robust_acc"),
-                         "best_epoch": run["best_epoch"], "train_s": round(t1 - t0, 1),
+                         "best_epoch": run.best_epoch, "train_s": round(t1 - t0, 1),
                          # the epoch the val_worst_group rule keeps, and its val figures
-                         "val_worst_group_epoch": run["best_epochs"]["val_worst_group"],
+                         "val_worst_group_epoch": run.best_epochs["val_worst_group"],
                          **{f"val_worst_group_rule_{k.removeprefix('val/')}": v for k, v in
-                            run["history"][run["best_epochs"]["val_worst_group"]].items()
+                            run.history[run.best_epochs["val_worst_group"]].items()
                             if k in ("val/acc", "val/worst_group_acc")},
                          "eval_s": round(time.time() - t1, 1)})
             print(json.dumps(rows[-1]), flush=True)

@@ -2,11 +2,11 @@
 
     python bench/train_cost.py --resolution 32 --batch 64 --n-batches 20
 
-Runs advmix.train.train_classifier for one epoch of n_batches batches per mode, on random images with random
-W+ codes and a randomly initialised generator of the default (CPU-sized) config unless --generator names a
-checkpoint. The first batch is warm-up and is not timed. Prints a table: seconds per batch, the ratio to
-nominal, and the ratio to the mode's floor. The mixing layers are the `middle+fine` preset (the count matters for
-cost, not which ones).
+Runs advmix.train.train_classifier for `--epochs` epochs of n_batches batches per mode, on random images with
+random W+ codes and a randomly initialised generator of the default (CPU-sized) config unless --generator names a
+checkpoint, and times the steps of the last epoch (its first step, which follows the validation, is not timed).
+K, S, the clean ratio and the residual default to params.yaml's. Prints a table: seconds per batch, the ratio to nominal, and the ratio
+to the mode's floor. The mixing layers are the `middle+fine` preset (the count matters for cost, not which ones).
 
 The floor of a mode is nominal's measured step plus the passes the mode cannot avoid for the replaced share of a
 batch (n = batch x (1 - clean ratio) examples), each timed alone on the same device:
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from advmix.train import MODES
+from advmix.modes import NAMES as MODES
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -47,16 +47,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--n-batches", type=int, default=10)
     ap.add_argument("--model", default="smallcnn", choices=["smallcnn", "resnet18"])
     ap.add_argument("--width", type=int, default=32)
-    ap.add_argument("--k", type=int, default=4, help="AdvMix partners per example")
-    ap.add_argument("--steps", type=int, default=1, help="AdvMix steps on alpha (PGD keeps its default 5)")
-    ap.add_argument("--clean-ratio", type=float, default=0.5)
-    ap.add_argument("--residual", action="store_true")
+    ap.add_argument("--epochs", type=int, default=2, help="the last one is timed")
+    ap.add_argument("--k", type=int, help="AdvMix partners per example (default: train.advmix.partners_k)")
+    ap.add_argument("--steps", type=int, help="AdvMix steps on alpha (default: train.advmix.steps; PGD keeps 5)")
+    ap.add_argument("--clean-ratio", type=float, help="default: train.clean_ratio")
+    ap.add_argument("--residual", action=argparse.BooleanOptionalAction, help="default: train.residual")
     ap.add_argument("--generator", type=Path, help="a generator checkpoint instead of a random default-config one")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    defaults = parse_params({}).train
+    args.k = defaults.advmix.partners_k if args.k is None else args.k
+    args.steps = defaults.advmix.steps if args.steps is None else args.steps
+    args.clean_ratio = defaults.clean_ratio if args.clean_ratio is None else args.clean_ratio
+    args.residual = defaults.residual if args.residual is None else args.residual
 
     res, n = args.resolution, args.batch * args.n_batches
     if args.generator is not None:
@@ -79,7 +85,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     latents = rng.normal(size=(n, G.n_latent, G.style_dim)).astype(np.float32)
     layers = layer_groups(res)["middle+fine"]
     p = parse_params({"data": {"resolution": res}, "mixing": {"layers": layers}, "train": {
-        "model": args.model, "width": args.width, "epochs": 1, "batch": args.batch, "clean_ratio": args.clean_ratio,
+        "model": args.model, "width": args.width, "epochs": args.epochs, "batch": args.batch,
+        "clean_ratio": args.clean_ratio,
         "residual": args.residual, "advmix": {"partners_k": args.k, "steps": args.steps}, "device": args.device,
         "checkpoint_minutes": 1e6}})
 
@@ -89,7 +96,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         stamps: list[float] = []
 
         def stamp(done, total, stats, stamps=stamps):
-            stamps.append(time.perf_counter())
+            if done > total - args.n_batches:  # the last epoch's steps
+                stamps.append(time.perf_counter())
 
         with tempfile.TemporaryDirectory() as tmp:
             train_classifier(mode, train, val, p, Path(tmp) / "state.pt", None, G=G, latents=latents, layers=layers,

@@ -230,9 +230,10 @@ def apply_params(root: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """Validate dotted-key overrides and write them into params.yaml (like `dvc exp run -S`); they stay applied."""
     from dvc.utils.serialize import modify_yaml
 
+    from advmix import paths
     from advmix.params import load_params, set_dotted
 
-    path = Path(root) / "params.yaml"
+    path = Path(root) / paths.PARAMS
     resolved = load_params(path, overrides).to_dict()  # ParamsError names the bad key before anything is written
     applied = {key: _get_dotted(resolved, key) for key in overrides}  # the validated, normalised values
     with modify_yaml(path) as doc:
@@ -355,7 +356,7 @@ def publish_results(root: Path, metrics: dict[str, Any]) -> None:
     summary = _read_json(root / paths.SUMMARY_METRICS)
     create_markdown_artifact(metrics_markdown(metrics, summary), key=METRICS_ARTIFACT,
                              description="advmix pipeline metrics (dvc metrics show)")
-    for report in (root / paths.SUMMARY_HTML, paths.validation_dir(root) / "index.html"):
+    for report in (root / paths.SUMMARY_HTML, paths.validation_page(root)):
         if report.is_file():
             create_link_artifact(report.resolve().as_uri(), link_text=str(report.relative_to(root)),
                                  key=REPORT_ARTIFACT, description="advmix HTML report")
@@ -371,7 +372,7 @@ def validation_summary(root: Path, error: BaseException | None = None) -> tuple[
     """(one-line summary, markdown) of a failed validate stage, from metrics/validation.json."""
     from advmix import paths
 
-    report = paths.validation_dir(root) / "index.html"
+    report = paths.validation_page(root)
     result = _read_json(paths.validation_metrics(root))
     if result is None or result.get("success") is not False:  # no fresh result: the stage broke before checking
         line = "the validate stage failed before checking the data" + (f": {_root_cause(error)}" if error else "")
@@ -394,7 +395,7 @@ def _report_validation_failure(root: Path, error: BaseException) -> str:
     line, md = validation_summary(root, error)
     get_run_logger().error(line)
     create_markdown_artifact(md, key=VALIDATION_ARTIFACT, description="advmix data validation failure")
-    report = paths.validation_dir(root) / "index.html"
+    report = paths.validation_page(root)
     if report.is_file():
         create_link_artifact(report.resolve().as_uri(), link_text="validation report", key=REPORT_ARTIFACT,
                              description="Great Expectations validation report")

@@ -7,9 +7,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from advmix import paths
+
 
 class ProjectError(ValueError):
     """The folder is no pipeline that DVC can run to the end: no dvc.yaml, or a params.yaml lacking a section."""
+
+    code = 2  # the exit code of `advmix run`
+
+
+class PipelineFailed(ProjectError):
+    """A run that started and did not complete (a stage failed); the message says which and why."""
+
+    code = 1
 
 
 def check_project(root: str | Path) -> None:
@@ -22,11 +32,25 @@ def check_project(root: str | Path) -> None:
     from advmix.params import Params
 
     root = Path(root)
-    if not (root / "dvc.yaml").is_file():
+    if not (root / paths.DVC_YAML).is_file():
         raise ProjectError(f"{root}: no dvc.yaml; run `advmix run` from the project folder")
-    path = root / "params.yaml"
+    path = root / paths.PARAMS
     raw = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}
     missing = [f.alias or name for name, f in Params.model_fields.items() if (f.alias or name) not in raw]
     if missing:
         raise ProjectError(f"{path}: no {', '.join(missing)} section (DVC reads every key from the file); "
                            "run `advmix params --write` to write the defaults in")
+
+
+def run_pipeline(root: str | Path, stages: list[str] | None, force: bool, overrides: dict) -> dict:
+    """`advmix run`: check the folder, then run the Prefect flow once; its metrics, or ProjectError saying why not.
+
+    Prefect is imported only once the folder has passed."""
+    check_project(root)
+    from flows.pipeline import advmix_pipeline
+
+    state = advmix_pipeline(stages=stages or None, force=force, params_overrides=overrides or None, root=str(root),
+                            return_state=True)
+    if not state.is_completed():
+        raise PipelineFailed(f"pipeline {state.name.lower()}: {state.message}")
+    return state.result()

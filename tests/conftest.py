@@ -47,7 +47,8 @@ def save_validated(root, p: Params):
     validate stage over it, as every later stage requires; returns the dataset."""
     import yaml
 
-    from advmix.data import build_dataset, save_dataset
+    from advmix.data import save_dataset
+    from advmix.data.build import build_dataset
     from advmix.stages import validate
 
     ds = build_dataset(p)

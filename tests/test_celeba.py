@@ -7,7 +7,8 @@ import pytest
 from conftest import tiny_params
 from PIL import Image
 
-from advmix.data import DatasetError, build_dataset
+from advmix.data import DatasetError
+from advmix.data.build import build_dataset
 
 NAMES = ["5_o_Clock_Shadow", "Male", "Smiling", "Young"]
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from conftest import TINY_SIZES, tiny_params
 
-from advmix.data import DatasetError, build_dataset, load_dataset, save_dataset
+from advmix.data import DatasetError, load_dataset, save_dataset
+from advmix.data.build import build_dataset
 from advmix.data.splits import cell_counts
 from advmix.data.store import image_digests
 from advmix.params import ALL_SPLITS
@@ -116,7 +117,7 @@ def test_atomic_outputs_get_the_umask_mode_not_mkstemps_0600(tmp_path):
     import os
     import stat
 
-    from advmix.data.store import atomic_folder, atomic_write_bytes
+    from advmix.files import atomic_folder, atomic_write_bytes
 
     old = os.umask(0o022)
     try:

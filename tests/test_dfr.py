@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from advmix.data.store import Dataset
-from advmix.dfr import balanced_draw, features, halves, refit, worst_group_acc
+from advmix.dfr import balanced_draw, features, halves, refit
+from advmix.groups import worst_group_acc
 
 
 def toy_split(counts: dict[tuple[int, int], int], seed: int) -> Dataset:
@@ -45,8 +46,8 @@ def test_dfr_undoes_a_planted_shortcut():
 
     def wga(m):
         with torch.no_grad():
-            from advmix.probes import to_tensor
-            return worst_group_acc(m(to_tensor(test.images)).numpy(), y, groups)
+            from advmix.images import to_tensor
+            return worst_group_acc(m(to_tensor(test.images)).numpy().argmax(1) == y, groups)
 
     before = wga(model)
     out = refit(model, val, [1.0, 0.1, 0.01], subsets=5, seed=0, batch=64, device=torch.device("cpu"))
@@ -74,7 +75,7 @@ def test_balanced_draws_and_halves():
 def test_features_are_the_inputs_of_the_last_linear_layer():
     ds = toy_split({(0, 0): 3, (1, 1): 3}, seed=0)
     f = features(shortcut_model(), ds.images, batch=4, device=torch.device("cpu"))
-    from advmix.probes import to_tensor
+    from advmix.images import to_tensor
     x = to_tensor(ds.images)
     expected = torch.stack([x[:, 0].mean((1, 2)), x[:, 1].mean((1, 2))], 1).clamp(min=0).double().numpy()
     assert f.shape == (6, 2) and np.allclose(f, expected, atol=1e-6)

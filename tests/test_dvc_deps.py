@@ -80,3 +80,10 @@ def test_the_closure_follows_function_level_imports(tmp_path):
     assert "advmix/probes.py" in closure(LIBRARY / "stages" / "probe.py")
     assert "advmix/gan/invert.py" not in closure(LIBRARY / "stages" / "probe.py")
     assert "advmix/train.py" in closure(LIBRARY / "stages" / "train.py")
+
+
+def test_only_prepare_runs_the_dataset_builders():
+    """Editing a builder (say advmix/data/celeba.py) reruns prepare; the later stages read the format alone."""
+    builders = {f"advmix/data/{name}.py" for name in ("synthfaces", "colordigits", "celeba", "folder", "build")}
+    runs_them = sorted(stage for stage, spec in STAGES.items() if builders & declared(spec["deps"]))
+    assert runs_them == ["prepare"]

@@ -85,3 +85,12 @@ def test_the_report_figure_knob_reruns_the_report_only(committed):
     p = load_params(committed[0] / "params.yaml")
     assert changed_after(committed, **{"evaluate.linf_steps": 3}) == {
         f"evaluate@{m}-{s}" for m in p.train.modes for s in p.train.seeds}
+
+
+@pytest.mark.slow
+def test_run_control_knobs_rerun_nothing(committed):
+    """Where a run executes and how often it saves its state change no result, so no stage declares them."""
+    knobs = {"gan.device": "cpu", "gan.checkpoint_minutes": 9.0, "train.device": "cpu",
+             "train.checkpoint_minutes": 9.0}
+    assert changed_after(committed, **knobs) == set()  # all four at once: none of them reruns anything
+    assert changed_after(committed, **{"gan.iterations": 7}) >= {"train-gan"}  # a real GAN knob still does

@@ -11,7 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import advmix.cli
-from advmix.data import DatasetError, build_dataset
+from advmix.data import DatasetError
+from advmix.data.build import build_dataset
 
 SIZES = {"train": 16, "val": 8, "test_iid": 8, "test_balanced": 8, "test_flipped": 8, "pool": 8}
 AGREEMENT = {"train": 0.75, "val": 0.75, "test_iid": 0.75, "test_balanced": 0.5, "test_flipped": 0.25}

@@ -38,12 +38,12 @@ def test_resume_after_interruption_continues_the_same_run(tmp_path):
         train_gan(data, p, seed=0, state_path=state, progress=crash)
     assert torch.load(state, weights_only=True)["iteration"] == 3
     resumed = train_gan(data, p, seed=0, state_path=state)
-    assert resumed["resumed_from"] == 3
-    for (name, a), b in zip(full["G_ema"].state_dict().items(), resumed["G_ema"].state_dict().values()):
+    assert resumed.resumed_from == 3
+    for (name, a), b in zip(full.G_ema.state_dict().items(), resumed.G_ema.state_dict().values()):
         assert torch.equal(a, b), name
     # a state from other params is not resumed
     other = GanParams(iterations=6, checkpoint_minutes=1e-6, **{**TINY, "lr": 1e-3})
-    assert train_gan(data, other, seed=0, state_path=state)["resumed_from"] == 0
+    assert train_gan(data, other, seed=0, state_path=state).resumed_from == 0
 
 
 def test_mirror_false_turns_the_flip_augmentation_off(tmp_path):
@@ -55,7 +55,7 @@ def test_mirror_false_turns_the_flip_augmentation_off(tmp_path):
                         state_path=tmp_path / "b.pt")
     flipped = train_gan(data, GanParams(iterations=3, augment=["flip", "translation"], **TINY), seed=0,
                         state_path=tmp_path / "c.pt")
-    a, b, c = (r["G_ema"].state_dict() for r in (no_mirror, no_flip, flipped))
+    a, b, c = (r.G_ema.state_dict() for r in (no_mirror, no_flip, flipped))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
@@ -100,12 +100,12 @@ def test_ddp_gloo_two_ranks(tmp_path):
         data = np.random.default_rng(0).integers(0, 255, (24, 16, 16, 3), dtype=np.uint8)
         p = GanParams(iterations=3, checkpoint_minutes=1e-6, **{TINY!r})
         run = train_gan(data, p, seed=0, state_path=Path({str(tmp_path / 'state.pt')!r}))
-        flat = torch.cat([v.flatten().float() for v in run["G_ema"].state_dict().values()])
-        everyone = [torch.zeros_like(flat) for _ in range(run["world"])]
+        flat = torch.cat([v.flatten().float() for v in run.G_ema.state_dict().values()])
+        everyone = [torch.zeros_like(flat) for _ in range(run.world)]
         dist.all_gather(everyone, flat)
         assert all(torch.equal(everyone[0], e) for e in everyone), "ranks diverged"
         # one file per rank: the two ranks' stdout interleaves
-        Path({str(tmp_path)!r}, f"rank{{run['rank']}}.txt").write_text(f"world {{run['world']}} ok")
+        Path({str(tmp_path)!r}, f"rank{{run.rank}}.txt").write_text(f"world {{run.world}} ok")
         dist.destroy_process_group()
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

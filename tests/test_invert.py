@@ -88,8 +88,8 @@ def test_latent_rows_follow_the_manifest(tiny_g, tmp_path):
     G, w_avg = tiny_g
     ds = tiny_dataset(G)
     out, parts = run_extract(G, w_avg, ds)
-    invert.save_latents(tmp_path / "latents", out["latents"], {k: s.manifest for k, s in parts.items()})
-    from advmix.probes import to_tensor
+    invert.save_latents(tmp_path / "latents", out.latents, {k: s.manifest for k, s in parts.items()})
+    from advmix.images import to_tensor
 
     for name, part in parts.items():
         codes = invert.load_latents(tmp_path / "latents" / f"{name}.npy", part.manifest, G.n_latent, G.style_dim)
@@ -97,7 +97,7 @@ def test_latent_rows_follow_the_manifest(tiny_g, tmp_path):
         real = to_tensor(part.images)
         dist = (rec[:, None] - real[None]).square().flatten(2).mean(2)  # [code i, image j]
         assert (dist.argmin(1) == torch.arange(len(part))).all(), dist
-    m = out["metrics"]
+    m = out.metrics
     assert m["train"]["psnr"] > m["train"]["encoder_only"]["psnr"]
 
 
@@ -110,10 +110,10 @@ def test_same_seed_same_latents(tiny_g):
     torch.manual_seed(0)
     probe = build_probe(16, {"label": 2}, width=4).eval()
     runs = [invert.extract(G, w_avg, probe, {"train": ds.images}, p, seed) for seed in (0, 0, 1)]
-    a, b, c = (r["latents"]["train"] for r in runs)
+    a, b, c = (r.latents["train"] for r in runs)
     assert np.array_equal(a, b) and a.dtype == np.float32
     assert not np.array_equal(a, c)
-    for x, y in zip(runs[0]["encoder"].state_dict().values(), runs[1]["encoder"].state_dict().values()):
+    for x, y in zip(runs[0].encoder.state_dict().values(), runs[1].encoder.state_dict().values()):
         assert torch.equal(x, y)
 
 
@@ -135,18 +135,6 @@ def test_mismatched_latents_fail_clearly(tmp_path):
         invert.load_latents(folder / "test_iid.npy", manifest)
     with pytest.raises(invert.LatentsError, match="2 manifest rows"):
         invert.save_latents(folder, {"val": np.zeros((3, 6, 32), np.float32)}, {"val": manifest.iloc[:2]})
-
-
-def test_residual_restores_the_image(tiny_g):
-    G, _ = tiny_g
-    ws, images = generated(G, 3, seed=7)
-    from advmix.probes import to_tensor
-
-    r = invert.residual(G, ws * 0.5, images)
-    assert r.shape == (3, 3, 16, 16)
-    assert torch.allclose(invert.synthesize(G, ws * 0.5) + r, to_tensor(images), atol=1e-5)
-    with pytest.raises(ValueError, match="3 images but 2 codes"):
-        invert.residual(G, ws[:2], images)
 
 
 @pytest.fixture

@@ -65,3 +65,25 @@ def test_cli_params_prints_resolved_and_fails_cleanly(tmp_path):
     bad = runner.invoke(app, ["params", "-p", str(write(tmp_path, {"data": {"colour": 1}}))])
     assert bad.exit_code == 2
     assert "data.colour: unknown key" in bad.output
+
+
+def test_params_yaml_holds_every_key_with_the_schema_default():
+    """The committed params.yaml spells every key of the schema, each at its default: a missing key would still
+    parse (the schema fills it in) but DVC reads declared keys from the file itself."""
+    from pathlib import Path
+
+    import yaml
+
+    from advmix.params import Params
+
+    def flat(tree, prefix=""):
+        out = {}
+        for k, v in tree.items():
+            out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {prefix + k: v}
+        return out
+
+    raw = flat(yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text()))
+    defaults = flat(Params().model_dump(mode="json", by_alias=True))
+    assert sorted(set(defaults) - set(raw)) == [] and sorted(set(raw) - set(defaults)) == []
+    assert {k: (v, raw[k]) for k, v in defaults.items() if raw[k] != v} == {}
+

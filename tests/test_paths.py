@@ -10,7 +10,8 @@ from advmix.modes import dfr_run
 from advmix.params import SPLITS, load_params
 
 ROOT = Path(__file__).parents[1]
-NOT_IN_DVC = {paths.SCRATCH, paths.SWEEP_FIGURE, paths.SWEEP_JSON}  # scratch states; the sweep reads experiments
+# scratch states; the sweep reads experiments; the params profiles and DVC's own lock are no stage's
+NOT_IN_DVC = {paths.SCRATCH, paths.SWEEP_FIGURE, paths.SWEEP_JSON, paths.PROFILES, paths.DVC_YAML, paths.DVC_LOCK}
 
 
 def spelled() -> set[Path]:

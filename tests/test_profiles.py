@@ -12,7 +12,8 @@ from test_pipeline import dvc, make_project
 from typer.testing import CliRunner
 
 from advmix.cli import app
-from advmix.params import PROFILES_DIR, load_params, load_profile, parse_params, render_params
+from advmix.params import load_params, load_profile, parse_params, render_params
+from advmix.paths import PROFILES as PROFILES_DIR
 
 ROOT = Path(__file__).parents[1]
 PROFILES = sorted(p.stem for p in (ROOT / PROFILES_DIR).glob("*.yaml"))

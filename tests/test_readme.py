@@ -54,3 +54,12 @@ def test_docs_links_exist_and_stay_inside_the_repo():
             assert target.exists(), f"{doc.name}: {link} does not exist"
         for outside in ("shared/notes", "../shared"):
             assert outside not in text, f"{doc.name} cites {outside!r}, which is not in the repository"
+
+
+def test_no_code_comment_cites_a_file_outside_the_repo():
+    files = [ROOT / name for name in ("pyproject.toml", "dvc.yaml", "params.yaml", "prefect.yaml")]
+    files += [p for folder in ("advmix", "bench", "flows", "profiles", ".ci") for p in (ROOT / folder).rglob("*")]
+    for path in sorted(p for p in files if p.is_file() and p.suffix in (".py", ".toml", ".yaml", "")):
+        text = path.read_text()
+        for outside in ("shared/notes", "../shared", "DESIGN.md"):
+            assert outside not in text, f"{path.relative_to(ROOT)} cites {outside!r}, which is not in the repository"

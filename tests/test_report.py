@@ -27,11 +27,12 @@ VALIDATION = {"success": True, "evaluated": 29, "failed": [],
 def write_eval(root, mode, seed, err, wga, eod, semantic=None):
     splits = {s: {"acc": 1 - (err if s == "test_balanced" else err + 0.01),
                   "error": err if s == "test_balanced" else err + 0.01, "worst_group_acc": wga,
-                  "avg_acc_train_weighted": 0.9, "eod": eod, "dpd": eod / 2, "deo": eod, "ece": 0.05,
+                  "n": 100, "avg_acc_train_weighted": 0.9, "eod": eod, "dpd": eod / 2, "deo": eod, "ece": 0.05,
                   "group_acc": {g: wga + 0.05 * i for i, g in enumerate(GROUPS)}} for s in SPLITS}
-    body = {"mode": mode, "seed": seed, "uses_group_labels": mode == "groupdro", "splits": splits,
+    body = {"mode": mode, "seed": seed, "uses_group_labels": mode == "groupdro",
+            "group_labels_read": "train" if mode == "groupdro" else "none", "splits": splits,
             "semantic_robust_acc": semantic, "mix_change_error": None if semantic is None else semantic - 0.1,
-            "linf_robust_acc_2": 0.5, "linf_robust_acc_8": 0.1}
+            "pgd_robust_acc": {"2/255": 0.5, "8/255": 0.1}}
     path = root / "metrics" / "eval" / f"{mode}-s{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({f"eval_{mode}_s{seed}": body}))
@@ -182,6 +183,7 @@ def test_markdown_references_images_by_relative_path(built):
         assert f"]({rel})" in md
         assert (root / "reports" / rel).is_file()
     assert "| nominal | 0.250 ± 0.071 | (reference) |" in md
+    assert "| advmix | **0.150 ± 0.071** | +40.0% | **0.750 ± 0.071** |" in md  # the best of a column, by direction
     assert "| linf |" in md and "n/a" in md  # linf has no semantic robust accuracy
     assert "Missing: reports/inversion.png not present" in md
 
@@ -204,7 +206,7 @@ def test_malformed_inputs_name_the_file(tmp_path):
         report.build_report(tmp_path)
     bad.write_text(json.dumps({"eval_advmix_s0": {"mode": "advmix", "seed": 0, "splits": {"test_balanced": {
         "error": 0.1}}}}))
-    with pytest.raises(ValueError, match=re.escape(str(bad)) + ".*worst_group_acc"):
+    with pytest.raises(ValueError, match=re.escape(str(bad)) + ".*uses_group_labels: field required.*rerun"):
         report.build_report(tmp_path)
     bad.unlink()
     csv = tmp_path / "results" / "eval" / "nominal-s0" / "by_group.csv"
@@ -227,9 +229,9 @@ def test_multiclass_runs_have_null_fairness_gaps_and_still_report(tmp_path):
     assert summary["advmix_vs_nominal"]["relative_error_reduction_balanced"] == pytest.approx(0.4)
     assert "n/a" in (tmp_path / "reports" / "summary.md").read_text()
     raw = json.loads(path.read_text())
-    del next(iter(raw.values()))["splits"]["val"]["eod"]  # absent, not null: still an error
+    del next(iter(raw.values()))["splits"]["val"]["ece"]  # a figure every split has: its absence is an error
     path.write_text(json.dumps(raw))
-    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*'eod'.*or null"):
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": splits.val.ece: field required"):
         report.build_report(tmp_path)
 
 
@@ -274,7 +276,7 @@ def test_an_incomplete_plan_is_refused_unless_a_partial_report_is_asked_for(tmp_
 def test_a_non_finite_metric_is_refused(tmp_path, bad):
     write_inputs(tmp_path, modes=("nominal",), by_group=False, extras=False)
     path = write_eval(tmp_path, "nominal", 1, bad, 0.5, 0.1)
-    with pytest.raises(report.ReportError, match=re.escape(str(path)) + ".*finite number.*error"):
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": splits.val.acc: input should be a finite number"):
         report.build_report(tmp_path)
 
 
@@ -340,8 +342,9 @@ def test_both_selection_rules_and_dfr_rows_with_the_labels_each_read(tmp_path):
         body = json.loads(path.read_text())
         (run,) = body.values()
         run["group_labels_read"] = "val" if mode == "dfr_nominal" else "none"
-        splits = {"test_iid": {"acc": 0.95, "error": 0.05, "worst_group_acc": 0.5},
-                  "test_balanced": {"acc": 1 - err, "error": err, "worst_group_acc": 0.9 - err}}
+        rest = {"n": 100, "avg_acc_train_weighted": 0.9, "ece": 0.05, "group_acc": {}}
+        splits = {"test_iid": {"acc": 0.95, "error": 0.05, "worst_group_acc": 0.5, **rest},
+                  "test_balanced": {"acc": 1 - err, "error": err, "worst_group_acc": 0.9 - err, **rest}}
         run["selection"] = {"label_free": {"epoch": 3}, "val_worst_group": {"epoch": seed, "splits": splits}}
         path.write_text(json.dumps(body))
     summary = report.build_report(tmp_path)
@@ -361,4 +364,61 @@ def test_both_selection_rules_and_dfr_rows_with_the_labels_each_read(tmp_path):
     next(iter(body.values()))["selection"]["val_worst_group"]["splits"]["test_balanced"]["error"] = float("nan")
     bad.write_text(json.dumps(body))
     with pytest.raises(report.ReportError, match="advmix-s1.json: selection.val_worst_group"):
+        report.build_report(tmp_path)
+
+
+def test_the_pgd_columns_follow_the_epsilons_the_runs_were_attacked_at(tmp_path):
+    """Changing evaluate.linf_epsilons changes the PGD columns instead of leaving n/a ones; summary.json has them."""
+    from advmix.results import epsilon_label
+
+    assert [epsilon_label(e) for e in (2 / 255, 8 / 255, 0.01)] == ["2/255", "8/255", "0.01"]
+    write_inputs(tmp_path, modes=("nominal", "advmix"), by_group=False, extras=False)
+    for path in (tmp_path / "metrics" / "eval").glob("*.json"):
+        raw = json.loads(path.read_text())
+        next(iter(raw.values()))["pgd_robust_acc"] = {"16/255": 0.25, "4/255": 0.5}
+        path.write_text(json.dumps(raw))
+    summary = report.build_report(tmp_path)
+    assert summary["modes"]["advmix"]["pgd_robust_acc"] == {"4/255": 0.5, "16/255": 0.25}
+    md = (tmp_path / "reports" / "summary.md").read_text()
+    comparison = md[md.index("## Comparison"):md.index("## Against nominal")]
+    header = next(line for line in comparison.splitlines() if line.startswith("| mode |"))
+    assert "PGD acc 4/255 | PGD acc 16/255" in header and "8/255" not in header
+    assert "| **0.500 ± 0.000** | **0.250 ± 0.000** |" in comparison  # a tie: both modes are the best
+
+
+def test_the_hand_written_headline_row_of_docs_results_quotes_the_committed_metrics():
+    """The ablation table's `pool (the default)` row in docs/results.md is written by hand: its figures must be the
+    committed metrics/layers.json and metrics/summary.json, rounded as shown."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    row = next(line for line in (root / "docs" / "results.md").read_text().splitlines()
+               if line.startswith("| pool (the default) |"))
+    layers = json.loads((root / "metrics" / "layers.json").read_text())
+    real = layers["perturbation"]["real"]
+    gain = json.loads((root / "metrics" / "summary.json").read_text())["vs_nominal"]["advmix"]
+    lo, hi = gain["relative_error_reduction_ci"]
+    wlo, whi = gain["worst_group_gain_ci"]
+    rows = layers["perturbation"]["layers"]
+    expected = (f"| pool (the default) | {rows[0]}-{rows[-1]} | {real['label_change']:.1%} | "
+                f"**{real['spurious_transfer']:.1%}** | −{gain['relative_error_reduction']:.1%}, CI [{lo:.1%}, "
+                f"{hi:.1%}] | {gain['worst_group_gain']:+.3f}, CI [{wlo:+.3f}, {whi:+.3f}] |")
+    assert row == expected
+
+
+def test_an_eval_file_of_the_previous_format_is_read(tmp_path):
+    """Eval files written before the schema held PGD as linf_robust_acc_<k>: the report reads them as
+    pgd_robust_acc["<k>/255"]; an unknown key is still refused."""
+    write_inputs(tmp_path, modes=("nominal", "advmix"), by_group=False, extras=False)
+    for path in (tmp_path / "metrics" / "eval").glob("*.json"):
+        raw = json.loads(path.read_text())
+        entry = next(iter(raw.values()))
+        entry.pop("pgd_robust_acc")
+        entry |= {"linf_robust_acc_2": 0.5, "linf_robust_acc_8": 0.1}
+        path.write_text(json.dumps(raw))
+    summary = report.build_report(tmp_path)
+    assert summary["modes"]["nominal"]["pgd_robust_acc"] == {"2/255": 0.5, "8/255": 0.1}
+    entry["linf_robust_acc_x"] = 0.3
+    path.write_text(json.dumps(raw))
+    with pytest.raises(report.ReportError, match="linf_robust_acc_x: unknown key"):
         report.build_report(tmp_path)

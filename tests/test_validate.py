@@ -8,7 +8,8 @@ from conftest import tiny_params
 from typer.testing import CliRunner
 
 from advmix.cli import app
-from advmix.data import build_dataset, load_dataset, save_dataset
+from advmix.data import load_dataset, save_dataset
+from advmix.data.build import build_dataset
 from advmix.data.store import image_digests
 from advmix.validate import run_suites
 

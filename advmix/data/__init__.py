@@ -1,24 +1,7 @@
-"""Dataset builders and the on-disk dataset format."""
+"""The on-disk dataset format (store) and the dataset builders (build: synthfaces, colordigits, celeba, folder)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from advmix.data.store import Dataset, DatasetError, load_dataset, save_dataset
-from advmix.params import Params
 
-__all__ = ["Dataset", "DatasetError", "build_dataset", "load_dataset", "save_dataset"]
-
-
-def build_dataset(params: Params, progress: Callable[[int], None] | None = None) -> Dataset:
-    """The dataset named by `data.name`, deterministic in `seed`."""
-    name = params.data.name
-    if name == "synthfaces":
-        from advmix.data import synthfaces as builder
-    elif name == "colordigits":
-        from advmix.data import colordigits as builder
-    elif name == "folder":
-        from advmix.data import folder as builder
-    else:
-        from advmix.data import celeba as builder
-    return builder.build(params.data, params.seed, progress)
+__all__ = ["Dataset", "DatasetError", "load_dataset", "save_dataset"]

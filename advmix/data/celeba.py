@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from advmix.data.splits import draw_rows
-from advmix.data.store import Dataset, DatasetError, group_of
+from advmix.data.store import Dataset, DatasetError
+from advmix.groups import group_of
 from advmix.params import DataParams
 
 REQUIRED = ("list_attr_celeba.txt", "list_eval_partition.txt")

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from advmix.data.splits import draw_cells, plan
-from advmix.data.store import Dataset, DatasetError, group_of
+from advmix.data.store import Dataset, DatasetError
+from advmix.groups import group_of
 from advmix.params import ALL_SPLITS, POOL, DataParams
 
 # Ten well-separated colours; colour k "belongs" to digit k.

@@ -19,7 +19,8 @@ import pandas as pd
 
 from advmix.data.celeba import PARTITION, _square_resize
 from advmix.data.splits import draw_rows
-from advmix.data.store import BASE_COLUMNS, Dataset, DatasetError, group_of
+from advmix.data.store import BASE_COLUMNS, Dataset, DatasetError
+from advmix.groups import group_of
 from advmix.params import SPLITS, DataParams, FolderParams
 
 SPLIT_CODES = {"0": 0, "1": 1, "2": 2, "train": 0, "val": 1, "test": 2}

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from advmix.data.splits import draw_cells, plan
-from advmix.data.store import Dataset, group_of
+from advmix.data.store import Dataset
+from advmix.groups import group_of
 from advmix.params import ALL_SPLITS, DataParams
 
 SUPERSAMPLE = 4

@@ -9,8 +9,7 @@ Accepted by `load_generator` (the format is detected from the content, not the f
 - a pSp / e4e / ReStyle checkpoint (`{"state_dict": {"encoder.*", "decoder.*"}, "latent_avg"?: ...}`): the
   `decoder.*` generator is extracted;
 - a stylegan2-ada-pytorch network pickle (`.pkl`), read by a restricted unpickler that executes none of the code
-  embedded in the file, then converted key by key to the rosinality layout (shared/notes/stylegan2-checkpoints.md
-  section 4).
+  embedded in the file, then converted key by key to the rosinality layout (`convert_nvidia_generator`).
 
 Every `torch.load` here uses `weights_only=True`; nothing is ever unpickled into code.
 """
@@ -30,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from advmix.data.store import atomic_torch_save
+from advmix.files import atomic_torch_save
 from advmix.gan.networks import Generator, channels_for
 
 FORMAT = "advmix-stylegan2"

@@ -1,6 +1,7 @@
 """Latent extraction: real images -> W+ codes, the bank that mixing reads.
 
-Two stages, because neither alone is good enough on a CPU budget (shared/notes/data-and-gan.md):
+Two stages, because neither alone is good enough on a CPU budget (an encoder alone loses small labels, per-image
+optimisation alone is slow and starts far away):
 
 1. An encoder E: image -> W+ (a small CNN predicting per-layer offsets from w_avg, in units of the per-dimension
    spread of W). It is trained first on generator samples (w+, G(w+)), whose true code is known, with style mixing
@@ -26,6 +27,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advmix.data.store import atomic_folder
+from advmix.files import atomic_folder
+from advmix.paths import LATENTS_INFO
 
 ENCODER_FORMAT = "advmix-encoder"
 MIX_PROBABILITY = 0.9  # share of encoder training samples with two codes (rows differ), as in GAN training
@@ -97,7 +100,7 @@ def build_encoder(G, w_avg: Tensor, width: int = 32, seed: int = 0, n_stats: int
 
 def save_encoder(path: str | os.PathLike[str], enc: Encoder, extra: dict[str, Any] | None = None) -> Path:
     """A plain dict of tensors + config (loadable with weights_only=True), written atomically."""
-    from advmix.data.store import atomic_torch_save
+    from advmix.files import atomic_torch_save
 
     payload = {"format": ENCODER_FORMAT, "config": dict(enc.config),
                "state_dict": {k: v.detach().cpu() for k, v in enc.state_dict().items()}, **(extra or {})}
@@ -249,20 +252,6 @@ def synthesize(G, ws: Tensor, batch: int = 256) -> Tensor:
         0, 3, G.size, G.size)
 
 
-@torch.no_grad()
-def residual(G, ws: Tensor, x: Tensor | np.ndarray, batch: int = 256) -> Tensor:
-    """x - G(ws) for a batch: what inversion lost. Added back to a mix, it keeps details the generator cannot make.
-
-    `x` is uint8 N x H x W x 3 (numpy) or a [-1, 1] tensor N x 3 x H x W; `ws` the codes of the same rows.
-    """
-    from advmix.probes import to_tensor
-
-    x = to_tensor(x) if isinstance(x, np.ndarray) else x
-    if len(x) != len(ws):
-        raise ValueError(f"residual: {len(x)} images but {len(ws)} codes")
-    return x.float() - synthesize(G, ws.to(x.device).float(), batch)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Metrics
 
@@ -318,15 +307,22 @@ def progress_total(p, n_images: int) -> int:
     return p.encoder_steps + p.encoder_real_steps + n_images
 
 
-def extract(G, w_avg: Tensor, probe: nn.Module | None, splits: dict[str, np.ndarray], p, seed: int,
-            encoder_images: np.ndarray | None = None, mirror: bool = True, progress: Progress = None) -> dict[str, Any]:
-    """Train the encoder on `encoder_images` (default: `splits["train"]`), then invert every split (encoder, then
-    refinement if asked).
+@dataclass
+class Inversion:
+    """What `extract` returns."""
 
-    `p` is an ExtractParams. Returns {"encoder", "latents" {split: float32 array}, "encoder_latents",
-    "metrics" (the inversion.json content), "reconstructions" {split: (encoder-only, refined) tensors}}.
-    """
-    from advmix.probes import to_tensor
+    encoder: Encoder
+    encoder_losses: dict[str, float]  # train_encoder's last losses (mean of the last 50 steps)
+    latents: dict[str, np.ndarray]  # split -> float32 N x n_latent x style_dim, in the split's row order
+    metrics: dict[str, Any]  # metrics/inversion.json: reconstruction per split (refined and encoder-only), speed
+    reconstructions: dict[str, tuple[Tensor, Tensor]]  # split -> (encoder-only, refined) images, for the figure
+
+
+def extract(G, w_avg: Tensor, probe: nn.Module | None, splits: dict[str, np.ndarray], p, seed: int,
+            encoder_images: np.ndarray | None = None, mirror: bool = True, progress: Progress = None) -> Inversion:
+    """Train the encoder on `encoder_images` (default: `splits["train"]`), then invert every split (encoder, then
+    refinement if asked). `p` is an ExtractParams."""
+    from advmix.images import to_tensor
 
     torch.manual_seed(seed)
     t0 = time.perf_counter()
@@ -363,10 +359,8 @@ def extract(G, w_avg: Tensor, probe: nn.Module | None, splits: dict[str, np.ndar
     metrics["images_per_s"] = n / max(encoder_seconds + refine_seconds, 1e-9)
     metrics["encoder_seconds"] = encoder_seconds
     metrics["refine_seconds"] = refine_seconds
-    return {"encoder": enc, "encoder_losses": losses, "metrics": metrics,
-            "latents": {k: v.float().numpy() for k, v in codes.items()},
-            "encoder_latents": {k: v.float().numpy() for k, v in enc_codes.items()},
-            "reconstructions": {k: (enc_recs[k], recs[k]) for k in real}}
+    return Inversion(encoder=enc, encoder_losses=losses, latents={k: v.float().numpy() for k, v in codes.items()},
+                     metrics=metrics, reconstructions={k: (enc_recs[k], recs[k]) for k in real})
 
 
 def comparison_images(real: Tensor, encoder_only: Tensor, refined: Tensor, n: int = 12) -> Tensor:
@@ -414,7 +408,7 @@ def save_latents(folder: str | os.PathLike[str], latents: dict[str, np.ndarray],
             buf = io.BytesIO()
             np.save(buf, np.ascontiguousarray(arr, dtype=np.float32))
             (tmp / f"{name}.npy").write_bytes(buf.getvalue())
-        (tmp / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+        (tmp / LATENTS_INFO.name).write_text(json.dumps(info, indent=2) + "\n")
     return folder
 
 
@@ -445,7 +439,7 @@ def load_latents(path: str | os.PathLike[str], manifest_split: pd.DataFrame, n_l
     if bad.any():
         raise LatentsError(f"{path}: {int(bad.sum())} row(s) hold NaN or Inf (the first: row {int(np.argmax(bad))}) "
                            f"{hint}")
-    info_path = path.with_name("info.json")
+    info_path = path.with_name(LATENTS_INFO.name)
     if info_path.is_file():
         entry = json.loads(info_path.read_text()).get("splits", {}).get(path.stem)
         if entry is not None and "id" in manifest_split.columns and entry.get("ids_sha1") != ids_digest(

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from advmix.mixing import layer_groups, mix
+from advmix.mixing import layer_groups, mix, partner_key
 
 
 def read(G, probe, ws, batch: int = 256) -> dict[str, np.ndarray]:
@@ -40,9 +40,10 @@ def read(G, probe, ws, batch: int = 256) -> dict[str, np.ndarray]:
 def pick_partners(labels: np.ndarray, rule: str, rng: np.random.Generator) -> np.ndarray:
     """A partner index for every example: anyone else, or someone else with the same label."""
     n = len(labels)
+    key = partner_key(np.asarray(labels), rule)
     partners = np.empty(n, dtype=int)
     for i in range(n):
-        pool = np.flatnonzero(labels == labels[i]) if rule == "same_label" else np.arange(n)
+        pool = np.flatnonzero(key == key[i])
         pool = pool[pool != i]
         partners[i] = rng.choice(pool) if len(pool) else i
     return partners

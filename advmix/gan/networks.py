@@ -1,7 +1,7 @@
 """StyleGAN2 generator and discriminator in plain PyTorch.
 
-The module tree, parameter names and shapes follow the public rosinality/stylegan2-pytorch layout
-(shared/notes/stylegan2-checkpoints.md), so a `g_ema` state dict from that code, or from an encoder that embeds it,
+The module tree, parameter names and shapes follow the public rosinality/stylegan2-pytorch layout (the one
+most public checkpoints and encoders ship in), so a `g_ema` state dict from that code, or from an encoder that embeds it,
 loads with `load_state_dict(strict=True)`. Nothing here needs a compiled extension: the fused bias+leaky-ReLU and
 upfirdn2d ops are written with ordinary torch ops, so the same code runs on CPU, on CUDA, under bf16 autocast and
 with channels_last tensors.

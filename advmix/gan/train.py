@@ -3,7 +3,8 @@
 Small datasets get two augmentations: x-flips of the reals, and DiffAugment-style differentiable
 translation / colour / cutout applied to every image the discriminator sees, real or fake, so the
 generator never learns the augmentation. Style mixing at a high probability is what separates the
-layers that carry the label from the ones that carry nuisances (shared/notes/data-and-gan.md).
+layers that carry the label from the ones that carry nuisances: a mix of two latents at a random row must
+still look real, so each attribute settles in a contiguous range of W+ rows.
 
 The loop writes its whole state atomically every few minutes; a rerun with the same params and
 data continues from it. Under `torchrun` each rank draws its own batches and gradients are
@@ -17,13 +18,13 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from advmix.data.store import atomic_torch_save
-from advmix.files import read_torch
+from advmix.files import atomic_torch_save, read_torch
 from advmix.params import GanParams
 from advmix.runtime import all_ranks, average_grads, distributed, pick_device
 
@@ -37,6 +38,27 @@ def generator_config(p: GanParams, resolution: int) -> dict[str, Any]:
 
 class GanDivergedError(ValueError):
     """A non-finite loss: training stops at that iteration instead of writing a NaN generator."""
+
+
+@dataclass
+class GanRun:
+    """What train_gan returns (on every torchrun rank; rank 0 writes)."""
+
+    G_ema: Any  # the EMA generator, on the CPU in float32
+    w_avg: Any  # its mean W (4,096 mapped samples), for truncation and inversion
+    config: dict[str, Any]  # generator_config: what rebuilds the network
+    iterations: int
+    seconds: float  # of the whole run, resumed parts included
+    images_per_s: float  # of this process's part of the run
+    resumed_from: int  # the iteration a matching state let it start at (0: from scratch)
+    rank: int
+    world: int
+    last: dict[str, float]  # the last iteration's losses
+
+    def figures(self) -> dict[str, Any]:
+        """The run's figures for metrics/gan.json."""
+        return {"iterations": self.iterations, "seconds": self.seconds, "images_per_s": self.images_per_s,
+                "resumed_from": self.resumed_from}
 
 
 def fingerprint(p: GanParams, images: np.ndarray, seed: int, mirror: bool = True) -> str:
@@ -95,8 +117,8 @@ def _shift(padded, dy, dx, h: int, w: int):
 
 
 def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
-              progress: Callable[[int, dict], None] | None = None, mirror: bool = True) -> dict[str, Any]:
-    """Train on uint8 N x H x W x 3 images. Returns the EMA generator, its w_avg and run statistics.
+              progress: Callable[[int, dict], None] | None = None, mirror: bool = True) -> GanRun:
+    """Train on uint8 N x H x W x 3 images.
 
     `mirror`: whether a mirrored image is still a real one; False turns gan.augment's flip off (digits).
     `progress(done, stats)` is called after every iteration. The training state is saved to
@@ -108,8 +130,9 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
     import torch.nn.functional as F
 
     from advmix.gan.networks import Discriminator, Generator
-    from advmix.probes import to_tensor
+    from advmix.images import to_tensor
 
+    # ---- Ranks and devices; networks and optimisers, seeded the same on every rank.
     rank, world = distributed()
     device = pick_device(p.device, "gan.device")
     if device.type == "cuda" and world > 1:
@@ -131,6 +154,7 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
     g_opt = torch.optim.Adam(G.parameters(), lr=p.lr, betas=(0.0, 0.99))
     d_opt = torch.optim.Adam(D.parameters(), lr=p.lr * c, betas=(0.0, 0.99**c))
 
+    # ---- Resume a state of the same run (params, seed, data, world size), if there is one.
     fp = fingerprint(p, images, seed, mirror)
     start, elapsed = 0, 0.0
     if state_path.is_file():
@@ -145,6 +169,7 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
             torch.set_rng_state(state["torch_rng"][rank])
             start, elapsed = int(state["iteration"]), float(state["seconds"])
 
+    # ---- What every iteration draws from: latents (style-mixed at p.style_mixing), real batches, D's inputs.
     reals = to_tensor(images)
     beta = 0.5 ** (p.batch * world / p.ema_half_life_images)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
@@ -174,7 +199,7 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
     last_save = time.time()
     t0 = time.time() - elapsed
     for it in range(start, p.iterations):
-        # discriminator: fakes down, reals up
+        # ---- Discriminator step: fakes down, reals up (gradients averaged over ranks by hand).
         with amp:
             fake = G.synthesis(latents(p.batch), noise_mode="random").detach()
             real = real_batch()
@@ -185,7 +210,8 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
         d_opt.step()
         stats["d_loss"] = d_loss.item()
 
-        if p.r1_gamma > 0 and it % p.r1_every == 0:  # lazy R1 on the reals
+        # ---- Lazy R1 on the reals, every r1_every iterations (a double backward, hence no DDP wrapper).
+        if p.r1_gamma > 0 and it % p.r1_every == 0:
             real = real_batch().requires_grad_(True)
             with amp:
                 score = D(d_input(real)).float().sum()
@@ -197,7 +223,7 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
             d_opt.step()
             stats["r1"] = r1.item()
 
-        # generator: make D call fakes real
+        # ---- Generator step: make D call the fakes real.
         with amp:
             g_loss = F.softplus(-D(d_input(G.synthesis(latents(p.batch), noise_mode="random")))).mean()
         g_opt.zero_grad(set_to_none=True)
@@ -205,17 +231,20 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
         average_grads(G, world)
         g_opt.step()
         stats["g_loss"] = g_loss.item()
+        # ---- Stop on a non-finite loss, before the state is saved.
         broken = [k for k, v in stats.items() if not math.isfinite(v)]
-        if broken:  # stop before the state is saved: the last state on disk is the last good one
+        if broken:  # the last state on disk is the last good one
             raise GanDivergedError(f"train-gan: {broken[0]} is {stats[broken[0]]} at iteration {it + 1}; likely "
                                    f"non-finite images, or gan.lr {p.lr} too high (lower it and rerun)")
 
+        # ---- EMA of the generator (half-life p.ema_half_life_images).
         with torch.no_grad():
             for pe, pg in zip(G_ema.parameters(), G.parameters()):
                 pe.lerp_(pg, 1.0 - beta)
             for be, bg in zip(G_ema.buffers(), G.buffers()):
                 be.copy_(bg)
 
+        # ---- Progress, and every p.checkpoint_minutes the whole state, atomically.
         done = it + 1
         if progress is not None and rank == 0:
             progress(done, stats)
@@ -230,12 +259,13 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
                     "rng": [r[0] for r in rngs], "torch_rng": [r[1] for r in rngs]}, state_path)
             last_save = time.time()
 
+    # ---- The EMA generator and its mean W.
     G_ema = G_ema.cpu().float()
     w_avg = G_ema.mean_latent(4096, torch.Generator().manual_seed(seed))
     seconds = time.time() - t0
-    return {"G_ema": G_ema, "w_avg": w_avg, "config": cfg, "iterations": p.iterations, "seconds": seconds,
-            "images_per_s": (p.iterations - start) * p.batch * world / max(1e-9, seconds - elapsed),
-            "resumed_from": start, "rank": rank, "world": world, "last": stats}
+    return GanRun(G_ema=G_ema, w_avg=w_avg, config=cfg, iterations=p.iterations, seconds=seconds,
+                  images_per_s=(p.iterations - start) * p.batch * world / max(1e-9, seconds - elapsed),
+                  resumed_from=start, rank=rank, world=world, last=stats)
 
 
 def sample_images(G, n: int, seed: int, noise_mode: str = "const", batch: int = 256):
@@ -269,7 +299,8 @@ def quality_metrics(G, probe, real, n: int, seed: int) -> dict[str, Any]:
     """Download-free quality: Fréchet distance in the probe's feature space, attribute distributions."""
     import torch
 
-    from advmix.probes import predict, targets_of, to_tensor
+    from advmix.images import to_tensor
+    from advmix.probes import predict, targets_of
 
     fake = sample_images(G, n, seed)
     real_x = to_tensor(real.images[:n])
@@ -301,7 +332,8 @@ def mixing_grid(G, keep: list[int], n: int, seed: int) -> np.ndarray:
     """
     import torch
 
-    from advmix.figures import grid, to_uint8
+    from advmix.figures import grid
+    from advmix.images import to_uint8
 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

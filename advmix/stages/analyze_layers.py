@@ -31,8 +31,8 @@ def run(p, progress: Progress = no_progress) -> LayersAnalysed:
     import torch
 
     from advmix import paths
-    from advmix.data.store import atomic_write_json
     from advmix.figures import save_figure
+    from advmix.files import atomic_write_json
     from advmix.gan.layers import analyze, candidate_sets, heatmap, perturbation_on_bank, read
     from advmix.mixing import layer_groups
 

@@ -32,8 +32,8 @@ class Refitted:
 
 def run(p, base: str, seed: int | None = None) -> Refitted:
     from advmix import paths
-    from advmix.data.store import atomic_write_json
     from advmix.dfr import refit
+    from advmix.files import atomic_write_json
     from advmix.models import save_classifier
     from advmix.modes import SELECTION_RULES, dfr_run
     from advmix.runtime import pick_device

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from advmix.results import EvalResult
 from advmix.stages import StageError
 from advmix.stages.read_data import dataset
 from advmix.stages.read_gan import mixing_inputs, split_latents
@@ -18,16 +19,15 @@ from advmix.stages.read_gan import mixing_inputs, split_latents
 @dataclass
 class Evaluated:
     name: str  # <mode>-s<seed>
-    result: dict[str, Any]  # metrics/eval/<name>.json's one entry
+    result: EvalResult  # what metrics/eval/<name>.json holds
     seconds: float
 
     def summary(self) -> str:
-        r, nan = self.result, float("nan")
-        bal = r["splits"].get("test_balanced", {})
-        return (f"{self.name}: test_balanced error {bal.get('error', nan):.4f}, worst group "
-                f"{bal.get('worst_group_acc', nan):.4f}, semantic robust acc {r.get('semantic_robust_acc')}, "
-                f"mix change error {r.get('mix_change_error')}, val robust acc (selection) "
-                f"{r.get('val_semantic_robust_acc')}, {self.seconds:.0f} s")
+        r, bal = self.result, self.result.splits.get("test_balanced")
+        return (f"{self.name}: test_balanced error {bal.error if bal else float('nan'):.4f}, worst group "
+                f"{bal.worst_group_acc if bal else float('nan'):.4f}, semantic robust acc {r.semantic_robust_acc}, "
+                f"mix change error {r.mix_change_error}, val robust acc (selection) {r.val_semantic_robust_acc}, "
+                f"{self.seconds:.0f} s")
 
 
 def load_classifier(mode: str, seed: int, rule: str | None = None, with_payload: bool = False):
@@ -82,11 +82,13 @@ def write_result(p, ds, mode: str, seed: int, payload: dict[str, Any], result: d
     the run read of the group labels; write metrics/eval/<run>.json and its by_group.csv."""
     import pandas as pd
     import torch
+    from pydantic import ValidationError
 
     from advmix import paths
-    from advmix.data.store import atomic_write_bytes, atomic_write_json
     from advmix.evaluate import clean_metrics
+    from advmix.files import atomic_write_bytes, atomic_write_json
     from advmix.modes import SELECTION_RULES, group_labels_read
+    from advmix.results import describe, entry_key
 
     epochs = payload.get("selected_epochs") or {}
     selection: dict[str, Any] = {SELECTION_RULES[0]: {"epoch": epochs.get(SELECTION_RULES[0])}}
@@ -95,10 +97,13 @@ def write_result(p, ds, mode: str, seed: int, payload: dict[str, Any], result: d
             splits, _ = clean_metrics(load_classifier(mode, seed, rule=rule), ds, p, device)
             selection[rule] = {"epoch": epochs[rule], "splits": splits}
     read = group_labels_read(mode)
-    result = {"mode": mode, "seed": seed, "uses_group_labels": read != "none", "group_labels_read": read} | result
-    result["selection"] = selection
-    result["torch_threads"] = torch.get_num_threads()  # CPU results are bitwise reproducible at the same count
+    try:  # the schema that the report reads: a NaN or a missing figure stops here, before any file is written
+        checked = EvalResult(mode=mode, seed=seed, uses_group_labels=read != "none", group_labels_read=read,
+                             selection=selection, torch_threads=torch.get_num_threads(), **result)
+    except ValidationError as exc:
+        raise StageError(f"{paths.eval_metrics(mode, seed)}: not written, the evaluation of {mode} seed {seed} gave "
+                         f"{describe(exc)} (a broken classifier or non-finite images)") from None
     name = paths.run_name(mode, seed)
     atomic_write_bytes(paths.eval_by_group(mode, seed), pd.DataFrame(by_group).to_csv(index=False).encode())
-    atomic_write_json(paths.eval_metrics(mode, seed), {f"eval_{name.replace('-', '_')}": result})
-    return Evaluated(name, result, time.time() - t0)
+    atomic_write_json(paths.eval_metrics(mode, seed), {entry_key(name): checked.to_json()})
+    return Evaluated(name, checked, time.time() - t0)

@@ -42,11 +42,12 @@ def run(p, progress: Progress = no_progress) -> Extracted:
     import torch
 
     from advmix import paths
-    from advmix.data.store import atomic_write_json, mirror_invariant
+    from advmix.data.store import mirror_invariant
     from advmix.figures import grid, save_png
+    from advmix.files import atomic_write_json
     from advmix.gan import invert
+    from advmix.images import to_tensor
     from advmix.params import SPLITS
-    from advmix.probes import to_tensor
 
     ds = dataset(p)
     G, w_avg = generator(ds)
@@ -59,16 +60,16 @@ def run(p, progress: Progress = no_progress) -> Extracted:
         out = invert.extract(G, w_avg, probe_model, {k: s.images for k, s in splits.items()}, p.extract, p.seed,
                              encoder_images=generator_data(p, ds).images,
                              mirror=mirror_invariant(ds.info), progress=step)
-    invert.save_latents(paths.LATENTS_DIR, out["latents"], {k: s.manifest for k, s in splits.items()},
+    invert.save_latents(paths.LATENTS_DIR, out.latents, {k: s.manifest for k, s in splits.items()},
                         extra={"n_latent": G.n_latent, "style_dim": G.style_dim, "mode": p.extract.mode,
                                "generator": str(paths.GENERATOR),
                                "generator_sha1": invert.file_digest(paths.GENERATOR)})
-    invert.save_encoder(paths.ENCODER, out["encoder"], extra={
-        "seed": p.seed, "params": p.extract.model_dump(mode="json"), "losses": out["encoder_losses"]})
-    metrics = out["metrics"] | {"torch_threads": torch.get_num_threads()}  # the codes depend on it
+    invert.save_encoder(paths.ENCODER, out.encoder, extra={
+        "seed": p.seed, "params": p.extract.model_dump(mode="json"), "losses": out.encoder_losses})
+    metrics = out.metrics | {"torch_threads": torch.get_num_threads()}  # the codes depend on it
     atomic_write_json(paths.INVERSION_METRICS, metrics)
     shown = "test_balanced" if "test_balanced" in splits else next(iter(splits))
-    enc_rec, ref_rec = out["reconstructions"][shown]
+    enc_rec, ref_rec = out.reconstructions[shown]
     n = min(12, len(splits[shown]))
     save_png(grid(invert.comparison_images(to_tensor(splits[shown].images[:n]), enc_rec, ref_rec, n), ncol=n,
                   scale=max(1, 96 // G.size)), paths.INVERSION_FIGURE)

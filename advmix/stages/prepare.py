@@ -21,7 +21,8 @@ class Prepared:
 
 def run(p, progress: Progress = no_progress) -> Prepared:
     from advmix import paths
-    from advmix.data import DatasetError, build_dataset, save_dataset
+    from advmix.data import DatasetError, save_dataset
+    from advmix.data.build import build_dataset
 
     out = paths.dataset_dir(p.data.name)
     with progress(f"prepare {p.data.name}", sum(p.data.sizes.as_dict().values())) as step:

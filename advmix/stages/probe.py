@@ -20,7 +20,7 @@ def run(p, progress: Progress = no_progress) -> Probed:
     import torch
 
     from advmix import paths
-    from advmix.data.store import atomic_write_json
+    from advmix.files import atomic_write_json
     from advmix.probes import save_probe, train_probe
 
     ds = dataset(p)

@@ -11,13 +11,15 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from advmix.params import EVAL_SPLITS
 from advmix.stages import Progress, StageError, no_progress
 from advmix.stages.read_data import dataset
 from advmix.stages.read_gan import mixing_inputs
 
-EVAL_SPLITS = ("val", "test_iid", "test_balanced", "test_flipped")  # measured on the kept epoch
+if TYPE_CHECKING:
+    from advmix.train import ClassifierRun
 
 
 @dataclass
@@ -48,7 +50,7 @@ def require_a_commit() -> None:
                          "run `git add -A && git commit -m start` once, then rerun")
 
 
-def fit(mode: str, train, val, p, state: Path, live_dir: Path | None, **kwargs) -> dict[str, Any]:
+def fit(mode: str, train, val, p, state: Path, live_dir: Path | None, **kwargs) -> ClassifierRun:
     """One mode's training loop: JTT trains twice (advmix.train.train_jtt), every other mode once
     (train_classifier, which takes G, latents and layers for the mixing modes)."""
     from advmix.train import train_classifier, train_jtt
@@ -64,7 +66,7 @@ def run(p, mode: str, seed: int | None = None, progress: Progress = no_progress)
     import torch
 
     from advmix import paths
-    from advmix.data.store import atomic_folder, atomic_write_json
+    from advmix.files import atomic_folder, atomic_write_json
     from advmix.gan.invert import LatentsError
     from advmix.models import save_classifier
     from advmix.modes import MIXING_MODES, SELECTION_RULES
@@ -96,22 +98,22 @@ def run(p, mode: str, seed: int | None = None, progress: Progress = no_progress)
                           progress=on_step)
         except (LatentsError, ValueError) as exc:
             raise StageError(str(exc)) from None
-    if run["rank"] != 0:
+    if run.rank != 0:
         return None
 
     # ---- the kept epoch: saved, then measured on every labelled split ----
-    model = run["model"]
+    model = run.model
     path = paths.classifier(mode, seed)
     default_rule, *other_rules = SELECTION_RULES
-    save_classifier(path, model, run["config"], extra={
-        "mode": mode, "best_epoch": run["best_epoch"], "best_val_acc": run["best_val_acc"], "seed": seed,
+    save_classifier(path, model, run.config, extra={
+        "mode": mode, "best_epoch": run.best_epoch, "best_val_acc": run.best_val_acc, "seed": seed,
         "layers": layers, "partners": p.mixing.partners if mode in MIXING_MODES else None,
-        "default_rule": default_rule, "selected_epochs": run["best_epochs"]},
-        rule_states={rule: run["states"][rule] for rule in other_rules})
-    device = torch.device(run["device"])
+        "default_rule": default_rule, "selected_epochs": run.best_epochs},
+        rule_states={rule: run.states[rule] for rule in other_rules})
+    device = torch.device(run.device)
     model = model.to(device)
-    out = {"best_epoch": run["best_epoch"], "selected_epochs": run["best_epochs"], "epochs": run["epochs"], "seconds": round(run["seconds"], 2),
-           "images_per_s": round(run["images_per_s"], 2), "resumed_from_epoch": run["resumed_from"]["epoch"],
+    out = {"best_epoch": run.best_epoch, "selected_epochs": run.best_epochs, "epochs": run.epochs, "seconds": round(run.seconds, 2),
+           "images_per_s": round(run.images_per_s, 2), "resumed_from_epoch": run.resumed_from["epoch"],
            "torch_threads": torch.get_num_threads()}  # CPU results are bitwise reproducible at the same count
     for split in EVAL_SPLITS:
         part = ds.split(split)

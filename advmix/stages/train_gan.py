@@ -32,9 +32,9 @@ def run(p, progress: Progress = no_progress) -> GanTrained | None:
     import torch
 
     from advmix import paths
-    from advmix.data.store import atomic_write_json, mirror_invariant
+    from advmix.data.store import mirror_invariant
     from advmix.figures import grid, save_png
-    from advmix.files import BrokenFileError
+    from advmix.files import BrokenFileError, atomic_write_json
     from advmix.gan import checkpoints
     from advmix.gan.train import GanDivergedError, mixing_grid, quality_metrics, sample_images, train_gan
     from advmix.mixing import layer_groups
@@ -50,7 +50,7 @@ def run(p, progress: Progress = no_progress) -> GanTrained | None:
         if G.size != ds.images.shape[1]:
             raise StageError(f"gan.pretrained: {p.gan.pretrained} makes {G.size} px images but data.resolution is "
                              f"{ds.images.shape[1]}")
-        run = {"iterations": 0, "seconds": 0.0, "images_per_s": 0.0, "pretrained": str(p.gan.pretrained)}
+        figures = {"iterations": 0, "seconds": 0.0, "images_per_s": 0.0, "pretrained": str(p.gan.pretrained)}
         checkpoints.save_generator(paths.GENERATOR, G, {}, w_avg)  # what every later stage reads
     else:
         check_probe()  # read after training: a missing or broken probe is named now, not after it
@@ -63,16 +63,15 @@ def run(p, progress: Progress = no_progress) -> GanTrained | None:
                     mirror=mirror_invariant(ds.info))
             except (BrokenFileError, GanDivergedError) as exc:  # a truncated state or a NaN loss: named, with what to do
                 raise StageError(str(exc)) from None
-        if run["rank"] != 0:
+        if run.rank != 0:
             return None
-        G, w_avg, config = run.pop("G_ema"), run.pop("w_avg"), run.pop("config")
-        checkpoints.save_generator(paths.GENERATOR, G, config, w_avg)
-        run = {k: v for k, v in run.items() if k in ("iterations", "seconds", "images_per_s", "resumed_from")}
-        run |= {"data": p.gan.data, "images": len(train)}
+        G = run.G_ema
+        checkpoints.save_generator(paths.GENERATOR, G, run.config, run.w_avg)
+        figures = run.figures() | {"data": p.gan.data, "images": len(train)}
     save_png(grid(sample_images(G, 64, p.seed), ncol=8, scale=max(1, 96 // G.size)), paths.GAN_SAMPLES)
     save_png(mixing_grid(G, layer_groups(G.size)["coarse"], 6, p.seed), paths.GAN_MIXING)
     quality = quality_metrics(G, load_probe(), train, p.gan.eval_samples, p.seed)
     # CPU training is bitwise reproducible at the same thread count only: record it, as train and evaluate do
-    metrics = {"gan_" + k: v for k, v in run.items()} | quality | {"torch_threads": torch.get_num_threads()}
+    metrics = {"gan_" + k: v for k, v in figures.items()} | quality | {"torch_threads": torch.get_num_threads()}
     atomic_write_json(paths.GAN_METRICS, metrics)
     return GanTrained(metrics, time.time() - t0)

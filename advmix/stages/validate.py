@@ -18,6 +18,11 @@ class Validated:
                  for split, value in self.report.agreement.items()]
         return "\n".join(lines + [f"validation passed: {self.report.evaluated} expectations"])
 
+    def failures(self) -> list[str]:
+        """One line per failed expectation (none when the data passed)."""
+        return [f"FAILED {f.name} ({f.expectation}{', column ' + f.column if f.column else ''}): observed "
+                f"{f.observed}" for f in self.report.failures]
+
 
 def run(p) -> Validated:
     from advmix import paths
