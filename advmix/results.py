@@ -96,11 +96,6 @@ class Metric:
     split: str | None = None
     entry: str | None = None  # a key inside a per-entry figure (pgd_robust_acc's epsilon)
 
-    @property
-    def name(self) -> str:
-        """Its key in summary.json's per-mode entry (split metrics sit under their split)."""
-        return self.key if self.entry is None else f"{self.key}_{self.entry}"
-
 
 def pgd_metric(epsilon: str) -> Metric:
     return Metric("pgd_robust_acc", f"PGD acc {epsilon}", True, entry=epsilon)
