@@ -92,9 +92,9 @@ class LatentBank:
 
     def pools(self, rule: str, strata: int = 0, layers: Sequence[int] = ()) -> _Pools:
         """The rule's pools (one per class under same_label, one under any), split into strata; cached."""
-        base = partner_key(self.labels, rule)
         key = (rule, strata, tuple(layers) if strata else ())
         if key not in self._pools:
+            base = partner_key(self.labels, rule)
             sub = torch.zeros_like(base)
             if strata:
                 if not layers:

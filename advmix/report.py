@@ -102,7 +102,7 @@ class Run:
 
     @property
     def selection(self) -> dict[str, Any]:  # rule -> {"epoch", "splits" (other rules only)}
-        return self.result.to_json().get("selection", {})
+        return {rule: entry.to_json() for rule, entry in self.result.selection.items()}
 
     def figure(self, metric: Metric) -> float | None:
         """`metric` of this run, split metrics from `splits` (so under the run's selection rule)."""

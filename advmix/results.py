@@ -46,6 +46,9 @@ class Selected(_Strict):
     epoch: int | None = None
     splits: dict[str, SplitMetrics] | None = None
 
+    def to_json(self) -> dict:
+        return {k: v for k, v in self.model_dump(mode="json").items() if v is not None}
+
 
 class EvalResult(_Strict):
     """Everything `advmix evaluate` measures of one run (a mode or a DFR refit, and a seed)."""
@@ -72,9 +75,8 @@ class EvalResult(_Strict):
         """The file's entry: figures a run was not measured on are left out (a DFR refit's attacks, the val figure
         at evaluate.val_robust_images 0); a split's two-class gaps stay, as null, for ten classes."""
         out = {k: v for k, v in self.model_dump(mode="json").items() if v is not None and v != {}}
-        if "selection" in out:
-            out["selection"] = {rule: {k: v for k, v in entry.items() if v is not None}
-                                for rule, entry in out["selection"].items()}
+        if self.selection:
+            out["selection"] = {rule: entry.to_json() for rule, entry in self.selection.items()}
         return out
 
     @field_validator("selection")
