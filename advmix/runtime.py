@@ -1,9 +1,9 @@
 """Where training runs: the device, the CPU threads, and the torchrun process group shared by GAN and classifier
 training.
 
-The classifier trainer averages gradients through torch's DistributedDataParallel. The GAN trainer still averages
-them by hand (`average_grads`, one flat all-reduce after the backward pass), as stylegan2-ada-pytorch does: it
-keeps the double-backward R1 penalty simple.
+Both trainers average gradients through torch's DistributedDataParallel. `average_grads` (one flat all-reduce
+after the backward pass) is left for the GAN's lazy R1 step: a double backward, which DDP's reducer does not
+support.
 
 CPU threads (docs/threads.md): torch's OpenMP threads spin while they wait for each other, so two processes that
 each take every core run 10-20x slower, not 2x. `set_threads` gives each stage process its share of the cores.

@@ -515,6 +515,19 @@ class Generator(nn.Module):
         return self.synthesis(ws, noise_mode=noise_mode)
 
 
+class SynthesisFromZ(nn.Module):
+    """z (and a style-mixing partner) -> images through G's mapping and synthesis networks: the generator's training
+    forward as one module call, so that torch's DistributedDataParallel can wrap it (its hooks are set in forward)."""
+
+    def __init__(self, G: Generator) -> None:
+        super().__init__()
+        self.G = G
+
+    def forward(self, z: Tensor, mix_z: Tensor | None = None, mix_index: int | None = None,
+                noise_mode: str = "random") -> Tensor:
+        return self.G.synthesis(self.G.make_ws(z, mix_z=mix_z, mix_index=mix_index), noise_mode=noise_mode)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Discriminator
 

@@ -7,8 +7,11 @@ layers that carry the label from the ones that carry nuisances: a mix of two lat
 still look real, so each attribute settles in a contiguous range of W+ rows.
 
 The loop writes its whole state atomically every few minutes; a rerun with the same params and
-data continues from it. Under `torchrun` each rank draws its own batches and gradients are
-averaged by hand (as in stylegan2-ada-pytorch), which keeps the double-backward R1 simple.
+data continues from it. Under `torchrun` each rank draws its own batches and torch's
+DistributedDataParallel averages the gradients of the generator and discriminator steps (bucketed
+all-reduce overlapped with the backward pass). The lazy R1 step is a double backward, which DDP's
+reducer does not support, so it runs on the bare discriminator and averages its gradients by hand.
+One process runs the bare networks: its results are those of the loop without DDP, bit for bit.
 """
 
 from __future__ import annotations
@@ -129,7 +132,7 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
     import torch
     import torch.nn.functional as F
 
-    from advmix.gan.networks import Discriminator, Generator
+    from advmix.gan.networks import Discriminator, Generator, SynthesisFromZ
     from advmix.images import to_tensor
 
     # ---- Ranks and devices; networks and optimisers, seeded the same on every rank.
@@ -175,13 +178,13 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
                                                                                                        enabled=False)
 
-    def latents(n: int):
+    def latents(n: int) -> dict[str, Any]:
+        """A batch of z, and at p.style_mixing a second z with the W+ row where it takes over: make_ws's arguments."""
         z = torch.randn(n, p.style_dim, generator=gen).to(device)
         if torch.rand((), generator=gen).item() < p.style_mixing:
             z2 = torch.randn(n, p.style_dim, generator=gen).to(device)
-            cut = int(torch.randint(1, G.n_latent, (), generator=gen))
-            return G.make_ws(z, mix_z=z2, mix_index=cut)
-        return G.make_ws(z)
+            return {"z": z, "mix_z": z2, "mix_index": int(torch.randint(1, G.n_latent, (), generator=gen))}
+        return {"z": z}
 
     def real_batch():
         idx = torch.randint(0, len(reals), (p.batch,), generator=gen)
@@ -195,22 +198,32 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
         x = diff_augment(x, [a for a in p.augment if a != "flip"], gen)
         return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
+    # ---- Several ranks: DDP wraps the generator's step and the discriminator's (their gradients averaged by its
+    # bucketed all-reduce during the backward pass). The D step's fakes come from the bare G (no backward reaches
+    # it) and the G step's D is the bare D (its gradients are dropped), so each wrapper sees one backward per use.
+    # Buffers are not broadcast: every rank builds the same networks from the same seed.
+    synthesise = SynthesisFromZ(G)
+    G_step, D_step = synthesise, D
+    if world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel
+        G_step = ddp(synthesise, broadcast_buffers=False)
+        D_step = ddp(D, broadcast_buffers=False)
+
     stats: dict[str, float] = {}
     last_save = time.time()
     t0 = time.time() - elapsed
     for it in range(start, p.iterations):
-        # ---- Discriminator step: fakes down, reals up (gradients averaged over ranks by hand).
+        # ---- Discriminator step: fakes down, reals up.
         with amp:
-            fake = G.synthesis(latents(p.batch), noise_mode="random").detach()
+            fake = synthesise(**latents(p.batch), noise_mode="random").detach()
             real = real_batch()
-            d_loss = F.softplus(D(d_input(fake))).mean() + F.softplus(-D(d_input(real))).mean()
+            d_loss = F.softplus(D_step(d_input(fake))).mean() + F.softplus(-D_step(d_input(real))).mean()
         d_opt.zero_grad(set_to_none=True)
         d_loss.backward()
-        average_grads(D, world)
         d_opt.step()
         stats["d_loss"] = d_loss.item()
 
-        # ---- Lazy R1 on the reals, every r1_every iterations (a double backward, hence no DDP wrapper).
+        # ---- Lazy R1 on the reals, every r1_every iterations: a double backward, so the bare D, averaged by hand.
         if p.r1_gamma > 0 and it % p.r1_every == 0:
             real = real_batch().requires_grad_(True)
             with amp:
@@ -225,10 +238,9 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
 
         # ---- Generator step: make D call the fakes real.
         with amp:
-            g_loss = F.softplus(-D(d_input(G.synthesis(latents(p.batch), noise_mode="random")))).mean()
+            g_loss = F.softplus(-D(d_input(G_step(**latents(p.batch), noise_mode="random")))).mean()
         g_opt.zero_grad(set_to_none=True)
         g_loss.backward()
-        average_grads(G, world)
         g_opt.step()
         stats["g_loss"] = g_loss.item()
         # ---- Stop on a non-finite loss, before the state is saved.
