@@ -11,7 +11,9 @@ returns transformed images with the original labels, and each has the signature
   size (given in [0, 1] pixel units, 8/255 by default) are doubled.
 - `augmix`: torchvision's AugMix per image (its own random chains); neither the model nor the codes are used.
 
-The optional residual keeps what inversion lost: x_tilde = G(w_mix) + (x - G(w_x)), w_x the example's own code.
+The optional residual keeps what inversion lost: x_tilde = G(w_mix) + (x - G(w_x)), w_x the example's own code. It
+is fixed for an example (G is frozen), so a caller that has it passes it in `Batch.residual` (`residuals` computes
+it for a whole split once); otherwise each attack synthesises it.
 Mixed images are clamped to [-1, 1], the range of the real images. G is put in eval mode with gradients off;
 the classifier is put in eval mode for the attack and given back in the mode it came in. All randomness comes
 from `rng` (a CPU torch.Generator), so an attack is reproducible for a fixed generator state.
@@ -62,6 +64,7 @@ class Batch:
     y: Tensor  # [N] class indices
     w: Tensor | None = None  # [N, L, D] the examples' own W+ codes (needed by the mixing attacks)
     index: Tensor | None = None  # [N] their rows in the partner bank, so that nobody is its own partner
+    residual: Tensor | None = None  # [N, 3, H, W] x - G(w), when the caller has it (else synthesised per attack)
 
 
 class LatentBank:
@@ -197,9 +200,25 @@ def _compose(img: Tensor, residual: Tensor | None) -> Tensor:
 
 
 def _residual(G: nn.Module, batch: Batch) -> Tensor:
-    """x - G(w_x): what inversion lost, added back to every mix of the example."""
+    """x - G(w_x): what inversion lost, added back to every mix of the example (the batch's own, if it has one)."""
+    if batch.residual is not None:
+        return batch.residual.float()
     with torch.no_grad():
         return batch.x.float() - G.synthesis(batch.w, noise_mode="const").float()
+
+
+def residuals(G: nn.Module, images, w: Tensor, chunk: int = 256) -> Tensor:
+    """x - G(w) of every row of a split (uint8 N x H x W x 3 images, their codes), synthesised once in chunks of
+    `chunk` codes; on w's device, float32."""
+    from advmix.images import to_tensor
+
+    G = _frozen(G)
+    out = [torch.empty(0, 3, G.size, G.size, device=w.device)]
+    with torch.no_grad():
+        for start in range(0, len(w), chunk):
+            x = to_tensor(images[start:start + chunk]).to(w.device)
+            out.append(x - G.synthesis(w[start:start + chunk], noise_mode="const").float())
+    return torch.cat(out)
 
 
 def _losses(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:

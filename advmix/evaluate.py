@@ -147,7 +147,7 @@ def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | 
     """
     import torch
 
-    from advmix.attacks import Batch, LatentBank, advmix_attack, pgd_linf, randmix
+    from advmix.attacks import Batch, LatentBank, advmix_attack, pgd_linf, randmix, residuals
     from advmix.images import to_tensor
     from advmix.results import epsilon_label
 
@@ -176,6 +176,8 @@ def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | 
         counts["clean"] += int(clean_ok.sum())
         batch = Batch(x, y, w=None if bank is None else bank.w[idx.to(bank.w.device)], index=idx)
         if bank is not None:
+            if base.residual:  # once for the chunk's 1 + random_mixes attacks (the same synthesis each would do)
+                batch.residual = residuals(G, ds.images[chunk], batch.w, chunk=len(chunk))
             x_adv, _ = advmix_attack(model, batch, bank, G, strong, rng)
             with torch.no_grad():
                 counts["semantic"] += int((clean_ok & (model(x_adv).argmax(1) == y)).sum())

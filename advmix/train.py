@@ -53,6 +53,7 @@ from advmix.modes import GROUP_LABEL_MODES, MIXING_MODES, NAMES, SELECTION_RULES
 from advmix.runtime import all_ranks, distributed, pick_device
 
 STATE_VERSION = 3
+RESIDUAL_BANK_BYTES = 2 << 30  # the train split's residuals are kept on the device up to this size (float32)
 
 
 def model_config(p, n_classes: int, resolution: int) -> dict[str, Any]:
@@ -269,8 +270,9 @@ def _resume(state_path: Path, fp: str, world: int, rank: int, model, opt, sched,
                 seconds=float(state["seconds"]), history=list(state["history"]), best=state["best"])
 
 
-def _attacked(x, y, idx, model, attack, bank, G, cfg, rng, clean_ratio: float, amp):
-    """The batch with a random share `1 - clean_ratio` replaced by the attack's version; (x, rows replaced)."""
+def _attacked(x, y, idx, model, attack, bank, residual, G, cfg, rng, clean_ratio: float, amp):
+    """The batch with a random share `1 - clean_ratio` replaced by the attack's version; (x, rows replaced).
+    `residual`: x - G(w) of every train row (None: the attack synthesises it)."""
     import torch
 
     from advmix.attacks import Batch
@@ -280,7 +282,9 @@ def _attacked(x, y, idx, model, attack, bank, G, cfg, rng, clean_ratio: float, a
         return x, None
     sel = torch.randperm(len(idx), generator=rng)[:n_adv]
     sel_dev = sel.to(x.device)
-    batch = Batch(x[sel_dev], y[sel_dev], w=None if bank is None else bank.w[idx[sel].to(x.device)], index=idx[sel])
+    rows = idx[sel].to(x.device)
+    batch = Batch(x[sel_dev], y[sel_dev], w=None if bank is None else bank.w[rows], index=idx[sel],
+                  residual=None if residual is None else residual[rows])
     with amp:
         x_adv, _ = attack(model, batch, bank, G, cfg, rng)
     x = x.clone()
@@ -365,7 +369,7 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
     import torch
     import torch.nn.functional as F
 
-    from advmix.attacks import ATTACKS, AttackConfig, LatentBank
+    from advmix.attacks import ATTACKS, AttackConfig, LatentBank, residuals
     from advmix.images import to_tensor
     from advmix.models import build_model
 
@@ -409,12 +413,16 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
     rng = torch.Generator().manual_seed(p.seed * 1000 + 17 + rank)  # attack draws, per rank
 
     # ---- What the mode reads beyond images and labels: the generator and codes, or the group labels.
-    bank = None
+    bank = residual = None
     if mode in MIXING_MODES:
         bank = LatentBank(torch.from_numpy(latents), labels_of(train), seed=p.seed).to(device)
         G = G.to(device).eval().requires_grad_(False)
         if device.type == "cuda":
             G = G.to(memory_format=torch.channels_last)
+        if cfg.residual and train.images.size * 4 <= RESIDUAL_BANK_BYTES:
+            # x - G(w) is fixed per image (G is frozen): synthesised once here instead of in every attack, every
+            # epoch (a RandMix step's generator work halves; AdvMix's falls by one pass of its K + 3S + 2)
+            residual = residuals(G, train.images, bank.w)
     attack = ATTACKS.get(mode)
     groups = q = adjustment = None
     if mode in GROUP_LABEL_MODES:
@@ -467,7 +475,7 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
             idx = perm[step * t.batch:(step + 1) * t.batch][rank::world]
             x = _to_device(to_tensor(images[idx].numpy()), device)
             y = labels[idx].to(device)
-            x, sel = _attacked(x, y, idx, model, attack, bank, G, cfg, rng, t.clean_ratio, amp)
+            x, sel = _attacked(x, y, idx, model, attack, bank, residual, G, cfg, rng, t.clean_ratio, amp)
             model.train()
             with amp:
                 logits = forward(x).float()

@@ -83,8 +83,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+# Seconds each long file took on 2 cores (`pytest --durations=0`, 2026-12-05, summed per file). Only the order they
+# give matters: pytest-xdist hands whole files to its two workers in the order below (pyproject's
+# --no-loadscope-reorder; by default it would order files by their number of tests, which put the longest file, one
+# test of 200 s, last), and the longest first balances the workers (the suite 619 s -> see docs/threads.md).
+FILE_SECONDS = {"test_profiles.py": 211, "test_dvc_runs.py": 197, "test_flows.py": 191, "test_pipeline.py": 108,
+                "test_dvc_wiring.py": 83, "test_faults.py": 71, "test_train.py": 65}
+
+
 def pytest_collection_modifyitems(items):
-    """Files with an end-to-end (`slow`) test first, each file's tests kept together and in order: pytest-xdist
-    hands whole files to its workers in this order, so the long files start at once rather than last."""
+    """The longest files first (FILE_SECONDS), then the other files with an end-to-end (`slow`) test, then the rest;
+    each file's tests kept together and in order."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+    items.sort(key=lambda item: (-FILE_SECONDS.get(item.path.name, 0), item.path not in slow_files))

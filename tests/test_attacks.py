@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_params
 
-from advmix.attacks import AttackConfig, Batch, LatentBank, advmix_attack, pgd_linf, randmix
+from advmix.attacks import AttackConfig, Batch, LatentBank, advmix_attack, pgd_linf, randmix, residuals
 from advmix.data.build import build_dataset
 from advmix.gan.networks import Generator
-from advmix.images import to_tensor
+from advmix.images import to_tensor, to_uint8
 from advmix.models import build_model
 
 torch.set_num_threads(1)
@@ -83,6 +83,33 @@ def test_one_batched_pass_for_the_hard_mixes(setup, monkeypatch):
     advmix_attack(model, Batch(x[:8], y[:8], w[:8], torch.arange(8)), LatentBank(w, y), G, cfg,
                   torch.Generator().manual_seed(0))
     assert sizes == [8 * 4] + [8] * (3 + 1)  # all hard mixes at once, then one pass per step and the last
+
+
+def test_a_supplied_residual_saves_its_synthesis_and_gives_the_same_mixes(setup, monkeypatch):
+    """The residual x - G(w) is fixed per image: training computes it once per split (`residuals`), evaluation once
+    per chunk. Given in Batch.residual, the attacks skip that generator pass and return the very same images."""
+    model, G, x, y, w = setup
+    x8 = to_uint8(x[:8])  # the images as a dataset holds them
+    xb = to_tensor(x8)
+    own = residuals(G, x8, w[:8], chunk=8)  # one chunk: the same synthesis the attack would run
+    assert torch.equal(own, xb - G.synthesis(w[:8]))
+    split = residuals(G, x8, w[:8], chunk=3)  # a split in chunks of another size: equal up to float rounding
+    assert torch.allclose(split, own, atol=1e-5)
+    sizes = []
+    real = G.synthesis
+    monkeypatch.setattr(G, "synthesis", lambda ws, noise_mode="const": sizes.append(len(ws)) or real(ws, noise_mode))
+    cfg = AttackConfig(layers=LAYERS, residual=True, k=4, steps=2)
+    outs = {}
+    for name, res in (("synthesised", None), ("supplied", own)):
+        sizes.clear()
+        batch = Batch(xb, y[:8], w[:8], torch.arange(8), residual=res)
+        adv, _ = advmix_attack(model, batch, LatentBank(w, y), G, cfg, torch.Generator().manual_seed(0))
+        rand, _ = randmix(model, batch, LatentBank(w, y), G, cfg, torch.Generator().manual_seed(0))
+        outs[name] = (adv, rand, list(sizes))
+    assert torch.equal(outs["supplied"][0], outs["synthesised"][0])
+    assert torch.equal(outs["supplied"][1], outs["synthesised"][1])
+    assert outs["synthesised"][2] == [8, 32, 8, 8, 8, 8, 8]  # advmix: residual, hard mixes, 2 steps, last; randmix
+    assert outs["supplied"][2] == [32, 8, 8, 8, 8]  # the two residual passes gone
 
 
 def test_advmix_only_moves_alpha_within_bounds_and_keeps_batchnorm_stats(setup):
