@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_UPSTREAM
+from conftest import TINY_UPSTREAM, UPSTREAM
 from test_pipeline import dvc, make_project
 from typer.testing import CliRunner
 
@@ -23,7 +23,6 @@ TINY = {**TINY_UPSTREAM,  # every stage at its smallest: the test is about DVC, 
         "train": {"modes": ["nominal"], "seeds": [0], "epochs": 3, "batch": 8, "width": 8},
         "dfr": {"bases": ["nominal"]},
         "evaluate": {"robust_images": 8, "val_robust_images": 8, "partners_k": 2, "steps": 1, "linf_steps": 1}}
-UPSTREAM = ("prepare", "validate", "probe", "train-gan", "extract", "analyze-layers")
 STAGE = "train@nominal-0"
 DOWNSTREAM = ("evaluate@nominal-0", "dfr@nominal-0")  # both read the classifier
 RUN_ONLY = ("seconds", "images_per_s", "resumed_from_epoch", "torch_threads")  # what may differ between runs
