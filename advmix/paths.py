@@ -35,8 +35,13 @@ def validation_dir(root: Path = Path(".")) -> Path:
 
 
 def validation_page(root: Path = Path(".")) -> Path:
-    """The Great Expectations results as one HTML page (results.json beside it)."""
+    """The Great Expectations results as one HTML page (validation_results beside it)."""
     return validation_dir(root) / "index.html"
+
+
+def validation_results(root: Path = Path(".")) -> Path:
+    """The Great Expectations results as GX wrote them (JSON)."""
+    return validation_dir(root) / "results.json"
 
 
 def validation_metrics(root: Path = Path(".")) -> Path:

@@ -12,12 +12,12 @@ import html
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from advmix import paths
 from advmix.data.splits import agreement_of
 from advmix.data.store import Dataset, image_digests
 from advmix.files import atomic_write_bytes, atomic_write_json
@@ -223,9 +223,8 @@ padding:4px;font-size:13px}} tr.bad{{background:#fdd}} tr.ok td:first-child{{col
 </body></html>"""
 
 
-def write_outputs(report: ValidationReport, info: dict[str, Any], report_dir: Path, metrics_path: Path,
-                  data_sha1: str) -> None:
+def write_outputs(report: ValidationReport, info: dict[str, Any], data_sha1: str) -> None:
     """The GX results, their HTML page, and the metrics with `data_sha1` (store.dataset_digest of what was read)."""
-    atomic_write_json(report_dir / "results.json", report.raw)
-    atomic_write_bytes(report_dir / "index.html", render_html(report, info).encode())
-    atomic_write_json(metrics_path, report.metrics() | {"data_sha1": data_sha1})
+    atomic_write_json(paths.validation_results(), report.raw)
+    atomic_write_bytes(paths.validation_page(), render_html(report, info).encode())
+    atomic_write_json(paths.validation_metrics(), report.metrics() | {"data_sha1": data_sha1})

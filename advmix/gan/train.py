@@ -200,14 +200,15 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
 
     # ---- Several ranks: DDP wraps the generator's step and the discriminator's (their gradients averaged by its
     # bucketed all-reduce during the backward pass). The D step's fakes come from the bare G (no backward reaches
-    # it) and the G step's D is the bare D (its gradients are dropped), so each wrapper sees one backward per use.
+    # it) and the G step's D is the bare D (its gradients are dropped), so a wrapper's gradients are averaged only
+    # in its own step.
     # Buffers are not broadcast: every rank builds the same networks from the same seed.
     synthesise = SynthesisFromZ(G)
     G_step, D_step = synthesise, D
     if world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel
-        G_step = ddp(synthesise, broadcast_buffers=False)
-        D_step = ddp(D, broadcast_buffers=False)
+        ids = [device.index] if device.type == "cuda" else None
+        G_step = torch.nn.parallel.DistributedDataParallel(synthesise, device_ids=ids, broadcast_buffers=False)
+        D_step = torch.nn.parallel.DistributedDataParallel(D, device_ids=ids, broadcast_buffers=False)
 
     stats: dict[str, float] = {}
     last_save = time.time()

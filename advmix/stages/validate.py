@@ -31,6 +31,5 @@ def run(p) -> Validated:
 
     ds = dataset(p, validated=False)
     report = run_suites(ds, p)
-    write_outputs(report, ds.info, paths.validation_dir(), paths.validation_metrics(),
-                  dataset_digest(paths.dataset_dir(p.data.name)))
+    write_outputs(report, ds.info, dataset_digest(paths.dataset_dir(p.data.name)))
     return Validated(report, ds.info["spurious"])
