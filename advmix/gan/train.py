@@ -201,8 +201,7 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
     # ---- Several ranks: DDP wraps the generator's step and the discriminator's (their gradients averaged by its
     # bucketed all-reduce during the backward pass). The D step's fakes come from the bare G (no backward reaches
     # it) and the G step's D is the bare D (its gradients are dropped), so a wrapper's gradients are averaged only
-    # in its own step.
-    # Buffers are not broadcast: every rank builds the same networks from the same seed.
+    # in its own step. Buffers are not broadcast: every rank builds the same networks from the same seed.
     synthesise = SynthesisFromZ(G)
     G_step, D_step = synthesise, D
     if world > 1:
