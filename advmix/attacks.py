@@ -12,8 +12,8 @@ returns transformed images with the original labels, and each has the signature
 - `augmix`: torchvision's AugMix per image (its own random chains); neither the model nor the codes are used.
 
 The optional residual keeps what inversion lost: x_tilde = G(w_mix) + (x - G(w_x)), w_x the example's own code. It
-is fixed for an example (G is frozen), so a caller that has it passes it in `Batch.residual` (`residuals` computes
-it for a whole split once); otherwise each attack synthesises it.
+is fixed for an example (G is frozen), so a caller that has it passes it in `Batch.residual` (`residual_of` for a
+batch, `residuals` for a whole split); otherwise each attack synthesises it.
 Mixed images are clamped to [-1, 1], the range of the real images. G is put in eval mode with gradients off;
 the classifier is put in eval mode for the attack and given back in the mode it came in. All randomness comes
 from `rng` (a CPU torch.Generator), so an attack is reproducible for a fixed generator state.
@@ -199,7 +199,7 @@ def _compose(img: Tensor, residual: Tensor | None) -> Tensor:
     return img.clamp(-1.0, 1.0)
 
 
-def _residual(G: nn.Module, batch: Batch) -> Tensor:
+def residual_of(G: nn.Module, batch: Batch) -> Tensor:
     """x - G(w_x): what inversion lost, added back to every mix of the example (the batch's own, if it has one)."""
     if batch.residual is not None:
         return batch.residual.float()
@@ -242,7 +242,7 @@ def advmix_attack(model: nn.Module, batch: Batch, latents: LatentBank, G: nn.Mod
     n, k = len(y), cfg.k
     rows = torch.arange(n, device=x.device)
     with eval_mode(model):
-        residual = _residual(G, batch) if cfg.residual else None
+        residual = residual_of(G, batch) if cfg.residual else None
         with torch.no_grad():  # every hard mix in one generator pass of N*K codes
             cand = latents.partners(y, k, cfg.partners, rng, batch.index, cfg.strata, layers).to(latents.w.device)
             w_p = latents.w[cand].to(w_x.device, w_x.dtype)  # [N, K, L, D]
@@ -279,7 +279,7 @@ def randmix(model: nn.Module, batch: Batch, latents: LatentBank, G: nn.Module, c
     G = _frozen(G)
     x, y, w_x = batch.x, batch.y, batch.w
     with torch.no_grad():
-        residual = _residual(G, batch) if cfg.residual else None
+        residual = residual_of(G, batch) if cfg.residual else None
         cand = latents.partners(y, 1, cfg.partners, rng, batch.index)[:, 0].to(latents.w.device)
         alpha = torch.rand(len(y), len(cfg.layers), generator=rng).to(x.device, w_x.dtype)
         ws = mix(w_x, latents.w[cand].to(w_x.device, w_x.dtype), alpha, list(cfg.layers))

@@ -147,7 +147,7 @@ def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | 
     """
     import torch
 
-    from advmix.attacks import Batch, LatentBank, advmix_attack, pgd_linf, randmix, residuals
+    from advmix.attacks import Batch, LatentBank, advmix_attack, pgd_linf, randmix, residual_of
     from advmix.images import to_tensor
     from advmix.results import epsilon_label
 
@@ -177,7 +177,7 @@ def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | 
         batch = Batch(x, y, w=None if bank is None else bank.w[idx.to(bank.w.device)], index=idx)
         if bank is not None:
             if base.residual:  # once for the chunk's 1 + random_mixes attacks (the same synthesis each would do)
-                batch.residual = residuals(G, ds.images[chunk], batch.w, chunk=len(chunk))
+                batch.residual = residual_of(G, batch)
             x_adv, _ = advmix_attack(model, batch, bank, G, strong, rng)
             with torch.no_grad():
                 counts["semantic"] += int((clean_ok & (model(x_adv).argmax(1) == y)).sum())

@@ -1,7 +1,6 @@
 """Real `dvc repro` / `dvc exp run` of the classifier stage on a tiny project: a kill inside the stage, then the
 run-cache restoring earlier params without training, evaluating or refitting."""
 
-import contextlib
 import hashlib
 import json
 import os
@@ -12,12 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_UPSTREAM, UPSTREAM
-from test_pipeline import dvc, make_project
-from typer.testing import CliRunner
+from conftest import TINY_UPSTREAM
+from test_pipeline import dvc, make_project, run_upstream_in_process
 
 from advmix import paths
-from advmix.cli import app
 
 TINY = {**TINY_UPSTREAM,  # every stage at its smallest: the test is about DVC, not about the networks
         "train": {"modes": ["nominal"], "seeds": [0], "epochs": 3, "batch": 8, "width": 8},
@@ -56,14 +53,7 @@ def project(tmp_path_factory):
         subprocess.run(["git", "commit", "-qm", message], cwd=root, env=env, check=True)
 
     commit("code and params")  # dvclive in `advmix train` needs a commit to exist (an empty repo fails)
-    # The stages before the classifier run in this process and `dvc commit` records them: the test is about the
-    # classifier stage, and every stage process costs seconds of imports. `dvc repro` then finds them up to date.
-    with contextlib.chdir(root):
-        for stage in UPSTREAM:
-            res = CliRunner().invoke(app, [stage])
-            assert res.exit_code == 0, (stage, res.output)
-    res = dvc(root, env, "commit", "--force", "-q", *UPSTREAM)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run_upstream_in_process(root, env)
     res = dvc(root, env, "repro", STAGE, *DOWNSTREAM)
     assert "Running stage 'train-gan'" not in res.stdout, res.stdout
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import UPSTREAM
 from test_validate import missing_column, zero_image
 
 from advmix.data import load_dataset, save_dataset
@@ -33,6 +34,24 @@ def make_project(tmp: Path, params: dict) -> dict:
 
 def dvc(tmp: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["dvc", *args], cwd=tmp, env=env, capture_output=True, text=True, check=False)
+
+
+def run_upstream_in_process(root: Path, env: dict) -> None:
+    """The stages before training (conftest.UPSTREAM) run in the test process and `dvc commit` records them, so a
+    later `dvc repro` finds them up to date: every stage process costs seconds of imports, and the tests that use
+    this are about the stages after them."""
+    import contextlib
+
+    from typer.testing import CliRunner
+
+    from advmix.cli import app
+
+    with contextlib.chdir(root):
+        for stage in UPSTREAM:
+            res = CliRunner().invoke(app, [stage])
+            assert res.exit_code == 0, (stage, res.output)
+    res = dvc(root, env, "commit", "--force", "-q", *UPSTREAM)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import UPSTREAM
-from test_pipeline import dvc, make_project
+from test_pipeline import dvc, make_project, run_upstream_in_process
 from typer.testing import CliRunner
 
 from advmix.cli import app
@@ -116,13 +115,7 @@ def test_the_gpu_profile_runs_end_to_end_on_cpu_at_tiny_sizes(tmp_path, monkeypa
     assert res.exit_code == 0, res.output
     for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "gpu profile"]):  # dvclive wants a commit
         subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True)
-    # the stages up to the layer analysis run in this process and `dvc commit` records them (each stage process
-    # costs seconds of imports); `dvc repro` finds them up to date and runs the classifier stages and the report
-    for stage in UPSTREAM:
-        res = invoke(stage)
-        assert res.exit_code == 0, (stage, res.output)
-    committed = dvc(tmp_path, env, "commit", "--force", "-q", *UPSTREAM)
-    assert committed.returncode == 0, committed.stdout[-3000:] + committed.stderr[-3000:]
+    run_upstream_in_process(tmp_path, env)  # then `dvc repro` runs the classifier stages and the report
     run = dvc(tmp_path, {**env, "ADVMIX_THREADS": "1"}, "repro")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "Running stage 'train-gan'" not in run.stdout and "Running stage 'train@advmix-0'" in run.stdout
