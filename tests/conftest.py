@@ -88,7 +88,7 @@ def one_thread():
 # give matters: pytest-xdist hands whole files to its two workers in the order below (pyproject's
 # --no-loadscope-reorder; by default it would order files by their number of tests, which put the longest file, one
 # test of 200 s, last), and the longest first balances the workers (with the stage cuts of that day: the suite 603-653 s
-# before, 519-551 s after, in the clean-clone CI of a 2-core machine).
+# before, 519-612 s after, in the clean-clone CI of a 2-core machine).
 FILE_SECONDS = {"test_profiles.py": 211, "test_dvc_runs.py": 197, "test_flows.py": 191, "test_pipeline.py": 108,
                 "test_dvc_wiring.py": 83, "test_faults.py": 71, "test_train.py": 65}
 
