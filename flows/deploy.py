@@ -42,12 +42,14 @@ def main(argv: list[str] | None = None) -> None:
     from prefect import serve
 
     parser = argparse.ArgumentParser(description="Serve the advmix pipeline on a cron schedule (UTC).")
-    parser.add_argument("--cron", default=DEFAULT_CRON, help=f"cron expression, UTC (default: {DEFAULT_CRON!r})")
+    parser.add_argument("--cron", default=DEFAULT_CRON, help=f"cron expression, UTC (default: {DEFAULT_CRON!r}); a sixth field is seconds")
     parser.add_argument("--root", type=Path, default=ROOT, help="the project the runs work in (default: this one)")
     parser.add_argument("--stage", action="append", dest="stages", help="run only this stage (repeatable)")
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # the deployment's entrypoint flows/pipeline.py is relative to this checkout
-    serve(build_deployment(args.cron, args.root.resolve(), {"stages": args.stages} if args.stages else None))
+    # one run at a time: two `dvc repro` in one project would fight over its lock; a late run waits its turn
+    serve(build_deployment(args.cron, args.root.resolve(), {"stages": args.stages} if args.stages else None),
+          limit=1)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TINY_UPSTREAM
-from test_pipeline import dvc, make_project, run_upstream_in_process
+from test_pipeline import dvc, make_project, repro_in_process
 
 from advmix import paths
 
@@ -53,7 +53,7 @@ def project(tmp_path_factory):
         subprocess.run(["git", "commit", "-qm", message], cwd=root, env=env, check=True)
 
     commit("code and params")  # dvclive in `advmix train` needs a commit to exist (an empty repo fails)
-    run_upstream_in_process(root, env)
+    repro_in_process(root, env)
     res = dvc(root, env, "repro", STAGE, *DOWNSTREAM)
     assert "Running stage 'train-gan'" not in res.stdout, res.stdout
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

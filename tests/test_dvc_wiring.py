@@ -1,16 +1,14 @@
 """dvc.yaml declares what each stage reads, key by key: a params change reruns the stages that read it and no other.
 
-Every stage's outputs are stood in by placeholder files and recorded with `dvc commit`, so that `dvc status` compares
+Every stage's outputs are stood in by placeholder files and recorded by DVC's commit, so that DVC's status compares
 the params and code each stage declares without running any of them."""
 
-import json
-import subprocess
-import sys
+import contextlib
 from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline import dvc, make_project
+from test_pipeline import make_project
 
 from advmix.params import load_params
 
@@ -22,29 +20,33 @@ def committed(tmp_path_factory):
     # every mode and DFR base of the default, two seeds instead of five: `dvc status` takes time per stage, and two
     # seeds still tell "this seed's stages" from "every seed's"
     env = make_project(tmp, {"train": {"seeds": [0, 1]}})
-    listed = subprocess.run(["dvc", "stage", "list", "--all"], cwd=tmp, env=env, capture_output=True, text=True,
-                            check=True).stdout
-    assert "train@nominal-0" in listed
-    code = ("import json; from dvc.repo import Repo; r = Repo('.'); "
-            "print(json.dumps([str(o.fs_path) for s in r.index.stages for o in s.outs]))")
-    outs = json.loads(subprocess.run([sys.executable, "-c", code], cwd=tmp, env=env, capture_output=True, text=True,
-                                     check=True).stdout)
-    for out in map(Path, outs):
-        if out.suffix:  # a file
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text("placeholder\n")
-        else:  # a folder
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "placeholder").write_text("placeholder\n")
-    res = dvc(tmp, env, "commit", "--force", "-q")
-    assert res.returncode == 0, res.stderr
-    assert json.loads(dvc(tmp, env, "status", "--json").stdout) == {}
+    from dvc.repo import Repo  # in this process: a `dvc` process costs seconds of imports per call
+
+    with contextlib.chdir(tmp), Repo(str(tmp)) as repo:
+        assert "train@nominal-0" in {stage.name for stage in repo.index.stages}
+        for out in (Path(o.fs_path) for stage in repo.index.stages for o in stage.outs):
+            if out.suffix:  # a file
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text("placeholder\n")
+            else:  # a folder
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "placeholder").write_text("placeholder\n")
+        repo.commit(force=True)
+    assert status(tmp) == {}
     return tmp, env
+
+
+def status(root: Path) -> dict:
+    """What `dvc status --json` prints: the stages whose declared deps, params or outs changed."""
+    from dvc.repo import Repo
+
+    with contextlib.chdir(root), Repo(str(root)) as repo:
+        return repo.status()
 
 
 def changed_after(committed, **overrides) -> set[str]:
     """The stages `dvc status` reports after setting dotted keys in params.yaml (restored afterwards)."""
-    tmp, env = committed
+    tmp, _ = committed
     path = tmp / "params.yaml"
     before = path.read_text()
     raw = yaml.safe_load(before)
@@ -57,9 +59,7 @@ def changed_after(committed, **overrides) -> set[str]:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     try:
         load_params(path)  # the edit must stay valid params
-        res = dvc(tmp, env, "status", "--json")
-        assert res.returncode == 0, res.stderr
-        return set(json.loads(res.stdout))
+        return set(status(tmp))
     finally:
         path.write_text(before)
 
