@@ -46,20 +46,15 @@ def _load(params_path: Path, overrides: list[str] | None, command: str):
     return loaded
 
 
-def _call(fn, *args):
-    """fn(*args), with a StageError (a user's mistake or a broken file) as one clean line and its exit code."""
+def _run(command: str, module: str, params: Path, set_: list[str] | None, *args):
+    """advmix.stages.<module>.run(params, *args), with a StageError (a user's mistake or a broken file) as one clean
+    line and its exit code; prints the summary (ranks other than 0 of a torchrun return None) and any warning."""
     from advmix.stages import StageError
 
     try:
-        return fn(*args)
+        done = importlib.import_module(f"advmix.stages.{module}").run(_load(params, set_, command), *args)
     except StageError as exc:
         raise _fail(str(exc), exc.code) from None
-
-
-def _run(command: str, module: str, params: Path, set_: list[str] | None, *args):
-    """advmix.stages.<module>.run(params, *args); prints its summary (ranks other than 0 of a torchrun return None)
-    and any warning."""
-    done = _call(importlib.import_module(f"advmix.stages.{module}").run, _load(params, set_, command), *args)
     if done is not None:
         typer.echo(done.summary())
     if getattr(done, "warning", None):
@@ -102,33 +97,19 @@ def params_cmd(
     typer.echo(f"wrote {params}: {profile or params}{' with ' + ', '.join(set_) if set_ else ''}", err=True)
 
 
-def _plain_stage(name: str, module: str, doc: str) -> None:
-    """Register `advmix <name>`: advmix.stages.<module>.run with a progress bar."""
+def _plain_stage(name: str, module: str, doc: str, progress: bool = True) -> None:
+    """Register `advmix <name>`: advmix.stages.<module>.run, with a progress bar where it takes one."""
 
     def command(params: ParamsOpt = paths.PARAMS, set_: SetOpt = None) -> None:
-        _run(name, module, params, set_, bar)
+        _run(name, module, params, set_, *([bar] if progress else []))
 
     command.__doc__ = doc
     app.command(name)(command)
 
 
 _plain_stage("prepare", "prepare", "Build the dataset named by data.name into data/<name>/.")
-
-
-@app.command()
-def validate(params: ParamsOpt = paths.PARAMS, set_: SetOpt = None) -> None:
-    """Run the Great Expectations suites on the prepared dataset; exit 1 on any failed expectation."""
-    from advmix.stages import validate as stage
-
-    done = _call(stage.run, _load(params, set_, "validate"))
-    if done.failures():
-        for line in done.failures():
-            typer.secho(line, fg="red", err=True)
-        raise _fail(f"data validation failed: {len(done.failures())} of {done.report.evaluated} expectations; "
-                    f"see {paths.validation_page()}")
-    typer.echo(done.summary())
-
-
+_plain_stage("validate", "validate", "Run the Great Expectations suites on the prepared dataset; exit 1 on any failed "
+             "expectation.", progress=False)
 _plain_stage("probe", "probe", "Train the attribute probe (label + every attribute) that measures generated and "
              "mixed images.")
 _plain_stage("train-gan", "train_gan", "Train StyleGAN2 on `gan.data` (the unlabelled pool by default) or load "

@@ -84,13 +84,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-# Seconds each long file took on 2 cores (`pytest --durations=0`, 2026-12-05, summed per file). Only the order they
-# give matters: pytest-xdist hands whole files to its two workers in the order below (pyproject's
-# --no-loadscope-reorder; by default it would order files by their number of tests, which put the longest file, one
-# test of 200 s, last), and the longest first balances the workers (with the stage cuts of that day: the suite 603-653 s
-# before, 519-612 s after, in the clean-clone CI of a 2-core machine).
-FILE_SECONDS = {"test_profiles.py": 211, "test_dvc_runs.py": 197, "test_flows.py": 191, "test_pipeline.py": 108,
-                "test_dvc_wiring.py": 83, "test_faults.py": 71, "test_train.py": 65}
+# Seconds each long file took on 2 cores (`pytest --durations=0`, summed per file; re-measured 2026-12-05 after the
+# in-process stage runs of test_profiles, test_faults and test_dvc_wiring). Only the order they give matters:
+# pytest-xdist hands whole files to its two workers in the order below (pyproject's --no-loadscope-reorder; by default
+# it would order files by their number of tests, which put the longest file, one test of 200 s, last), and the longest
+# first balances the workers.
+FILE_SECONDS = {"test_flows.py": 178, "test_dvc_runs.py": 147, "test_profiles.py": 91, "test_dvc_wiring.py": 75,
+                "test_train.py": 68, "test_faults.py": 47, "test_gan_train.py": 37, "test_pipeline.py": 35}
 
 
 def pytest_collection_modifyitems(items):

@@ -1,10 +1,11 @@
 """validate: the Great Expectations suites on the prepared dataset (advmix.validate); the report is written
-whether or not they pass."""
+whether or not they pass, and a failed expectation then stops the stage (exit 1)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from advmix.stages import StageError
 from advmix.stages.read_data import dataset
 
 
@@ -32,4 +33,8 @@ def run(p) -> Validated:
     ds = dataset(p, validated=False)
     report = run_suites(ds, p)
     write_outputs(report, ds.info, dataset_digest(paths.dataset_dir(p.data.name)))
-    return Validated(report, ds.info["spurious"])
+    done = Validated(report, ds.info["spurious"])
+    if done.failures():  # after the outputs: the report says what failed, and later stages refuse the data
+        raise StageError(f"data validation failed: {len(done.failures())} of {report.evaluated} expectations: "
+                         f"{'; '.join(done.failures())}; see {paths.validation_page()}")
+    return done
