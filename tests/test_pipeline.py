@@ -102,3 +102,23 @@ def test_cli_help_imports_no_heavy_library():
             "assert all(s in r.output for s in ('prepare', 'validate', 'params'))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_repro_times_reads_each_stage_off_dvc_output():
+    """bench/repro_times.py: a stage lasts from the line where DVC starts it to the next start, or to the end."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("repro_times", ROOT / "bench" / "repro_times.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclass looks its module up there
+    spec.loader.exec_module(bench)
+    out = [(0.0, "Running stage 'prepare':\n"), (1.0, "> advmix prepare\n"), (30.0, "Updating lock file 'dvc.lock'\n"),
+           (31.0, "Stage 'probe' is cached - skipping run, checking out outputs\n"),
+           (33.5, "Stage 'validate' didn't change, skipping\n"), (34.0, "Running stage 'train@nominal-0':\n"),
+           (35.0, "train: 1/8 epochs\n")]
+    times = bench.stage_times(out, end=100.0)
+    assert [(t.stage, t.how, t.seconds) for t in times] == [
+        ("prepare", "ran", 31.0), ("probe", "cached", 2.5), ("validate", "unchanged", 0.5),
+        ("train@nominal-0", "ran", 66.0)]
+    assert bench.stage_times([(0.0, "nothing ran\n")], end=5.0) == []
+    assert "| total | | 100 | |" in bench.table(times)
