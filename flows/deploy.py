@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     from prefect import serve
 
     parser = argparse.ArgumentParser(description="Serve the advmix pipeline on a cron schedule (UTC).")
-    parser.add_argument("--cron", default=DEFAULT_CRON, help=f"cron expression, UTC (default: {DEFAULT_CRON!r}); a sixth field is seconds")
+    parser.add_argument("--cron", default=DEFAULT_CRON,
+                        help=f"cron expression, UTC (default: {DEFAULT_CRON!r}); a sixth field is seconds")
     parser.add_argument("--root", type=Path, default=ROOT, help="the project the runs work in (default: this one)")
     parser.add_argument("--stage", action="append", dest="stages", help="run only this stage (repeatable)")
     args = parser.parse_args(argv)
