@@ -19,10 +19,8 @@ def committed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wiring")
     # every mode and DFR base of the default, two seeds instead of five: `dvc status` takes time per stage, and two
     # seeds still tell "this seed's stages" from "every seed's"
-    env = make_project(tmp, {"train": {"seeds": [0, 1]}})
-    from dvc.repo import Repo  # in this process: a `dvc` process costs seconds of imports per call
-
-    with contextlib.chdir(tmp), Repo(str(tmp)) as repo:
+    make_project(tmp, {"train": {"seeds": [0, 1]}})
+    with open_repo(tmp) as repo:
         assert "train@nominal-0" in {stage.name for stage in repo.index.stages}
         for out in (Path(o.fs_path) for stage in repo.index.stages for o in stage.outs):
             if out.suffix:  # a file
@@ -33,21 +31,27 @@ def committed(tmp_path_factory):
                 (out / "placeholder").write_text("placeholder\n")
         repo.commit(force=True)
     assert status(tmp) == {}
-    return tmp, env
+    return tmp
+
+
+@contextlib.contextmanager
+def open_repo(root: Path):
+    """DVC's Repo in this process (a `dvc` process costs seconds of imports per call), from inside the project."""
+    from dvc.repo import Repo
+
+    with contextlib.chdir(root), Repo(str(root)) as repo:
+        yield repo
 
 
 def status(root: Path) -> dict:
     """What `dvc status --json` prints: the stages whose declared deps, params or outs changed."""
-    from dvc.repo import Repo
-
-    with contextlib.chdir(root), Repo(str(root)) as repo:
+    with open_repo(root) as repo:
         return repo.status()
 
 
 def changed_after(committed, **overrides) -> set[str]:
     """The stages `dvc status` reports after setting dotted keys in params.yaml (restored afterwards)."""
-    tmp, _ = committed
-    path = tmp / "params.yaml"
+    path = committed / "params.yaml"
     before = path.read_text()
     raw = yaml.safe_load(before)
     for key, value in overrides.items():
@@ -59,7 +63,7 @@ def changed_after(committed, **overrides) -> set[str]:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     try:
         load_params(path)  # the edit must stay valid params
-        return set(status(tmp))
+        return set(status(committed))
     finally:
         path.write_text(before)
 
@@ -67,14 +71,14 @@ def changed_after(committed, **overrides) -> set[str]:
 @pytest.mark.slow
 def test_a_mode_knob_reruns_that_mode_only(committed):
     changed = changed_after(committed, **{"train.advmix.partners_k": 8})
-    seeds = load_params(committed[0] / "params.yaml").train.seeds
+    seeds = load_params(committed / "params.yaml").train.seeds
     assert changed == {f"train@advmix-{s}" for s in seeds}
     assert changed_after(committed, **{"train.augmix.severity": 2}) == {f"train@augmix-{s}" for s in seeds}
 
 
 @pytest.mark.slow
 def test_a_new_seed_adds_only_its_own_stages(committed):
-    p = load_params(committed[0] / "params.yaml")
+    p = load_params(committed / "params.yaml")
     new = max(p.train.seeds) + 1
     changed = changed_after(committed, **{"train.seeds": [*p.train.seeds, new]})
     assert changed == {f"{stage}@{m}-{new}" for stage in ("train", "evaluate") for m in p.train.modes} | {
@@ -84,7 +88,7 @@ def test_a_new_seed_adds_only_its_own_stages(committed):
 @pytest.mark.slow
 def test_the_report_figure_knob_reruns_the_report_only(committed):
     assert changed_after(committed, **{"evaluate.worst_mixes": 8}) == {"report"}
-    p = load_params(committed[0] / "params.yaml")
+    p = load_params(committed / "params.yaml")
     assert changed_after(committed, **{"evaluate.linf_steps": 3}) == {
         f"evaluate@{m}-{s}" for m in p.train.modes for s in p.train.seeds}
 

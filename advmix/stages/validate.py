@@ -34,7 +34,7 @@ def run(p) -> Validated:
     report = run_suites(ds, p)
     write_outputs(report, ds.info, dataset_digest(paths.dataset_dir(p.data.name)))
     done = Validated(report, ds.info["spurious"])
-    if done.failures():  # after the outputs: the report says what failed, and later stages refuse the data
-        raise StageError(f"data validation failed: {len(done.failures())} of {report.evaluated} expectations: "
-                         f"{'; '.join(done.failures())}; see {paths.validation_page()}")
+    if failed := done.failures():  # after the outputs: the report says what failed, and later stages refuse the data
+        raise StageError(f"data validation failed: {len(failed)} of {report.evaluated} expectations: "
+                         f"{'; '.join(failed)}; see {paths.validation_page()}")
     return done
