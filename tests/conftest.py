@@ -64,15 +64,6 @@ def tiny() -> Params:
     return tiny_params()
 
 
-@pytest.fixture(scope="session")
-def prefect_harness():
-    """One Prefect test server (temporary SQLite) for the whole session; it runs no scheduler."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
-
-
 @pytest.fixture
 def one_thread():
     """Torch on one thread for the test: small tensors gain nothing from more, and CI has 2 cores."""
@@ -85,12 +76,12 @@ def one_thread():
 
 
 # Seconds each long file took on 2 cores (`pytest --durations=0`, summed per file; re-measured 2026-12-05 after the
-# in-process stage runs of test_profiles, test_faults and test_dvc_wiring). Only the order they give matters:
+# flow tests shared one Prefect server and the two torchrun tests one launch). Only the order they give matters:
 # pytest-xdist hands whole files to its two workers in the order below (pyproject's --no-loadscope-reorder; by default
 # it would order files by their number of tests, which put the longest file, one test of 200 s, last), and the longest
 # first balances the workers.
-FILE_SECONDS = {"test_flows.py": 178, "test_dvc_runs.py": 147, "test_profiles.py": 91, "test_dvc_wiring.py": 75,
-                "test_train.py": 68, "test_faults.py": 47, "test_gan_train.py": 37, "test_pipeline.py": 35}
+FILE_SECONDS = {"test_flows.py": 150, "test_dvc_runs.py": 147, "test_profiles.py": 91, "test_dvc_wiring.py": 75,
+                "test_faults.py": 60, "test_train.py": 45, "test_pipeline.py": 35, "test_ddp.py": 25}
 
 
 def pytest_collection_modifyitems(items):

@@ -39,6 +39,74 @@ def make_project(tmp: Path) -> Path:
     return tmp
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(check, timeout: float, what: str, procs: list[subprocess.Popen]):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            assert proc.poll() is None, f"{proc.args[:3]} exited with {proc.returncode} while waiting for {what}"
+        value = check()
+        if value:
+            return value
+        time.sleep(1.0)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each process group (the last started first), SIGKILL what is still there after 20 s."""
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One real `prefect server start` for this module, on a free local port with a temporary home and SQLite
+    database, its scheduler looping every 5 s: the flows below run against it and the cron test serves a deployment
+    on it (one server start instead of two; each costs seconds). Yields the env for processes that use it."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    api = f"http://127.0.0.1:{_free_port()}/api"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PREFECT_HOME": str(home),
+           "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+           "PREFECT_UI_ENABLED": "false", "ADVMIX_THREADS": "1"}
+    procs: list[subprocess.Popen] = []
+
+    def healthy():
+        try:
+            return httpx.get(f"{api}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    with open(home / "server.log", "w") as log:
+        try:
+            port = api.rsplit(":", 1)[1].split("/")[0]
+            procs.append(subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                                           port], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+            _wait_for(healthy, 120, "the server's health endpoint", procs)
+            with temporary_settings({PREFECT_API_URL: api}):
+                yield env
+        finally:
+            _stop(procs)
+    assert all(proc.poll() is not None for proc in procs)
+
+
 # ---------------------------------------------------------------- reading a run back from the API
 
 
@@ -88,7 +156,7 @@ def _artifacts(state) -> dict:
 
 
 @pytest.fixture(scope="module")
-def flow_run(prefect_harness, tmp_path_factory):
+def flow_run(server, tmp_path_factory):
     """prepare + validate of the real dvc.yaml on tiny data, through the flow; (project folder, final state)."""
     from flows.pipeline import advmix_pipeline
 
@@ -159,7 +227,7 @@ def test_bad_override_fails_before_any_stage(flow_run, tmp_path):
     assert set(_task_runs(state)) <= {n for n in _task_runs(state) if n.startswith("apply-params")}
 
 
-def test_transient_errors_are_retried_and_command_failures_are_not(prefect_harness, monkeypatch):
+def test_transient_errors_are_retried_and_command_failures_are_not(server, monkeypatch):
     from dvc.lock import LockError
     from dvc.stage.exceptions import StageCmdFailedError
     from prefect import flow
@@ -280,20 +348,24 @@ def test_deployment_schedule_without_a_server():
     assert step == {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $ADVMIX_ROOT }}"}}
 
 
-def test_deployment_registers_with_an_active_schedule(prefect_harness):
+def test_deployment_registers_with_an_active_schedule(server):
     from prefect.client.orchestration import get_client
 
     from flows.deploy import DEFAULT_CRON, build_deployment
 
     dep_id = build_deployment().apply()
     with get_client(sync_client=True) as client:
-        dep = client.read_deployment(dep_id)
-        assert dep.name == "weekly" and dep.schedules[0].schedule.cron == DEFAULT_CRON and dep.schedules[0].active
-        run = client.create_flow_run_from_deployment(dep_id)
-        assert run.state.is_scheduled()
+        try:
+            dep = client.read_deployment(dep_id)
+            assert dep.name == "weekly" and dep.schedules[0].schedule.cron == DEFAULT_CRON and dep.schedules[0].active
+            run = client.create_flow_run_from_deployment(dep_id)
+            assert run.state.is_scheduled()
+        finally:  # the run would work in this checkout: the runner that the cron test serves must not find it
+            client.delete_flow_run(run.id)
+            client.delete_deployment(dep_id)
 
 
-def test_prefect_yaml_pull_step_goes_to_advmix_root(prefect_harness, tmp_path, monkeypatch):
+def test_prefect_yaml_pull_step_goes_to_advmix_root(server, tmp_path, monkeypatch):
     from prefect.deployments.steps.core import run_steps
 
     monkeypatch.chdir(ROOT)  # restored after the test
@@ -332,102 +404,53 @@ def test_run_once_from_the_project_folder(flow_run, monkeypatch):
 # ---------------------------------------------------------------- a schedule that fires, on a real server
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(check, timeout: float, what: str, procs: list[subprocess.Popen]):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for proc in procs:
-            assert proc.poll() is None, f"{proc.args[:3]} exited with {proc.returncode} while waiting for {what}"
-        value = check()
-        if value:
-            return value
-        time.sleep(1.0)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 @pytest.mark.slow
-def test_a_cron_schedule_fires_on_a_real_server(tmp_path):
-    """`prefect server start` on 127.0.0.1 with a temporary home, `flows/deploy.py --cron '* * * * * */10'` (every
-    10 s: cron's sixth field is seconds) serving the deployment's `prepare` stage on a tiny project: a scheduled run
-    starts, completes, and publishes the metrics artifact. Both processes are stopped at the end, whatever
-    happens."""
-    project = make_project(tmp_path / "project")
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
-           "PREFECT_RUNNER_POLL_FREQUENCY": "2", "PREFECT_UI_ENABLED": "false", "ADVMIX_THREADS": "1"}
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    procs: list[subprocess.Popen] = []
-    with open(logs / "server.log", "w") as server_log, open(logs / "serve.log", "w") as serve_log:
-        try:
-            _serve_and_check(api, port, env, project, logs, procs, server_log, serve_log)
-        finally:
-            for proc in reversed(procs):
-                if proc.poll() is None:
-                    os.killpg(proc.pid, 15)
-                    try:
-                        proc.wait(timeout=20)
-                    except subprocess.TimeoutExpired:
-                        os.killpg(proc.pid, 9)
-                        proc.wait()
-    assert all(proc.poll() is not None for proc in procs)
-
-
-def _serve_and_check(api, port, env, project, logs, procs, server_log, serve_log) -> None:
-    """Start the server, wait until it answers, serve the deployment, wait for a scheduled run; check it."""
-    import httpx
+def test_a_cron_schedule_fires_on_a_real_server(server, tmp_path):
+    """`flows/deploy.py --cron '* * * * * */10'` (every 10 s: cron's sixth field is seconds) serving the deployment's
+    `prepare` stage on a tiny project, against the module's real server: a scheduled run starts, completes, and
+    publishes the metrics artifact. The serve process is stopped at the end, whatever happens."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
         ArtifactFilterFlowRunId,
+        DeploymentFilter,
+        DeploymentFilterName,
         FlowRunFilter,
         FlowRunFilterState,
         FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    procs.append(subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                                   str(port)], env=env, stdout=server_log,
-                                  stderr=subprocess.STDOUT, start_new_session=True))
-
-    def healthy():
+    env = server
+    project = make_project(tmp_path / "project")
+    procs: list[subprocess.Popen] = []
+    with open(tmp_path / "serve.log", "w") as serve_log:
         try:
-            return httpx.get(f"{api}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+            procs.append(subprocess.Popen([sys.executable, str(ROOT / "flows" / "deploy.py"), "--cron",
+                                           "* * * * * */10", "--root", str(project), "--stage", "prepare"],
+                                          env=env, stdout=serve_log, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
 
-    _wait_for(healthy, 120, "the server's health endpoint", procs)
-    procs.append(subprocess.Popen([sys.executable, str(ROOT / "flows" / "deploy.py"), "--cron", "* * * * * */10",
-                                   "--root", str(project), "--stage", "prepare"],
-                                  env=env, stdout=serve_log, stderr=subprocess.STDOUT,
-                                  start_new_session=True))
+            def finished_run():  # the scheduler books many runs ahead: ask for the deployment's finished ones
+                final = FlowRunFilterStateType(any_=[StateType.COMPLETED, StateType.FAILED, StateType.CRASHED])
+                with get_client(sync_client=True) as client:
+                    done = client.read_flow_runs(
+                        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=final)),
+                        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["weekly"])))
+                return done[0] if done else None
 
-    def finished_run():  # the scheduler books many runs ahead: ask for the finished ones
-        final = FlowRunFilterStateType(any_=[StateType.COMPLETED, StateType.FAILED, StateType.CRASHED])
-        with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-            done = client.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=final)))
-        return done[0] if done else None
-
-    run = _wait_for(finished_run, 240, "a scheduled flow run to finish", procs)
-    assert run.state.is_completed(), (run.state, (logs / "serve.log").read_text()[-3000:])
-    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+            run = _wait_for(finished_run, 240, "a scheduled flow run to finish", procs)
+        finally:
+            _stop(procs)
+    assert run.state.is_completed(), (run.state, (tmp_path / "serve.log").read_text()[-3000:])
+    with get_client(sync_client=True) as client:
         deployment = client.read_deployment(run.deployment_id)
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
     assert deployment.name == "weekly" and run.auto_scheduled  # made by the scheduler, not by hand
     assert "advmix-metrics" in {a.key for a in artifacts}
     assert (project / "dvc.lock").is_file()  # the stage ran in the project it names
+    assert all(proc.poll() is not None for proc in procs)
 
 
 def test_the_flows_import_from_any_folder(tmp_path):
