@@ -80,8 +80,9 @@ def one_thread():
 # pytest-xdist hands whole files to its two workers in the order below (pyproject's --no-loadscope-reorder; by default
 # it would order files by their number of tests, which put the longest file, one test of 200 s, last), and the longest
 # first balances the workers.
-FILE_SECONDS = {"test_flows.py": 150, "test_dvc_runs.py": 147, "test_profiles.py": 91, "test_dvc_wiring.py": 75,
-                "test_faults.py": 60, "test_train.py": 45, "test_pipeline.py": 35, "test_ddp.py": 25}
+FILE_SECONDS = {"test_flows.py": 93, "test_dvc_runs.py": 90, "test_profiles.py": 68, "test_train.py": 46,
+                "test_faults.py": 40, "test_dvc_wiring.py": 34, "test_pipeline.py": 28, "test_data.py": 23,
+                "test_ddp.py": 21}
 
 
 def pytest_collection_modifyitems(items):
