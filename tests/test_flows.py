@@ -79,8 +79,8 @@ def server(tmp_path_factory):
     import httpx
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    home = tmp_path_factory.mktemp("prefect-server")
-    api = f"http://127.0.0.1:{_free_port()}/api"
+    home, port = tmp_path_factory.mktemp("prefect-server"), _free_port()
+    api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PREFECT_HOME": str(home),
            "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_RUNNER_POLL_FREQUENCY": "2",
@@ -95,9 +95,8 @@ def server(tmp_path_factory):
 
     with open(home / "server.log", "w") as log:
         try:
-            port = api.rsplit(":", 1)[1].split("/")[0]
             procs.append(subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                                           port], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                           str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
                                           start_new_session=True))
             _wait_for(healthy, 120, "the server's health endpoint", procs)
             with temporary_settings({PREFECT_API_URL: api}):
@@ -350,6 +349,7 @@ def test_deployment_schedule_without_a_server():
 
 def test_deployment_registers_with_an_active_schedule(server):
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
 
     from flows.deploy import DEFAULT_CRON, build_deployment
 
@@ -360,8 +360,10 @@ def test_deployment_registers_with_an_active_schedule(server):
             assert dep.name == "weekly" and dep.schedules[0].schedule.cron == DEFAULT_CRON and dep.schedules[0].active
             run = client.create_flow_run_from_deployment(dep_id)
             assert run.state.is_scheduled()
-        finally:  # the run would work in this checkout: the runner that the cron test serves must not find it
-            client.delete_flow_run(run.id)
+        finally:  # its runs would work in this checkout: the runner that the cron test serves must not find one
+            for scheduled in client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                    deployment_id=FlowRunFilterDeploymentId(any_=[dep_id]))):
+                client.delete_flow_run(scheduled.id)
             client.delete_deployment(dep_id)
 
 
