@@ -104,14 +104,20 @@ def test_cli_help_imports_no_heavy_library():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def test_repro_times_reads_each_stage_off_dvc_output():
-    """bench/repro_times.py: a stage lasts from the line where DVC starts it to the next start, or to the end."""
+def load_bench(name: str):
+    """bench/<name>.py as a module (bench/ is no package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("repro_times", ROOT / "bench" / "repro_times.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # its dataclass looks its module up there
+    sys.modules[spec.name] = bench  # a dataclass looks its module up there
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_repro_times_reads_each_stage_off_dvc_output():
+    """bench/repro_times.py: a stage lasts from the line where DVC starts it to the next start, or to the end."""
+    bench = load_bench("repro_times")
     out = [(0.0, "Running stage 'prepare':\n"), (1.0, "> advmix prepare\n"), (30.0, "Updating lock file 'dvc.lock'\n"),
            (31.0, "Stage 'probe' is cached - skipping run, checking out outputs\n"),
            (33.5, "Stage 'validate' didn't change, skipping\n"), (34.0, "Running stage 'train@nominal-0':\n"),
@@ -122,3 +128,23 @@ def test_repro_times_reads_each_stage_off_dvc_output():
         ("train@nominal-0", "ran", 66.0)]
     assert bench.stage_times([(0.0, "nothing ran\n")], end=5.0) == []
     assert "| total | | 100 | |" in bench.table(times)
+
+
+def test_same_outputs_compares_locks_by_md5_and_metrics_by_key():
+    """bench/same_outputs.py: an output's md5 (metrics/ and reports/ aside: they carry timings), then metric keys
+    with timings, thread counts and NaN on both sides left out."""
+    bench = load_bench("same_outputs")
+
+    def lock(model_md5: str, extra: dict | None = None) -> dict:
+        return {"stages": {"train@nominal-0": {"outs": [{"path": "models/c.pt", "md5": model_md5},
+                                                        {"path": "metrics/train/n.json", "md5": model_md5}]},
+                           **(extra or {})}}
+
+    assert bench.lock_differences(lock("a"), lock("a")) == {}
+    assert bench.lock_differences(lock("a"), lock("b")) == {"train@nominal-0": ["models/c.pt"]}
+    assert bench.lock_differences(lock("a"), lock("a", {"report": {"outs": []}})) == {"report": ["<only in one>"]}
+    before = {"run": {"acc": 0.9, "seconds": 10.0, "torch_threads": 2, "ece": float("nan"), "pgd": [0.5, 0.4]}}
+    after = {"run": {"acc": 0.9, "seconds": 12.0, "torch_threads": 1, "ece": float("nan"), "pgd": [0.5, 0.3],
+                     "new": 1}}
+    assert bench.metric_differences(before, before) == {}
+    assert bench.metric_differences(before, after) == {"run.new": ("<absent>", 1), "run.pgd.1": (0.4, 0.3)}
