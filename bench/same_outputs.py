@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from advmix.paths import METRICS, PARAMS, REPORTS
+
 # every stage, all seven modes at one seed, both DFR refits and the report at the default's networks and 32 px;
 # 1,122 s on a slow 2-core machine (2026-12-05)
 REDUCED = {
@@ -34,7 +36,7 @@ REDUCED = {
     "evaluate.linf_steps": 3, "evaluate.worst_mixes": 8,
 }
 RUN_ONLY = ("seconds", "images_per_s", "torch_threads")  # metric keys that differ from run to run
-TIMED = ("metrics/", "reports/")  # outputs compared key by key, not by md5
+TIMED = (f"{METRICS}/", f"{REPORTS}/")  # outputs compared key by key, not by md5
 
 
 def flat(tree, prefix: str = "") -> dict[str, object]:
@@ -79,11 +81,11 @@ def reproduce(rev: str, folder: Path, overrides: dict[str, object]) -> float:
     root = Path(__file__).parents[1]
     subprocess.run(["git", "clone", "-q", str(root), str(folder)], check=True)
     subprocess.run(["git", "checkout", "-q", rev], cwd=folder, check=True)
-    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params = yaml.safe_load((folder / PARAMS).read_text())
     for key, value in overrides.items():
         set_dotted(params, key, value)
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["git", "rm", "-rq", "--ignore-unmatch", "dvc.lock", "metrics"], cwd=folder, check=True)
+    (folder / PARAMS).write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "rm", "-rq", "--ignore-unmatch", "dvc.lock", str(METRICS)], cwd=folder, check=True)
     subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@advmix.invalid", "commit", "-qam",
                     "reduced params"], cwd=folder, check=True)  # dvclive wants a clean commit to refer to
     env = {**os.environ, "PYTHONPATH": str(folder), "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false",
@@ -105,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     overrides = {**REDUCED, **parse_overrides(args.set_)}
-    folders = [args.workdir / rev for rev in (args.before, args.after)]
+    folders = [args.workdir / f"{side}-{rev.replace('/', '_')}" for side, rev in (("before", args.before),
+                                                                                    ("after", args.after))]
+    for folder in folders:
+        if folder.exists():
+            sys.exit(f"error: {folder} exists; remove it or pass another --workdir")
     args.workdir.mkdir(parents=True, exist_ok=True)
     for rev, folder in zip((args.before, args.after), folders, strict=True):
         print(f"{rev}: dvc repro in {folder} ({reproduce(rev, folder, overrides):.0f} s)", flush=True)
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     for stage, paths in locks.items():
         print(f"  {stage}: differ {', '.join(paths)}")
     differing = 0
-    for path in sorted({p.relative_to(f) for f in folders for p in (f / "metrics").rglob("*.json")}):
+    for path in sorted({p.relative_to(f) for f in folders for p in (f / METRICS).rglob("*.json")}):
         if not (a / path).exists() or not (b / path).exists():
             diff = {"<file>": ("present" if (a / path).exists() else "<absent>",
                                "present" if (b / path).exists() else "<absent>")}
