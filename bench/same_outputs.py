@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -67,15 +69,14 @@ def lock_differences(a: dict, b: dict) -> dict[str, list[str]]:
 def metric_differences(a: dict, b: dict) -> dict[str, tuple[object, object]]:
     """The leaf keys of two metrics files whose values differ, timings aside ('<absent>' where one lacks a key)."""
     fa, fb = flat(a), flat(b)
-    return {k: (fa.get(k, "<absent>"), fb.get(k, "<absent>")) for k in sorted(set(fa) | set(fb))
-            if not any(word in k for word in RUN_ONLY) and fa.get(k, "<absent>") != fb.get(k, "<absent>")
-            and not (fa.get(k) != fa.get(k) and fb.get(k) != fb.get(k))}  # NaN on both sides is equal
+    pairs = {k: (fa.get(k, "<absent>"), fb.get(k, "<absent>")) for k in sorted(set(fa) | set(fb))
+             if not any(word in k for word in RUN_ONLY)}
+    nan = lambda v: isinstance(v, float) and math.isnan(v)  # NaN on both sides is no difference
+    return {k: (x, y) for k, (x, y) in pairs.items() if x != y and not (nan(x) and nan(y))}
 
 
 def reproduce(rev: str, folder: Path, overrides: dict[str, object]) -> float:
     """Clone this repository at `rev` into `folder`, apply `overrides`, `dvc repro`; returns its seconds."""
-    import time
-
     from advmix.params import set_dotted
 
     root = Path(__file__).parents[1]
@@ -123,9 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {stage}: differ {', '.join(paths)}")
     differing = 0
     for path in sorted({p.relative_to(f) for f in folders for p in (f / METRICS).rglob("*.json")}):
-        if not (a / path).exists() or not (b / path).exists():
-            diff = {"<file>": ("present" if (a / path).exists() else "<absent>",
-                               "present" if (b / path).exists() else "<absent>")}
+        if not ((a / path).exists() and (b / path).exists()):
+            diff = {"file": ("present", "<absent>") if (a / path).exists() else ("<absent>", "present")}
         else:
             diff = metric_differences(json.loads((a / path).read_text()), json.loads((b / path).read_text()))
         if diff:

@@ -423,6 +423,8 @@ def test_a_cron_schedule_fires_on_a_real_server(server, tmp_path):
     )
     from prefect.client.schemas.objects import StateType
 
+    from flows.deploy import DEPLOYMENT_NAME
+
     env = server
     project = make_project(tmp_path / "project")
     procs: list[subprocess.Popen] = []
@@ -438,7 +440,7 @@ def test_a_cron_schedule_fires_on_a_real_server(server, tmp_path):
                 with get_client(sync_client=True) as client:
                     done = client.read_flow_runs(
                         flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=final)),
-                        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["weekly"])))
+                        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[DEPLOYMENT_NAME])))
                 return done[0] if done else None
 
             run = _wait_for(finished_run, 240, "a scheduled flow run to finish", procs)
