@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     overrides = dict(item.split("=", 1) for item in [f"train.device={args.device}", *args.sets])
     p = load_params(Path("params.yaml"), {k: yaml.safe_load(v) for k, v in overrides.items()})
+    if args.val_only and not args.no_attack and p.evaluate.val_robust_images == 0:
+        sys.exit("--val-only: evaluate.val_robust_images is 0, so there is no val figure; add "
+                 "-S evaluate.val_robust_images=256 (docs/selection.md)")
     set_threads()
     ds = dataset(p)
     train, val = ds.split("train"), ds.split("val")

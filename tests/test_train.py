@@ -252,7 +252,8 @@ def test_cli_train_advmix_with_a_saved_generator(project):
     from advmix.cli import app
 
     res = CliRunner().invoke(app, ["evaluate", "--mode", "advmix", *CLI_SETS, "-S", "evaluate.robust_images=12",
-                                   "-S", "evaluate.partners_k=2", "-S", "evaluate.steps=1"])
+                                   "-S", "evaluate.partners_k=2", "-S", "evaluate.steps=1",
+                                   "-S", "evaluate.val_robust_images=256"])
     assert res.exit_code == 0, res.output
     result = json.loads((root / "metrics" / "eval" / "advmix-s0.json").read_text())["eval_advmix_s0"]
     assert result["mode"] == "advmix" and result["uses_group_labels"] is False
@@ -316,6 +317,8 @@ def test_cli_train_advmix_with_a_saved_generator(project):
     nominal_errors = [r["error"] for r in out["rows"] if r["mode"] == "nominal"]
     assert out["summary"]["nominal"]["error"] == pytest.approx(sum(nominal_errors) / 2)
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    with pytest.raises(SystemExit, match="val_robust_images=256"):  # --val-only without a val figure
+        bench.main(["--val-only", "--modes", "advmix", *CLI_SETS, "-S", "evaluate.val_robust_images=0"])
 
 
 def test_bench_smoke():
