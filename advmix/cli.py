@@ -32,29 +32,33 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _clean(call, *errors: type[Exception]):
+    """call(), with any of `errors` (a user's mistake or a broken file) as one clean line and its exit code (the
+    error's `code`, else 2: a usage error)."""
+    try:
+        return call()
+    except errors as exc:
+        raise _fail(str(exc), getattr(exc, "code", 2)) from None
+
+
 def _load(params_path: Path, overrides: list[str] | None, command: str):
     """Params or a clean exit naming the bad key; a torch stage then takes its share of the CPU cores."""
     from advmix.params import ParamsError, load_params, parse_overrides
     from advmix.runtime import set_threads
 
-    try:
-        loaded = load_params(params_path, parse_overrides(overrides))
-    except ParamsError as exc:
-        raise _fail(str(exc), 2) from None
+    loaded = _clean(lambda: load_params(params_path, parse_overrides(overrides)), ParamsError)
     if command not in NO_TORCH:
         set_threads()
     return loaded
 
 
 def _run(command: str, module: str, params: Path, set_: list[str] | None, *args):
-    """advmix.stages.<module>.run(params, *args), with a StageError (a user's mistake or a broken file) as one clean
-    line and its exit code; prints the summary (ranks other than 0 of a torchrun return None) and any warning."""
+    """advmix.stages.<module>.run(params, *args); prints the summary (ranks other than 0 of a torchrun return None)
+    and any warning."""
     from advmix.stages import StageError
 
-    try:
-        done = importlib.import_module(f"advmix.stages.{module}").run(_load(params, set_, command), *args)
-    except StageError as exc:
-        raise _fail(str(exc), exc.code) from None
+    stage = importlib.import_module(f"advmix.stages.{module}")
+    done = _clean(lambda: stage.run(_load(params, set_, command), *args), StageError)
     if done is not None:
         typer.echo(done.summary())
     if getattr(done, "warning", None):
@@ -65,10 +69,7 @@ def _run(command: str, module: str, params: Path, set_: list[str] | None, *args)
 def _mode(mode: str, refits: bool = False) -> str:
     from advmix.modes import check_run
 
-    try:
-        return check_run(mode, refits)
-    except ValueError as exc:
-        raise _fail(str(exc), 2) from None
+    return _clean(lambda: check_run(mode, refits), ValueError)
 
 
 @app.command("params")
@@ -86,10 +87,7 @@ def params_cmd(
     from advmix.files import atomic_write_bytes
     from advmix.params import ParamsError, params_text, parse_overrides
 
-    try:
-        text = params_text(params, profile, parse_overrides(set_))
-    except ParamsError as exc:
-        raise _fail(str(exc), 2) from None
+    text = _clean(lambda: params_text(params, profile, parse_overrides(set_)), ParamsError)
     if not write:
         typer.echo(text, nl=False)
         return
@@ -186,10 +184,8 @@ def sweep_cmd(
     """
     from advmix import sweep
 
-    try:
-        sweep.command(queue, plot, rho, small, _load(paths.PARAMS, None, "sweep").data.name, echo=typer.echo)
-    except sweep.SweepError as exc:
-        raise _fail(str(exc), exc.code) from None
+    name = _load(paths.PARAMS, None, "sweep").data.name
+    _clean(lambda: sweep.command(queue, plot, rho, small, name, echo=typer.echo), sweep.SweepError)
 
 
 @app.command("run")
@@ -211,10 +207,7 @@ def run_cmd(
 
     root = Path.cwd()
     _load(root / paths.PARAMS, set_, "run")  # a bad key exits 2
-    try:
-        result = run_pipeline(root, stage, force, parse_overrides(set_))
-    except ProjectError as exc:
-        raise _fail(str(exc), exc.code) from None
+    result = _clean(lambda: run_pipeline(root, stage, force, parse_overrides(set_)), ProjectError)
     typer.echo(json.dumps(result, indent=2, default=str))
 
 

@@ -324,7 +324,8 @@ def test_cli_train_advmix_with_a_saved_generator(project):
 def test_bench_smoke():
     root = Path(__file__).parents[1]
     res = subprocess.run([sys.executable, str(root / "bench" / "train_cost.py"), "--resolution", "16", "--batch", "8",
-                          "--n-batches", "2", "--width", "8", "--k", "2", "--steps", "1"],
+                          "--n-batches", "2", "--width", "8", "--k", "2", "--steps", "1",
+                          "--modes", "nominal", "randmix", "advmix", "linf"],
                          capture_output=True, text=True, timeout=120, check=False,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
