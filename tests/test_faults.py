@@ -217,7 +217,7 @@ def test_kill_during_train_gan_then_rerun_gives_the_uninterrupted_generator(proj
     """kill -9 mid-training (after a state was written), rerun: the generator equals an uninterrupted run's. Only the
     killed run needs a process of its own; the reference and the rerun run here, on the same single thread."""
     monkeypatch.setenv("ADVMIX_THREADS", "1")
-    args = ["train-gan", "-S", "gan.iterations=24", "-S", "gan.checkpoint_minutes=0.001"]
+    args = ["train-gan", "-S", "gan.iterations=40", "-S", "gan.checkpoint_minutes=0.001"]
     state = project / ".advmix" / "gan" / "state.pt"
     state.unlink(missing_ok=True)  # the fixture's finished run
     reference = project.parent / "reference"

@@ -98,7 +98,7 @@ TINY = {"data.sizes.train": 40, "data.sizes.val": 8, "data.sizes.test_iid": 8, "
         "extract.encoder_real_steps": 1, "extract.batch": 4, "extract.refine_steps": 1, "train.epochs": 1,
         "train.batch": 8, "train.modes": "[nominal,advmix]", "train.seeds": "[0]", "evaluate.robust_images": 8,
         "evaluate.val_robust_images": 8, "evaluate.partners_k": 2, "evaluate.steps": 1, "evaluate.linf_steps": 1,
-        "evaluate.worst_mixes": 4, "dfr.bases": "[]",  # DFR runs in test_dvc_runs
+        "evaluate.worst_mixes": 4, "dfr.bases": "[advmix]",
         # the networks narrowed too (the profile's 64 px and ResNet-18 stay): its 256-channel GAN alone takes minutes
         "gan.style_dim": 32, "gan.channel_base": 2048, "gan.channel_max": 32, "extract.width": 4,
         "probe.width": 8, "train.width": 16}
