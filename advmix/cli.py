@@ -150,23 +150,28 @@ def dfr_cmd(base: Annotated[str, typer.Option("--base", help="the trained mode w
     _run("dfr", "dfr", params, set_, _mode(base), seed)
 
 
+@app.command("worst-mixes")
+def worst_mixes_cmd(params: ParamsOpt = paths.PARAMS, set_: SetOpt = None) -> None:
+    """The worst mixes against the nominal classifier of the first of train.seeds: AdvMix's search at evaluation
+    strength on a test_balanced subset. Writes results/report/worst_mixes.npz, which the report shows."""
+    _run("worst-mixes", "worst_mixes", params, set_)
+
+
 @app.command("report")
 def report_cmd(
     params: ParamsOpt = paths.PARAMS,
     set_: SetOpt = None,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="a partial report when planned runs lack "
                                                 "their evaluation (it says so)")] = False,
-    results_doc: Annotated[Path | None, typer.Option("--results-doc", help="only rewrite the generated section of "
-                                                     "this file (docs/results.md) from metrics/summary.json and "
-                                                     "metrics/eval/; the report is left as it is", dir_okay=False)
-                           ] = None,
+    docs: Annotated[list[Path] | None, typer.Option("--docs", help="only rewrite the generated section of this file "
+                                                    "(README.md: the headline; docs/results.md: the results) from "
+                                                    "metrics/summary.json and metrics/eval/; repeatable",
+                                                    dir_okay=False)] = None,
 ) -> None:
-    """The comparison of every mode: reports/summary.md, a self-contained reports/summary.html, metrics/summary.json.
-
-    Reads metrics/eval/ and results/eval/ (the evaluate stages), the earlier stages' figures and metrics, and
-    shows the AdvMix mixes that hurt the nominal model of `seed` most, with the AdvMix model's answers beside.
+    """The comparison of every planned run: reports/summary.md, a self-contained reports/summary.html and
+    metrics/summary.json. Reads only what the evaluate, dfr and worst-mixes stages and the earlier stages wrote.
     """
-    _run("report", "report", params, set_, allow_missing, results_doc)
+    _run("report", "report", params, set_, allow_missing, docs)
 
 
 @app.command("sweep")

@@ -24,7 +24,9 @@ SMALL = {
     "extract.encoder_real_steps": 100, "extract.refine_steps": 10, "mixing.analysis_pairs": 512,
     "evaluate.robust_images": 128,
 }
-METRIC = "relative_error_reduction_balanced"
+# an experiment is finished when its metrics/summary.json holds the headline (under its name before 2026-12-07 too)
+FINISHED = ("comparisons.advmix_vs_nominal.relative_error_reduction",
+            "advmix_vs_nominal.relative_error_reduction_balanced")
 
 
 class SweepError(Exception):
@@ -110,7 +112,7 @@ def collect(rows: list[dict[str, Any]], dataset: str | None = None) -> list[dict
             continue  # queued, running (its files may be the commit's or half-written) or failed
         if dataset is not None and _find(row, "data.name") not in (None, dataset):
             continue
-        if rho is None or _find(row, f"advmix_vs_nominal.{METRIC}") is None:
+        if rho is None or all(_find(row, key) is None for key in FINISHED):
             continue
         seen.add(name)
         seeds = sorted({int(k.rsplit("_s", 1)[1].split(".")[0]) for k in row
@@ -133,7 +135,8 @@ def _reduction(nominal: float, advmix: float) -> float:
 
 def by_rho(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per rho: the mean errors over seeds and the relative reduction of the means, the definition of
-    metrics/summary.json's relative_error_reduction_balanced (not the mean of per-seed ratios)."""
+    metrics/summary.json's comparisons.advmix_vs_nominal.relative_error_reduction (not the mean of per-seed
+    ratios)."""
     out = []
     for rho in sorted({p["rho"] for p in points}):
         at = [p for p in points if p["rho"] == rho]

@@ -265,14 +265,10 @@ validate_stage = run_stage.with_options(name="dvc-validate", retries=0, retry_co
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        text = f"{value:.4g}"
-    elif isinstance(value, list | tuple):
-        text = ", ".join(_fmt(v) for v in value) if value else "—"
-    elif value is None:
-        text = "—"
-    else:
-        text = str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(_fmt(v) for v in value) if value else "—"
+    return "—" if value is None else str(value)
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -286,33 +282,18 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return items
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _modes_rows(modes: Any) -> list[tuple[str, dict[str, Any]]]:
-    if isinstance(modes, dict):
-        return [(str(name), dict(_flatten(v if isinstance(v, dict) else {"value": v}))) for name, v in modes.items()]
-    if isinstance(modes, list):
-        return [(str(r.get("mode", i)), dict(_flatten({k: v for k, v in r.items() if k != "mode"})))
-                for i, r in enumerate(modes) if isinstance(r, dict)]
-    return []
-
-
 def metrics_markdown(metrics: dict[str, Any], summary: dict[str, Any] | None = None) -> str:
-    """A markdown table: per mode from metrics/summary.json when it exists, else every metric as key/value."""
-    rows = _modes_rows((summary or {}).get("modes"))
-    if rows:
-        columns: list[str] = []
-        for _, values in rows:
-            columns += [c for c in values if c not in columns]
-        body = _table(["mode", *columns], [[name, *(values.get(c) for c in columns)] for name, values in rows])
-        return f"# advmix: results by training mode\n\n{body}\n"
+    """The artifact, drawn by the report's renderer: the report's headline and short table when
+    metrics/summary.json exists, else every metric as key/value (a flow that stopped before the report)."""
+    from advmix.report.page import headline_section
+    from advmix.report.render import Heading, Para, Table, markdown
+
+    if summary is not None:
+        return markdown([Heading(1, "advmix: results"), *headline_section(summary)])
     if not metrics:
-        return "# advmix metrics\n\nNo metrics files yet.\n"
-    return f"# advmix metrics\n\n{_table(['metric', 'value'], [list(kv) for kv in _flatten(metrics)])}\n"
+        return markdown([Heading(1, "advmix metrics"), Para("No metrics files yet.")])
+    return markdown([Heading(1, "advmix metrics"),
+                     Table(["metric", "value"], [[k, _fmt(v)] for k, v in _flatten(metrics)])])
 
 
 def read_metrics(root: str | Path) -> dict[str, Any]:

@@ -103,3 +103,27 @@ def test_a_killed_repro_finishes_on_the_rerun_and_the_run_cache_restores_earlier
         assert f"Stage '{stage}' is cached - skipping run" in back.stdout, back.stdout
     assert "> advmix" not in back.stdout
     assert md5(model) == first_model and train_metrics(root) == first and evaluation.read_bytes() == first_eval
+
+
+@pytest.mark.slow
+def test_repro_completes_for_seeds_without_the_upstream_seed_and_modes_without_advmix(project):
+    """`seed` 0 drives the upstream stages, train.seeds is [1] and train.modes has no AdvMix: `dvc repro` trains,
+    evaluates and refits seed 1, finds the worst mixes against nominal-s1, and the report reads only the
+    evaluations (no classifier of `seed`, no AdvMix model)."""
+    root, env = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    assert params["seed"] == 0 and "advmix" not in params["train"]["modes"]
+    params["train"]["seeds"] = [1]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    res = dvc(root, env, "repro")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for stage in ("train@nominal-1", "evaluate@nominal-1", "dfr@nominal-1", "worst-mixes", "report"):
+        assert f"Running stage '{stage}'" in res.stdout, (stage, res.stdout[-3000:])
+    assert not any(f"Running stage '{s}'" in res.stdout for s in UPSTREAM)
+    summary = json.loads((root / paths.SUMMARY_METRICS).read_text())
+    assert list(summary["modes"]) == ["nominal", "dfr_nominal"] and summary["modes"]["nominal"]["seeds"] == [1]
+    assert "advmix_vs_nominal" not in summary["comparisons"]
+    assert "AdvMix against nominal: not measured" in (root / paths.SUMMARY_MD).read_text()
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    assert "models/classifier-nominal-s1.pt" in {d["path"] for d in lock["worst-mixes"]["deps"]}
+    assert not any(d["path"].startswith("models/") for d in lock["report"]["deps"])

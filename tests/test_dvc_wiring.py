@@ -86,8 +86,9 @@ def test_a_new_seed_adds_only_its_own_stages(committed):
 
 
 @pytest.mark.slow
-def test_the_report_figure_knob_reruns_the_report_only(committed):
-    assert changed_after(committed, **{"evaluate.worst_mixes": 8}) == {"report"}
+def test_the_report_knobs_rerun_the_report_and_its_worst_mixes_only(committed):
+    assert changed_after(committed, **{"evaluate.worst_mixes": 8}) == {"worst-mixes"}
+    assert changed_after(committed, **{"mixing.min_transfer": 0.8}) == {"analyze-layers", "report"}  # the bar
     p = load_params(committed / "params.yaml")
     assert changed_after(committed, **{"evaluate.linf_steps": 3}) == {
         f"evaluate@{m}-{s}" for m in p.train.modes for s in p.train.seeds}

@@ -33,7 +33,7 @@ PARAMS = {
 }
 STAGES = [["prepare"], ["validate"], ["probe"], ["train-gan"], ["extract"], ["analyze-layers"],
           ["train", "--mode", "nominal"], ["train", "--mode", "advmix"], ["evaluate", "--mode", "nominal"],
-          ["evaluate", "--mode", "advmix"], ["report"]]
+          ["evaluate", "--mode", "advmix"], ["worst-mixes"], ["report"]]
 
 
 def invoke(*args: str):
@@ -169,7 +169,7 @@ def test_a_broken_classifier_is_named(project, damage):
     line = fails(project, ["evaluate", "--mode", "advmix"], 1, "classifier-advmix-s0.pt", "advmix train")
     if damage == "hostile":
         assert "GLOBAL" in line and not (project / "pwned.txt").exists()
-    fails(project, ["report"], 1, "classifier-advmix-s0.pt")
+    assert invoke("report").exit_code == 0  # the report reads what the evaluations wrote, no classifier
 
 
 @pytest.mark.slow
@@ -260,7 +260,7 @@ def test_a_broken_generator_is_named(project, stage):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [["probe"], ["train-gan"], ["extract"], ["analyze-layers"],
-                                   ["train", "--mode", "nominal"], ["evaluate", "--mode", "nominal"], ["report"]])
+                                   ["train", "--mode", "nominal"], ["evaluate", "--mode", "nominal"], ["worst-mixes"]])
 def test_stages_refuse_data_that_has_not_passed_validation(project, stage):
     result = project / "metrics" / "validation.json"
     result.unlink()

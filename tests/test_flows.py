@@ -290,17 +290,22 @@ def test_stage_selection_and_transient_errors():
     assert not is_transient(wrapped(FileNotFoundError("data/x"))) and not is_transient(ValueError())
 
 
-def test_metrics_table_prefers_the_summary_modes():
+def test_the_artifact_is_the_reports_headline_drawn_by_its_renderer():
+    """On the committed metrics/summary.json (a real one, written by the report stage): the same sentence and
+    short table as the report's first screen; before any report, every metric as key/value."""
+    import json
+
+    from advmix.report.page import headline, short_table
     from flows.pipeline import metrics_markdown
 
+    summary = json.loads((Path(__file__).parents[1] / "metrics" / "summary.json").read_text())
+    table = metrics_markdown({"success": True}, summary)
+    assert table.startswith("# advmix: results\n") and headline(summary) in table
+    headers, rows = short_table(summary)
+    assert "| " + " | ".join(headers) + " |" in table and "| " + " | ".join(rows[0]) + " |" in table
     flat = metrics_markdown({"success": True, "rho_realised": {"train": 0.95}})
     assert "| success | True |" in flat and "| rho_realised/train | 0.95 |" in flat
-    summary = {"modes": {"nominal": {"acc": 0.91234, "worst_group_acc": 0.5}, "advmix": {"acc": 0.9}}}
-    table = metrics_markdown({"success": True}, summary)
-    assert "| mode | acc | worst_group_acc |" in table
-    assert "| nominal | 0.9123 | 0.5 |" in table and "| advmix | 0.9 | — |" in table
-    listed = metrics_markdown({}, {"modes": [{"mode": "linf", "acc": 0.8}]})
-    assert "| linf | 0.8 |" in listed
+    assert "No metrics files yet." in metrics_markdown({})
 
 
 def test_stage_list_follows_the_dag_with_validation_first(tmp_path):

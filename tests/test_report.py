@@ -1,4 +1,5 @@
-"""The report: summary.json means over seeds, a self-contained HTML page, clear errors, atomic outputs."""
+"""The report: summary.json means and seed-paired comparisons, a self-contained HTML page whose first screen answers
+the question, clear errors, atomic outputs, and only files the plan's stages write."""
 
 import base64
 import json
@@ -10,6 +11,9 @@ import yaml
 
 from advmix import report
 from advmix.figures import save_png
+from advmix.params import parse_params
+from advmix.report import page
+from advmix.report.render import markdown
 
 SPLITS = ("val", "test_iid", "test_balanced", "test_flipped")
 GROUPS = ("not_smiling/not_skin_dark", "not_smiling/skin_dark", "smiling/not_skin_dark", "smiling/skin_dark")
@@ -48,15 +52,14 @@ def write_by_group(root, mode, seed, wga):
     (folder / "by_group.csv").write_text("\n".join(lines) + "\n")
 
 
-def write_params(root, modes, seeds=(0, 1)):
-    """params.yaml planning exactly `modes` x `seeds` (no DFR refit)."""
-    (root / "params.yaml").write_text(f"seed: 0\ndata:\n  name: synthfaces\n  rho: 0.9\n"
-                                      f"train:\n  modes: [{', '.join(modes)}]\n  seeds: {list(seeds)}\n"
-                                      "dfr:\n  bases: []\n")
+def plan(modes=("nominal", "advmix", "linf"), seeds=(0, 1), bases=(), **mixing):
+    """Params planning exactly `modes` x `seeds` and DFR on `bases`."""
+    return parse_params({"data": {"name": "synthfaces", "rho": 0.9},
+                         "train": {"modes": list(modes), "seeds": list(seeds)}, "dfr": {"bases": list(bases)},
+                         "mixing": mixing})
 
 
 def write_inputs(root, modes=("nominal", "advmix", "linf"), by_group=True, extras=True):
-    write_params(root, modes)
     for (mode, seed), (err, wga, eod) in NUMBERS.items():
         if mode in modes:
             write_eval(root, mode, seed, err, wga, eod, SEMANTIC[mode][seed])
@@ -68,21 +71,27 @@ def write_inputs(root, modes=("nominal", "advmix", "linf"), by_group=True, extra
     images = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
     (root / "results" / "report").mkdir(parents=True)
     np.savez(root / "results" / "report" / "worst_mixes.npz", clean=images, mixed=255 - images,
-             label=np.array([0, 1, 1]), pred_nominal=np.array([1, 0, 1]), pred_advmix=np.array([0, 1, 1]))
+             label=np.array([0, 1, 1]), pred_nominal=np.array([1, 0, 1]))
     save_png(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8), root / "reports" / "layers.png")
     save_png(np.zeros((4, 4, 3), dtype=np.uint8), root / "reports" / "gan" / "samples.png")
     (root / "metrics" / "validation.json").write_text(json.dumps(VALIDATION))
-    (root / "metrics" / "layers.json").write_text(json.dumps(
-        {"perturbation": {"layers": [0, 1], "label_change": 0.02, "any_partner": {"label_change": 0.47}}}))
-    (root / "dvc.lock").write_text("schema: '2.0'\nstages:\n  prepare:\n    cmd: advmix prepare\n    outs:\n"
-                                   "    - path: data/synthfaces\n      hash: md5\n      md5: abc123.dir\n")
+    (root / "metrics" / "layers.json").write_text(json.dumps(LAYERS))
+    (root / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  prepare:\n    cmd: advmix prepare\n    deps:\n    - path: advmix/params.py\n"
+        "      md5: c0de\n    outs:\n    - path: data/synthfaces\n      hash: md5\n      md5: abc123.dir\n"
+        "  train@augmix-7:\n    cmd: advmix train\n    outs:\n    - path: models/classifier-augmix-s7.pt\n"
+        "      md5: 5tale\n")
+
+
+LAYERS = {"perturbation": {"layers": [0, 1], "spurious": "skin_dark", "measured_on": "held-out half",
+                           "real": {"partners": "any", "n": 512, "label_change": 0.045, "spurious_transfer": 0.869}}}
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     write_inputs(root)
-    summary = report.build_report(root, class_names=["not_smiling", "smiling"])
+    summary = report.build_report(plan(), root)
     return root, summary
 
 
@@ -92,7 +101,7 @@ def test_summary_json_schema_and_means(built):
     assert summary["dataset"] == "synthfaces" and summary["rho"] == 0.9
     assert list(summary["modes"]) == ["nominal", "advmix", "linf"]
     for entry in summary["modes"].values():
-        assert entry["seeds"] == [0, 1] and entry["uses_group_labels"] is False
+        assert entry["seeds"] == [0, 1] and entry["group_labels_read"] == "none"
         for split in SPLITS:
             assert {"error", "worst_group_acc", "eod", "dpd", "ece"} <= set(entry[split])
     nominal, advmix, linf = (summary["modes"][m] for m in ("nominal", "advmix", "linf"))
@@ -110,29 +119,51 @@ def test_summary_json_schema_and_means(built):
     assert nominal["mix_change_error"] == pytest.approx(0.55)
     assert advmix["semantic_robust_acc"] == pytest.approx(0.85)
     assert linf["semantic_robust_acc"] is None and linf["mix_change_error"] is None
-    gain = summary["advmix_vs_nominal"]
-    assert gain["relative_error_reduction_balanced"] == pytest.approx(0.4)  # (0.25 - 0.15) / 0.25
+    # one block per pair: every mode against nominal, then AdvMix against each control without group labels
+    assert list(summary["comparisons"]) == ["advmix_vs_nominal", "linf_vs_nominal", "advmix_vs_linf"]
+    gain = summary["comparisons"]["advmix_vs_nominal"]
+    assert gain["mode"] == "advmix" and gain["reference"] == "nominal"
+    assert gain["relative_error_reduction"] == pytest.approx(0.4)  # (0.25 - 0.15) / 0.25
     assert gain["worst_group_gain"] == pytest.approx(0.2)  # 0.75 - 0.55
-    # the seed-paired interval holds the point estimate, and every non-nominal mode has one
     lo, hi = gain["relative_error_reduction_ci"]
-    assert lo <= gain["relative_error_reduction"] <= hi and gain["paired_seeds"] == summary["modes"]["advmix"]["seeds"]
-    assert set(summary["vs_nominal"]) == {"advmix", "linf"} and "bootstrap" in summary["ci_method"]
+    assert lo <= gain["relative_error_reduction"] <= hi and gain["paired_seeds"] == [0, 1]
+    assert summary["comparisons"]["advmix_vs_linf"]["relative_error_reduction"] == pytest.approx(0.4)  # vs 0.25
+    assert "bootstrap" in summary["ci_method"]
+    pert = summary["perturbation_set"]
+    assert (pert["layers"], pert["pairs"], pert["label_change"], pert["meets_bar"]) == ([0, 1], 512, 0.045, True)
+
+
+def test_advmix_against_a_control_is_a_seed_paired_interval_of_the_difference(tmp_path):
+    """A hand-made case: AdvMix's error is 0.05 below RandMix's on every one of five seeds, whose own errors
+    spread widely. Paired by seed the interval of the difference excludes 0, though the modes' spreads overlap."""
+    for seed, base in enumerate((0.10, 0.30, 0.20, 0.40, 0.25)):
+        write_eval(tmp_path, "nominal", seed, base + 0.20, 0.30, 0.1)
+        write_eval(tmp_path, "randmix", seed, base, 0.60, 0.1)
+        write_eval(tmp_path, "advmix", seed, base - 0.05, 0.62 + 0.01 * seed, 0.1)
+    summary = report.build_report(plan(("nominal", "randmix", "advmix"), seeds=range(5)), tmp_path)
+    c = summary["comparisons"]["advmix_vs_randmix"]
+    assert (c["mode"], c["reference"], c["paired_seeds"]) == ("advmix", "randmix", [0, 1, 2, 3, 4])
+    assert c["relative_error_reduction"] == pytest.approx(0.05 / 0.25)
+    lo, hi = c["relative_error_reduction_ci"]
+    assert 0.1 < lo <= 0.2 <= hi < 0.5
+    assert c["worst_group_gain"] == pytest.approx(0.04) and c["worst_group_gain_ci"][0] > 0
+    page = (tmp_path / "reports" / "summary.md").read_text()
+    assert "randmix +20.0% [" in page and "AdvMix ahead" in page.split("## All comparisons")[0]
 
 
 def test_relative_reduction_null_when_nominal_error_is_zero_or_a_mode_is_missing(tmp_path):
     write_inputs(tmp_path, modes=("nominal", "linf"), by_group=False, extras=False)
-    summary = report.build_report(tmp_path)
-    assert summary["advmix_vs_nominal"] == {"relative_error_reduction_balanced": None, "worst_group_gain": None,
-                                            "paired_seeds": [], "relative_error_reduction_ci": None,
-                                            "worst_group_gain_ci": None}
+    summary = report.build_report(plan(("nominal", "linf")), tmp_path)
+    assert list(summary["comparisons"]) == ["linf_vs_nominal"]  # no AdvMix: no AdvMix comparison
+    assert "not measured" in (tmp_path / "reports" / "summary.md").read_text()
     write_eval(tmp_path, "nominal", 0, 0.0, 1.0, 0.0)
     write_eval(tmp_path, "nominal", 1, 0.0, 1.0, 0.0)
     write_eval(tmp_path, "advmix", 0, 0.1, 0.9, 0.0)
-    write_params(tmp_path, ("nominal", "advmix", "linf"))
-    summary = report.build_report(tmp_path, allow_missing=True)  # advmix-s1 is missing
+    summary = report.build_report(plan(), tmp_path, allow_missing=True)  # advmix-s1 is missing
     assert summary["missing_runs"] == ["advmix-s1"]
-    assert summary["advmix_vs_nominal"]["relative_error_reduction_balanced"] is None
-    assert summary["advmix_vs_nominal"]["worst_group_gain"] == pytest.approx(-0.1)
+    assert summary["comparisons"]["advmix_vs_nominal"] == {
+        "mode": "advmix", "reference": "nominal", "paired_seeds": [0], "relative_error_reduction": None,
+        "relative_error_reduction_ci": None, "worst_group_gain": None, "worst_group_gain_ci": None}
     assert summary["modes"]["advmix"]["seeds"] == [0]
     assert summary["modes"]["advmix"]["test_balanced"]["error_std"] is None
 
@@ -140,81 +171,89 @@ def test_relative_reduction_null_when_nominal_error_is_zero_or_a_mode_is_missing
 def test_only_the_runs_the_params_plan_enter_the_report(tmp_path):
     """A DVC experiment that trains nominal and AdvMix keeps the committed eval files of the other modes."""
     write_inputs(tmp_path, by_group=False, extras=False)
-    (tmp_path / "params.yaml").write_text("data:\n  name: synthfaces\n  rho: 0.9\n"
-                                          "train:\n  modes: [nominal, advmix]\n  seeds: [1]\n"
-                                          "dfr:\n  bases: []\n")
-    summary = report.build_report(tmp_path)
+    summary = report.build_report(plan(("nominal", "advmix"), seeds=[1]), tmp_path)
     assert list(summary["modes"]) == ["nominal", "advmix"]
     assert summary["modes"]["nominal"]["seeds"] == [1]
-    assert summary["advmix_vs_nominal"]["relative_error_reduction_balanced"] == pytest.approx(0.5)  # (.2-.1)/.2
-    (tmp_path / "params.yaml").write_text("data:\n  name: synthfaces\ntrain:\n  modes: [augmix]\n")
+    assert summary["comparisons"]["advmix_vs_nominal"]["relative_error_reduction"] is None  # one seed: no interval
     with pytest.raises(FileNotFoundError, match="planned runs"):
-        report.build_report(tmp_path)
-    (tmp_path / "params.yaml").write_text("data:\n  name: synthfaces\ntrain:\n  seeds: zero\n")
-    with pytest.raises(report.ReportError, match="train.seeds"):
-        report.build_report(tmp_path)
+        report.build_report(plan(("augmix",)), tmp_path)
 
 
-def test_html_is_self_contained_and_complete(built):
+def test_html_is_self_contained_and_its_first_screen_answers_the_question(built):
     root, _ = built
     page = (root / "reports" / "summary.html").read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.IGNORECASE)
     assert "http://" not in page and "https://" not in page and "<script" not in page.lower()
     for png in ("reports/layers.png", "reports/gan/samples.png", "reports/summary/by_group.png",
-                "reports/summary/worst_mixes.png"):
+                "reports/summary/worst_mixes.png", "reports/summary/forest.png"):
         data = (root / png).read_bytes()
         assert f"data:image/png;base64,{base64.b64encode(data).decode()}" in page, png
-    assert page.count("data:image/png;base64,") == 4
-    table = page[page.index("<h2>Comparison</h2>"):page.index("<h2>Per seed</h2>")]
-    for mode in ("nominal", "advmix", "linf"):
-        assert f"<td>{mode}</td>" in table
-    assert "0.250 ± 0.071" in table and "+40.0%" in table
+    assert page.count("data:image/png;base64,") == 5
+    # top to bottom: the sentence, the perturbation set, the forest plot, the short table, then the rest
+    first = page.index("<strong>AdvMix&#x27;s test_balanced error is 40.0% lower than nominal&#x27;s</strong>")
+    order = [first, page.index("The perturbation set meets its bar"), page.index('alt="Effect with 95% intervals"'),
+             page.index("vs nominal: rel. error reduction [95% CI]"), page.index("<h2>All comparisons</h2>")]
+    assert order == sorted(order)
+    assert "**" not in page  # bold renders as bold, in tables too
+    assert "<td><strong>0.150 ± 0.071</strong></td>" in page
+    assert "white-space: nowrap" in page  # a cell never wraps its ± onto a second line
     assert "Missing: reports/inversion.png not present" in page  # an absent optional image is noted, not fatal
     assert "Missing: reports/gan/mixing.png not present" in page
     assert "abc123.dir" in page and "data/synthfaces" in page  # data versions from dvc.lock
+    assert "1 advmix/ code files" in page and "c0de" not in page  # code deps counted, not listed
+    assert "augmix-s7" not in page and "5tale" not in page  # a lock entry of another plan is not shown
     assert "rho_realised.test_flipped" in page and "passed" in page  # validation summary
-    assert "any_partner.label_change" in page  # layers perturbation block
-    assert "name: synthfaces" in page  # params.yaml embedded
+    assert "name: synthfaces" in page and "rho: 0.9" in page  # the loaded params
+
+
+def test_a_perturbation_set_below_its_bar_is_stated_first(tmp_path):
+    write_inputs(tmp_path, modes=("nominal", "advmix"), by_group=False)
+    summary = report.build_report(plan(("nominal", "advmix"), min_transfer=0.9), tmp_path)
+    assert summary["perturbation_set"]["meets_bar"] is False and summary["perturbation_set"]["min_transfer"] == 0.9
+    md = (tmp_path / "reports" / "summary.md").read_text()
+    callout = next(line for line in md.splitlines() if "does NOT meet its bar" in line)
+    assert callout.startswith("> **") and "86.9%" in callout and "at least 90%" in callout
+    assert md.index(callout) < md.index("## All comparisons")
 
 
 def test_markdown_references_images_by_relative_path(built):
     root, _ = built
     md = (root / "reports" / "summary.md").read_text()
-    for rel in ("summary/by_group.png", "summary/worst_mixes.png", "layers.png", "gan/samples.png"):
+    for rel in ("summary/by_group.png", "summary/worst_mixes.png", "summary/forest.png", "layers.png",
+                "gan/samples.png"):
         assert f"]({rel})" in md
         assert (root / "reports" / rel).is_file()
-    assert "| nominal | 0.250 ± 0.071 | (reference) |" in md
-    assert "| advmix | **0.150 ± 0.071** | +40.0% | **0.750 ± 0.071** |" in md  # the best of a column, by direction
+    assert "| nominal | 0.250 ± 0.071 | 0.550 ± 0.071 | (reference) | none |" in md  # the short table
+    assert "| advmix | **0.150 ± 0.071** | **0.750 ± 0.071** |" in md  # the best of a column, by direction
     assert "| linf |" in md and "n/a" in md  # linf has no semantic robust accuracy
     assert "Missing: reports/inversion.png not present" in md
 
 
 def test_missing_eval_jsons_name_the_folder(tmp_path):
-    write_params(tmp_path, ("nominal",))
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "metrics"))):
-        report.build_report(tmp_path)
-    (tmp_path / "params.yaml").unlink()
-    with pytest.raises(FileNotFoundError, match="params.yaml"):
-        report.build_report(tmp_path)
+        report.build_report(plan(("nominal",)), tmp_path)
 
 
 def test_malformed_inputs_name_the_file(tmp_path):
     write_inputs(tmp_path, modes=("nominal",), by_group=False, extras=False)
-    write_params(tmp_path, ("nominal", "advmix"))
     bad = tmp_path / "metrics" / "eval" / "advmix-s0.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match=re.escape(str(bad)) + ".*not valid JSON"):
-        report.build_report(tmp_path)
+        report.build_report(plan(("nominal", "advmix")), tmp_path)
     bad.write_text(json.dumps({"eval_advmix_s0": {"mode": "advmix", "seed": 0, "splits": {"test_balanced": {
         "error": 0.1}}}}))
     with pytest.raises(ValueError, match=re.escape(str(bad)) + ".*uses_group_labels: field required.*rerun"):
-        report.build_report(tmp_path)
+        report.build_report(plan(("nominal", "advmix")), tmp_path)
     bad.unlink()
     csv = tmp_path / "results" / "eval" / "nominal-s0" / "by_group.csv"
     csv.parent.mkdir(parents=True)
     csv.write_text("split,group\nval,a\n")
     with pytest.raises(ValueError, match=re.escape(str(csv)) + ".*missing column"):
-        report.build_report(tmp_path)
+        report.build_report(plan(("nominal",)), tmp_path)
+    csv.unlink()
+    (tmp_path / "metrics" / "layers.json").write_text("[1, 2]")
+    with pytest.raises(report.ReportError, match="layers.json: expected a JSON object"):
+        report.build_report(plan(("nominal",)), tmp_path)
 
 
 def test_multiclass_runs_have_null_fairness_gaps_and_still_report(tmp_path):
@@ -225,15 +264,15 @@ def test_multiclass_runs_have_null_fairness_gaps_and_still_report(tmp_path):
         for split in next(iter(raw.values()))["splits"].values():
             split["eod"] = split["dpd"] = None
         path.write_text(json.dumps(raw))
-    summary = report.build_report(tmp_path)
+    summary = report.build_report(plan(("nominal", "advmix")), tmp_path)
     assert summary["modes"]["advmix"]["test_balanced"]["eod"] is None
-    assert summary["advmix_vs_nominal"]["relative_error_reduction_balanced"] == pytest.approx(0.4)
+    assert summary["comparisons"]["advmix_vs_nominal"]["relative_error_reduction"] == pytest.approx(0.4)
     assert "n/a" in (tmp_path / "reports" / "summary.md").read_text()
     raw = json.loads(path.read_text())
     del next(iter(raw.values()))["splits"]["val"]["ece"]  # a figure every split has: its absence is an error
     path.write_text(json.dumps(raw))
     with pytest.raises(ValueError, match=re.escape(str(path)) + ": splits.val.ece: field required"):
-        report.build_report(tmp_path)
+        report.build_report(plan(("nominal", "advmix")), tmp_path)
 
 
 def test_a_failed_render_writes_nothing(tmp_path, monkeypatch):
@@ -242,9 +281,9 @@ def test_a_failed_render_writes_nothing(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("render failed")
 
-    monkeypatch.setattr(report, "render_html", broken)
+    monkeypatch.setattr(report, "html_page", broken)
     with pytest.raises(RuntimeError, match="render failed"):
-        report.build_report(tmp_path)
+        report.build_report(plan(), tmp_path)
     assert not (tmp_path / "reports" / "summary.html").exists()
     assert not (tmp_path / "reports" / "summary.md").exists()
     assert not (tmp_path / "metrics" / "summary.json").exists()
@@ -252,12 +291,12 @@ def test_a_failed_render_writes_nothing(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "reports").iterdir()] == []  # no temp files or folders left
 
     monkeypatch.undo()
-    report.build_report(tmp_path)
+    report.build_report(plan(), tmp_path)
     before = (tmp_path / "reports" / "summary.html").read_bytes()
-    monkeypatch.setattr(report, "render_html", broken)
+    monkeypatch.setattr(report, "html_page", broken)
     write_eval(tmp_path, "nominal", 0, 0.5, 0.1, 0.1)
     with pytest.raises(RuntimeError):
-        report.build_report(tmp_path)
+        report.build_report(plan(), tmp_path)
     assert (tmp_path / "reports" / "summary.html").read_bytes() == before  # the old report stays whole
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["summary", "summary.html", "summary.md"]
 
@@ -266,11 +305,12 @@ def test_an_incomplete_plan_is_refused_unless_a_partial_report_is_asked_for(tmp_
     write_inputs(tmp_path, by_group=False, extras=False)
     (tmp_path / "metrics" / "eval" / "advmix-s1.json").unlink()
     with pytest.raises(report.ReportError, match="planned run.*advmix-s1.*--allow-missing"):
-        report.build_report(tmp_path)
+        report.build_report(plan(), tmp_path)
     assert not (tmp_path / "metrics" / "summary.json").exists()  # nothing written
-    summary = report.build_report(tmp_path, allow_missing=True)
+    summary = report.build_report(plan(), tmp_path, allow_missing=True)
     assert summary["missing_runs"] == ["advmix-s1"] and summary["modes"]["advmix"]["seeds"] == [0]
-    assert "PARTIAL" in (tmp_path / "reports" / "summary.md").read_text().splitlines()[0]
+    md = (tmp_path / "reports" / "summary.md").read_text()
+    assert "PARTIAL" in md.splitlines()[0] and "Partial report: no evaluation of advmix-s1" in md
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -278,62 +318,84 @@ def test_a_non_finite_metric_is_refused(tmp_path, bad):
     write_inputs(tmp_path, modes=("nominal",), by_group=False, extras=False)
     path = write_eval(tmp_path, "nominal", 1, bad, 0.5, 0.1)
     with pytest.raises(ValueError, match=re.escape(str(path)) + ": splits.val.acc: input should be a finite number"):
-        report.build_report(tmp_path)
+        report.build_report(plan(("nominal",)), tmp_path)
 
 
-def test_the_results_section_is_regenerated_between_its_markers(built, tmp_path):
-    root, summary = built
-    runs = report.read_runs(root)
-    section = report.results_section(summary, runs)
-    assert "| nominal | 0.300 | 0.200 |" in section  # test_balanced error per seed
-    assert "bootstrap" in section and "| advmix |" in section
-    doc = tmp_path / "results.md"
-    doc.write_text(f"# Results\nintro\n{report.RESULTS_BEGIN}\nstale\n{report.RESULTS_END}\nhistory\n")
-    report.replace_results_section(doc, section)
-    text = doc.read_text()
-    assert "stale" not in text and section in text and text.startswith("# Results\nintro\n")
-    assert text.endswith(f"{report.RESULTS_END}\nhistory\n")
-    doc.write_text("no markers\n")
+def test_the_generated_sections_are_rewritten_between_their_markers(built, tmp_path, monkeypatch):
+    root, _ = built
+    readme, results = tmp_path / "README.md", tmp_path / "results.md"
+    for doc in (readme, results):
+        doc.write_text(f"# Title\nintro\n{page.GENERATED_BEGIN}\nstale\n{page.GENERATED_END}\nhistory\n")
+    monkeypatch.chdir(root)
+    report.rewrite_docs(plan(), [readme, results])
+    for doc in (readme, results):
+        text = doc.read_text()
+        assert "stale" not in text and text.startswith("# Title\nintro\n") and text.endswith("\nhistory\n")
+        assert "AdvMix's test_balanced error is 40.0% lower than nominal's" in text
+    assert "| nominal | 0.300 | 0.200 |" in results.read_text()  # test_balanced error per seed
+    assert "| nominal | 0.300 | 0.200 |" not in readme.read_text()  # README: the headline only
+    readme.write_text("no markers\n")
     with pytest.raises(report.ReportError, match="markers"):
-        report.replace_results_section(doc, section)
+        report.rewrite_docs(plan(), [results, readme])
+    assert "| nominal | 0.300 | 0.200 |" in results.read_text()  # nothing written when one file is refused
 
 
-def test_docs_results_quote_the_committed_metrics():
-    """docs/results.md's generated section is what `advmix report --results-doc docs/results.md` writes from
-    the committed metrics: a quoted number cannot drift from metrics/."""
+def test_readme_and_docs_results_quote_the_committed_metrics():
+    """The generated sections of README.md and docs/results.md are what `advmix report --docs README.md --docs
+    docs/results.md` writes from the committed metrics: a quoted number cannot drift from metrics/."""
     from pathlib import Path
 
+    from advmix.params import load_params
+
     root = Path(__file__).parents[1]
-    *_, planned = report.read_params(root / "params.yaml")
-    runs = report.read_runs(root, planned)
+    p = load_params(root / "params.yaml")
+    runs = report.read_runs(root, report.plan_of(p).runs)
     summary = json.loads((root / "metrics" / "summary.json").read_text())
-    text = (root / "docs" / "results.md").read_text()
-    generated = text.split(report.RESULTS_BEGIN, 1)[1].split(report.RESULTS_END, 1)[0].strip("\n")
-    assert generated == report.results_section(summary, runs).strip("\n")
+    for doc, blocks in (("README.md", page.headline_section(summary)),
+                        ("docs/results.md", page.results_section(summary, runs))):
+        text = (root / doc).read_text()
+        generated = text.split(page.GENERATED_BEGIN, 1)[1].split(page.GENERATED_END, 1)[0].strip("\n")
+        assert generated == markdown(blocks).strip("\n"), doc
 
 
-def test_the_mixing_rows_and_their_held_out_figures_reach_the_summary_and_the_results_section():
-    layers = {"perturbation": {"layers": [0, 1], "spurious": "skin_dark", "measured_on": "held-out half",
-                               "real": {"partners": "any", "n": 512, "label_change": 0.045,
-                                        "spurious_transfer": 0.669}}}
-    got = report.layers_summary(layers)
-    assert got == {"layers": [0, 1], "spurious": "skin_dark", "partners": "any", "measured_on": "held-out half",
-                   "pairs": 512, "label_change": 0.045, "spurious_transfer": 0.669}
-    assert report.layers_summary({"perturbation": {"layers": [0, 1]}}) is None and report.layers_summary(None) is None
-    summary = {"dataset": "synthfaces", "rho": 0.99, "modes": {}, "vs_nominal": {}, "ci_method": "bootstrap",
-               "layers": got}
-    text = report.results_section(summary, [])
-    assert "W+ 0, 1" in text and "held-out half" in text and "4.5%" in text and "66.9%" in text
+def test_the_report_embeds_only_files_that_a_stage_of_the_plan_writes_and_it_declares():
+    """Every figure the report embeds is an out of the stage that draws it and a dep of the report; the report's
+    own figures lie in its own out; the worst mixes are the worst-mixes stage's."""
+    from pathlib import Path
+
+    from advmix import paths
+
+    root = Path(__file__).parents[1]
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+
+    def names(entries):
+        return {e if isinstance(e, str) else next(iter(e)) for e in entries}
+
+    def outs(stage):
+        spec = stages[stage]
+        return names(spec.get("outs", [])) | names(spec.get("metrics", [])) | names(spec.get("plots", []))
+
+    def covered(path, folders):
+        return any(path == f or path.startswith(f"{f}/") for f in folders)
+
+    deps = names(stages["report"]["deps"])
+    for _, path, stage in report.STAGE_FIGURES:
+        assert covered(path.as_posix(), outs(stage)), f"{path} is no out of {stage}"
+        assert covered(path.as_posix(), deps), f"{path} is no dep of the report"
+    assert covered(paths.WORST_MIXES.as_posix(), outs("worst-mixes"))
+    assert covered(paths.WORST_MIXES.as_posix(), deps)
+    for figure in (paths.SUMMARY_BY_GROUP, paths.SUMMARY_WORST_MIXES, report.SUMMARY_FOREST):
+        assert covered(figure.as_posix(), outs("report"))
+    assert not (root / "reports" / "sweep.png").exists()  # no stage draws it
 
 
 def test_both_selection_rules_and_dfr_rows_with_the_labels_each_read(tmp_path):
     """Every run under each rule: the default rule's metrics are the run's; the other rule's are its own clean
     splits; a DFR run is planned by dfr.bases, measured clean and marked as reading val's group labels."""
     write_inputs(tmp_path, modes=("nominal", "advmix"), by_group=False, extras=False)
-    (tmp_path / "params.yaml").write_text("data:\n  name: synthfaces\n  rho: 0.9\ntrain:\n  modes: [nominal, advmix]\n"
-                                          "  seeds: [0, 1]\ndfr:\n  bases: [nominal]\n")
+    with_dfr = plan(("nominal", "advmix"), bases=["nominal"])
     with pytest.raises(report.ReportError, match="dfr_nominal-s0, dfr_nominal-s1"):
-        report.build_report(tmp_path)
+        report.build_report(with_dfr, tmp_path)
     wg_rule = {("nominal", 0): 0.25, ("nominal", 1): 0.15, ("advmix", 0): 0.10, ("advmix", 1): 0.05,
                ("dfr_nominal", 0): 0.12, ("dfr_nominal", 1): 0.08}
     for (mode, seed), err in wg_rule.items():
@@ -348,7 +410,7 @@ def test_both_selection_rules_and_dfr_rows_with_the_labels_each_read(tmp_path):
                   "test_balanced": {"acc": 1 - err, "error": err, "worst_group_acc": 0.9 - err, **rest}}
         run["selection"] = {"label_free": {"epoch": 3}, "val_worst_group": {"epoch": seed, "splits": splits}}
         path.write_text(json.dumps(body))
-    summary = report.build_report(tmp_path)
+    summary = report.build_report(with_dfr, tmp_path)
     sel = summary["selection"]["modes"]
     assert list(sel) == ["nominal", "advmix", "dfr_nominal"]
     assert sel["dfr_nominal"]["group_labels_in_training"] == "val" and sel["nominal"]["group_labels_in_training"] == "none"
@@ -358,14 +420,15 @@ def test_both_selection_rules_and_dfr_rows_with_the_labels_each_read(tmp_path):
     assert sel["advmix"]["val_worst_group"]["test_balanced_worst_group_acc_per_seed"] == pytest.approx([0.8, 0.85])
     gain = sel["advmix"]["val_worst_group"]["vs_nominal"]
     assert gain["relative_error_reduction"] == pytest.approx((0.20 - 0.075) / 0.20)
-    markdown = (tmp_path / "reports" / "summary.md").read_text()
-    assert "## Model selection rules" in markdown and "| dfr_nominal | val | val_worst_group |" in markdown
+    assert list(summary["comparisons"]) == ["advmix_vs_nominal", "dfr_nominal_vs_nominal"]  # DFR is no control
+    md = (tmp_path / "reports" / "summary.md").read_text()
+    assert "## Model selection rules" in md and "| dfr_nominal | val | val_worst_group |" in md
     bad = tmp_path / "metrics" / "eval" / "advmix-s1.json"
     body = json.loads(bad.read_text())
     next(iter(body.values()))["selection"]["val_worst_group"]["splits"]["test_balanced"]["error"] = float("nan")
     bad.write_text(json.dumps(body))
     with pytest.raises(report.ReportError, match="advmix-s1.json: selection.val_worst_group"):
-        report.build_report(tmp_path)
+        report.build_report(with_dfr, tmp_path)
 
 
 def test_the_pgd_columns_follow_the_epsilons_the_runs_were_attacked_at(tmp_path):
@@ -378,35 +441,13 @@ def test_the_pgd_columns_follow_the_epsilons_the_runs_were_attacked_at(tmp_path)
         raw = json.loads(path.read_text())
         next(iter(raw.values()))["pgd_robust_acc"] = {"16/255": 0.25, "4/255": 0.5}
         path.write_text(json.dumps(raw))
-    summary = report.build_report(tmp_path)
+    summary = report.build_report(plan(("nominal", "advmix")), tmp_path)
     assert summary["modes"]["advmix"]["pgd_robust_acc"] == {"4/255": 0.5, "16/255": 0.25}
     md = (tmp_path / "reports" / "summary.md").read_text()
-    comparison = md[md.index("## Comparison"):md.index("## Against nominal")]
+    comparison = md[md.index("## Every metric"):md.index("## Model selection rules")]
     header = next(line for line in comparison.splitlines() if line.startswith("| mode |"))
     assert "PGD acc 4/255 | PGD acc 16/255" in header and "8/255" not in header
     assert "| **0.500 ± 0.000** | **0.250 ± 0.000** |" in comparison  # a tie: both modes are the best
-
-
-def test_the_hand_written_headline_row_of_docs_results_quotes_the_committed_metrics():
-    """The ablation table's `pool (the default: ...)` row in docs/results.md is written by hand: its figures must be the
-    committed metrics/layers.json and metrics/summary.json, rounded as shown."""
-    from pathlib import Path
-
-    root = Path(__file__).parents[1]
-    row = next(line for line in (root / "docs" / "results.md").read_text().splitlines()
-               if line.startswith("| pool (the default"))
-    layers = json.loads((root / "metrics" / "layers.json").read_text())
-    real = layers["perturbation"]["real"]
-    gain = json.loads((root / "metrics" / "summary.json").read_text())["vs_nominal"]["advmix"]
-    lo, hi = gain["relative_error_reduction_ci"]
-    wlo, whi = gain["worst_group_gain_ci"]
-    rows = layers["perturbation"]["layers"]
-    iterations = yaml.safe_load((root / "params.yaml").read_text())["gan"]["iterations"]
-    expected = (f"| pool (the default: {iterations:,} iterations, 2026-12-05) | {rows[0]}-{rows[-1]} | "
-                f"{real['label_change']:.1%} | "
-                f"**{real['spurious_transfer']:.1%}** | −{gain['relative_error_reduction']:.1%}, CI [{lo:.1%}, "
-                f"{hi:.1%}] | {gain['worst_group_gain']:+.3f}, CI [{wlo:+.3f}, {whi:+.3f}] |")
-    assert row == expected
 
 
 def test_an_eval_file_of_the_previous_format_is_read(tmp_path):
@@ -419,9 +460,9 @@ def test_an_eval_file_of_the_previous_format_is_read(tmp_path):
         entry.pop("pgd_robust_acc")
         entry |= {"linf_robust_acc_2": 0.5, "linf_robust_acc_8": 0.1}
         path.write_text(json.dumps(raw))
-    summary = report.build_report(tmp_path)
+    summary = report.build_report(plan(("nominal", "advmix")), tmp_path)
     assert summary["modes"]["nominal"]["pgd_robust_acc"] == {"2/255": 0.5, "8/255": 0.1}
     entry["linf_robust_acc_x"] = 0.3
     path.write_text(json.dumps(raw))
     with pytest.raises(report.ReportError, match="linf_robust_acc_x: unknown key"):
-        report.build_report(tmp_path)
+        report.build_report(plan(("nominal", "advmix")), tmp_path)

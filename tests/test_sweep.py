@@ -29,7 +29,7 @@ def test_queue_commands_cover_every_rho_and_valid_overrides(tmp_path):
 
 def row(name, rho, errors, dataset="synthfaces", typ="branch_commit"):
     out = {"Experiment": name, "typ": typ, "params.yaml:data.rho": rho, "params.yaml:data.name": dataset,
-           "advmix_vs_nominal.relative_error_reduction_balanced": 0.1}
+           "comparisons.advmix_vs_nominal.relative_error_reduction": 0.1}
     for seed, (nominal, advmix) in enumerate(errors):
         out[f"eval_nominal_s{seed}.splits.test_balanced.error"] = nominal
         out[f"eval_advmix_s{seed}.splits.test_balanced.error"] = advmix
@@ -39,7 +39,7 @@ def row(name, rho, errors, dataset="synthfaces", typ="branch_commit"):
 def test_collect_reads_per_seed_errors_and_skips_unfinished(tmp_path):
     rows = [row("a", 0.9, [(0.2, 0.1), (0.1, 0.1)]), row("b", 0.99, [(0.0, 0.05)]),
             {"Experiment": "workspace", "params.yaml:data.rho": 0.95},
-            row("running", 0.95, [("!", "!")]) | {"advmix_vs_nominal.relative_error_reduction_balanced": "!"},
+            row("running", 0.95, [("!", "!")]) | {"comparisons.advmix_vs_nominal.relative_error_reduction": "!"},
             row("queued", 0.8, [(0.3, 0.2)]) | {"State": "Queued"}]
     points = collect(rows)
     assert [(p["experiment"], p["rho"], p["seed"]) for p in points] == [("a", 0.9, 0), ("a", 0.9, 1), ("b", 0.99, 0)]
@@ -51,6 +51,9 @@ def test_collect_reads_per_seed_errors_and_skips_unfinished(tmp_path):
     assert math.isnan(line[1]["reduction"])
     plot(points, tmp_path / "sweep.png", "test")
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    old = row("old", 0.7, [(0.2, 0.1)]) | {"comparisons.advmix_vs_nominal.relative_error_reduction": "-",
+                                          "advmix_vs_nominal.relative_error_reduction_balanced": 0.5}
+    assert [p["experiment"] for p in collect([old])] == ["old"]  # finished under the summary's earlier key
 
 
 def test_collect_keeps_experiments_of_the_dataset_newest_first():

@@ -269,7 +269,7 @@ def test_cli_train_advmix_with_a_saved_generator(project):
     missing = CliRunner().invoke(app, ["evaluate", "--mode", "linf", *CLI_SETS])
     assert missing.exit_code == 1 and "classifier-linf-s0.pt: no such classifier" in missing.output
 
-    # the report: the worst mixes need the nominal classifier of `seed` too
+    # the worst mixes against nominal (the first of train.seeds), then the report, which only reads
     assert run_cli("--mode", "nominal").exit_code == 0
     small_eval = ["-S", "evaluate.robust_images=12", "-S", "evaluate.partners_k=2", "-S", "evaluate.steps=1",
                   "-S", "evaluate.worst_mixes=4"]
@@ -290,17 +290,20 @@ def test_cli_train_advmix_with_a_saved_generator(project):
     refit = json.loads((root / "metrics" / "eval" / "dfr_advmix-s0.json").read_text())["eval_dfr_advmix_s0"]
     assert refit["group_labels_read"] == "val" and "semantic_robust_acc" not in refit  # no attack
     assert set(refit["selection"]) == {"label_free", "val_worst_group"}
-    res = CliRunner().invoke(app, ["report", *CLI_SETS, *small_eval])
+    res = CliRunner().invoke(app, ["worst-mixes", *CLI_SETS, *small_eval])
     assert res.exit_code == 0, (res.output, res.exception)
+    assert "the 4 worst mixes against nominal" in res.output
     with np.load(root / "results" / "report" / "worst_mixes.npz") as npz:
-        assert npz["mixed"].shape == (4, 16, 16, 3) and set(npz.files) >= {"pred_nominal", "pred_advmix", "label"}
+        assert npz["mixed"].shape == (4, 16, 16, 3) and set(npz.files) == {"clean", "mixed", "label", "pred_nominal"}
+    res = CliRunner().invoke(app, ["report", *CLI_SETS])
+    assert res.exit_code == 0, (res.output, res.exception)
     summary = json.loads((root / "metrics" / "summary.json").read_text())
     assert set(summary["modes"]) == {"nominal", "advmix", "dfr_nominal", "dfr_advmix"}
     assert summary["selection"]["modes"]["dfr_nominal"]["group_labels_in_training"] == "val"
     assert "data:image/png;base64," in (root / "reports" / "summary.html").read_text()
     doc = root / "results.md"  # the generated section of docs/results.md, DFR refits included
-    doc.write_text("head\n<!-- results: advmix report --results-doc -->\nold\n<!-- /results -->\ntail\n")
-    res = CliRunner().invoke(app, ["report", *CLI_SETS, "--results-doc", str(doc)])
+    doc.write_text("head\n<!-- generated: advmix report --docs -->\nold\n<!-- /generated -->\ntail\n")
+    res = CliRunner().invoke(app, ["report", *CLI_SETS, "--docs", str(doc)])
     assert res.exit_code == 0, (res.output, res.exception)
     assert "| dfr_advmix |" in doc.read_text() and "old" not in doc.read_text()
 
