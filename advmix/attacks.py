@@ -10,6 +10,8 @@ returns transformed images with the original labels, and each has the signature
 - `pgd_linf`: l-inf PGD in pixel space with a random start. Images are in [-1, 1], so epsilon and the step
   size (given in [0, 1] pixel units, 8/255 by default) are doubled.
 - `augmix`: torchvision's AugMix per image (its own random chains); neither the model nor the codes are used.
+- `colorjitter`, `huejitter`: torchvision's ColorJitter per image at two strengths (the common one and full hue):
+  the control that asks whether a colour nuisance needs a generator at all.
 
 The optional residual keeps what inversion lost: x_tilde = G(w_mix) + (x - G(w_x)), w_x the example's own code. It
 is fixed for an example (G is frozen), so a caller that has it passes it in `Batch.residual` (`residual_of` for a
@@ -47,6 +49,8 @@ class AttackConfig:
     pgd_steps: int = 5
     pgd_step_size: float = 2 / 255  # in [0, 1] pixel units
     augmix: tuple[int, int, int] = (3, 3, -1)  # AugMix severity, width, depth
+    colorjitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+    huejitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.5)
 
     @classmethod
     def from_params(cls, p, layers: Sequence[int]) -> AttackConfig:
@@ -55,7 +59,8 @@ class AttackConfig:
         return cls(layers=tuple(int(i) for i in layers), partners=p.mixing.partners, residual=t.residual,
                    k=t.advmix.partners_k, strata=t.advmix.strata, steps=t.advmix.steps, step_size=t.advmix.step_size,
                    epsilon=t.linf.epsilon, pgd_steps=t.linf.steps, pgd_step_size=t.linf.step_size,
-                   augmix=(t.augmix.severity, t.augmix.width, t.augmix.depth))
+                   augmix=(t.augmix.severity, t.augmix.width, t.augmix.depth),
+                   colorjitter=t.colorjitter.strengths(), huejitter=t.huejitter.strengths())
 
 
 @dataclass
@@ -321,6 +326,33 @@ def augmix(model: nn.Module, batch: Batch, latents: LatentBank | None, G: nn.Mod
     return from_uint8(out).to(batch.x.device, batch.x.dtype), batch.y
 
 
+def _jitter(batch: Batch, strengths: tuple[float, float, float, float], rng: torch.Generator) -> tuple[Tensor, Tensor]:
+    """ColorJitter (torchvision) on each image with its own draw; seeded from `rng`, the global RNG left alone."""
+    from torchvision.transforms import ColorJitter
+
+    brightness, contrast, saturation, hue = strengths
+    jitter = ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
+    x01 = (batch.x.detach().float().cpu() + 1.0) / 2.0  # ColorJitter reads [0, 1] floats
+    seed = int(torch.randint(0, 2**62, (1,), generator=rng))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = torch.stack([jitter(img) for img in x01])  # one draw of factors per image, not one per batch
+    return (out * 2.0 - 1.0).clamp(-1.0, 1.0).to(batch.x.device, batch.x.dtype), batch.y
+
+
+def colorjitter(model: nn.Module, batch: Batch, latents: LatentBank | None, G: nn.Module | None, cfg: AttackConfig,
+                rng: torch.Generator) -> tuple[Tensor, Tensor]:
+    """ColorJitter at the common strength (brightness, contrast, saturation 0.4, hue 0.1 by default)."""
+    return _jitter(batch, cfg.colorjitter, rng)
+
+
+def huejitter(model: nn.Module, batch: Batch, latents: LatentBank | None, G: nn.Module | None, cfg: AttackConfig,
+              rng: torch.Generator) -> tuple[Tensor, Tensor]:
+    """ColorJitter at full hue (hue 0.5 by default): every hue reachable."""
+    return _jitter(batch, cfg.huejitter, rng)
+
+
 Attack = Callable[[nn.Module, Batch, "LatentBank | None", "nn.Module | None", AttackConfig, torch.Generator],
                   tuple[Tensor, Tensor]]
-ATTACKS: dict[str, Attack] = {"advmix": advmix_attack, "randmix": randmix, "linf": pgd_linf, "augmix": augmix}
+ATTACKS: dict[str, Attack] = {"advmix": advmix_attack, "randmix": randmix, "linf": pgd_linf, "augmix": augmix,
+                               "colorjitter": colorjitter, "huejitter": huejitter}

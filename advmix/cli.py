@@ -196,24 +196,42 @@ def sweep_cmd(
 @app.command("run")
 def run_cmd(
     stage: Annotated[list[str] | None, typer.Option(
-        "--stage", help="a stage to run (repeatable; default: all); `train` means every train@<mode>")] = None,
+        "--stage", help="a stage to run (repeatable; default: all); `train` means every train@<mode>-<seed>")] = None,
     force: Annotated[bool, typer.Option("--force", help="run the stages even when DVC sees no change")] = False,
     set_: SetOpt = None,
 ) -> None:
     """Run the pipeline once as a Prefect flow: one task per DVC stage, in order. Run it from the project folder.
 
     -S overrides are checked, then written into params.yaml and left applied, like `dvc exp run -S`.
-    Without PREFECT_API_URL, Prefect starts a temporary local server for the run.
+    Without PREFECT_API_URL, advmix starts a local Prefect server for the run and stops it afterwards.
+    Prints the report's headline and path; the stages' logs are in the Prefect UI.
     """
-    import json
-
     from advmix.params import parse_overrides
-    from flows.project import ProjectError, run_pipeline
+    from advmix.project import ProjectError, check_project, list_stages, select_stages
 
     root = Path.cwd()
     _load(root / paths.PARAMS, set_, "run")  # a bad key exits 2
-    result = _clean(lambda: run_pipeline(root, stage, force, parse_overrides(set_)), ProjectError)
-    typer.echo(json.dumps(result, indent=2, default=str))
+    _clean(lambda: check_project(root), ProjectError)  # usage errors exit 2 before any server starts
+    _clean(lambda: select_stages(list_stages(root), stage), ProjectError)
+    from flows.pipeline import run_pipeline
+
+    metrics = _clean(lambda: run_pipeline(root, stage, force, parse_overrides(set_),
+                                          echo=lambda line: typer.echo(line, err=True)), ProjectError)
+    typer.echo(run_summary(root, metrics))
+
+
+def run_summary(root: Path, metrics: dict) -> str:
+    """What a finished run says: the report's headline and where the report is, or what ran when no report did."""
+    import json
+
+    summary = root / paths.SUMMARY_METRICS
+    html = root / paths.SUMMARY_HTML
+    if summary.is_file() and html.is_file():
+        from advmix.report.page import headline
+
+        text = headline(json.loads(summary.read_text())).replace("**", "")
+        return f"{text}\nreport: {html}"
+    return f"done: {len(metrics)} metrics (`dvc metrics show`); no report in this run"
 
 
 if __name__ == "__main__":

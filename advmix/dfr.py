@@ -7,7 +7,8 @@ The recipe, as the paper's DFR on val:
 - the features are the inputs of the model's last nn.Linear (smallcnn: its 256 hidden units; resnet18: the pooled
   channels), standardised with val's mean and standard deviation;
 - val is split into two halves, stratified by group (seeded);
-- for each strength C of `dfr.strengths`, l1-regularised logistic regression (scikit-learn, liblinear) is fit on
+- for each strength C of `dfr.strengths`, l1-regularised logistic regression (scikit-learn, liblinear; one-vs-rest
+  for three classes or more) is fit on
   `dfr.subsets` group-balanced draws of the first half (each group cut down to the smallest one), the layers
   averaged, and scored by worst-group accuracy on the second half; the best C (ties: the earlier in the list)
   is refit the same way on the whole of val.
@@ -72,6 +73,7 @@ def fit_layer(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: int, 
     """(weight [n_classes, d], bias [n_classes]) averaged over `subsets` group-balanced fits of l1 logistic
     regression; a class a draw lacks gets no logit from that draw."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
 
     weight, bias = np.zeros((n_classes, x.shape[1])), np.zeros(n_classes)
     for _ in range(subsets):
@@ -80,14 +82,17 @@ def fit_layer(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: int, 
         if len(classes) < 2:
             raise ValueError(f"a group-balanced draw of {len(rows)} val images holds one class only; DFR needs "
                              "val images of every class (raise data.sizes.val)")
-        fit = LogisticRegression(l1_ratio=1.0, C=strength, solver="liblinear",  # l1_ratio 1: the l1 penalty
-                                 random_state=int(rng.integers(2**31))).fit(x[rows], y[rows])
+        lr = LogisticRegression(l1_ratio=1.0, C=strength, solver="liblinear",  # l1_ratio 1: the l1 penalty
+                                random_state=int(rng.integers(2**31)))
         if len(classes) == 2:  # one score row, for the second class: logits (0, s) give the same argmax
+            fit = lr.fit(x[rows], y[rows])
             weight[classes[1]] += fit.coef_[0]
             bias[classes[1]] += fit.intercept_[0]
-        else:  # one-vs-rest rows
-            weight[classes] += fit.coef_
-            bias[classes] += fit.intercept_
+        else:  # liblinear fits two classes: one l1 model per class against the rest (one-vs-rest)
+            ovr = OneVsRestClassifier(lr).fit(x[rows], y[rows])
+            for c, est in zip(ovr.classes_, ovr.estimators_, strict=True):
+                weight[c] += est.coef_[0]
+                bias[c] += est.intercept_[0]
     return weight / subsets, bias / subsets
 
 

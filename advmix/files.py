@@ -37,8 +37,14 @@ def read_torch(path: str | os.PathLike[str], what: str, fix: str) -> Any:
             IndexError, TypeError, UnicodeDecodeError) as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         refused = next((line for line in lines if "GLOBAL" in line or "Unsupported global" in line), None)
-        reason = refused or (lines[0] if lines else type(exc).__name__)
+        if refused is not None:  # torch goes on to advise allowlisting the global or weights_only=False: never
+            reason = "it holds code, which advmix never runs: " + refused.split(" was not an allowed global")[0]
+        else:
+            reason = next((line for line in lines if not any(w in line for w in SAFETY_ADVICE)), type(exc).__name__)
         raise BrokenFileError(f"{path}: not a readable {what} ({reason[:200]}); {fix}") from None
+
+
+SAFETY_ADVICE = ("weights_only", "safe_globals", "allowlist", "trust this")  # torch's advice to load code anyway
 
 
 def _umask() -> int:

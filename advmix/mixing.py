@@ -50,7 +50,12 @@ def resolve_layers(spec: str | list[int], resolution: int, layers_json: Path | N
 
         if layers_json is None or not Path(layers_json).is_file():
             raise FileNotFoundError(f"mixing.layers is 'auto' but {layers_json} is missing (run `advmix analyze-layers`)")
-        return list(json.loads(Path(layers_json).read_text())["auto"])
+        try:
+            auto = json.loads(Path(layers_json).read_text())["auto"]
+            return [int(i) for i in auto]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{layers_json}: not a readable layer analysis ({type(exc).__name__}: {exc}); rerun "
+                             "`advmix analyze-layers`") from None
     return layer_groups(resolution)[spec]
 
 

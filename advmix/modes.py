@@ -23,6 +23,8 @@ REGISTRY: tuple[Mode, ...] = (
     Mode("groupdro", "Group DRO on the per-group losses", group_labels=True),
     Mode("augmix", "torchvision's AugMix"),
     Mode("jtt", "Just Train Twice: ERM for a few epochs, then train again with its errors upsampled"),
+    Mode("colorjitter", "torchvision's ColorJitter at the common strength (brightness, contrast, saturation 0.4, hue 0.1)"),
+    Mode("huejitter", "torchvision's ColorJitter at full hue (hue 0.5): the cheap control for a colour nuisance"),
 )
 
 NAMES: tuple[str, ...] = tuple(m.name for m in REGISTRY)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, field_validator, model_validator
 
 from advmix.modes import LAYER_PRESETS, NAMES, PARTNER_RULES
 from advmix.paths import PARAMS, PROFILES
@@ -60,7 +60,9 @@ class DataParams(Section):
     name: Literal["synthfaces", "colordigits", "celeba", "folder"] = "synthfaces"
     resolution: int = 32
     rho: float = Field(0.99, ge=0.0, le=1.0)  # label/spurious agreement in train, val and test_iid
-    spurious: Literal["skin_dark", "glasses"] = "skin_dark"  # synthfaces only
+    # synthfaces only: the binary attribute correlated with the label; skin_dark and hair_dark are colours,
+    # glasses and makeup_on shapes (glasses) or local colour (lips, blush)
+    spurious: Literal["skin_dark", "glasses", "hair_dark", "makeup_on"] = "skin_dark"
     mouth: Literal["subtle", "medium", "wide"] = "medium"  # synthfaces only: how salient the smile is in pixels
     sizes: SplitSizes = SplitSizes()
     celeba: CelebAParams = CelebAParams()
@@ -184,6 +186,18 @@ class JTTParams(Section):
     upweight: int = Field(20, ge=1)  # lambda: how many times each error appears in the second run's epoch
 
 
+class ColorJitterParams(Section):
+    """torchvision's ColorJitter on the replaced share of each batch: a control that needs no generator."""
+
+    brightness: float = Field(0.4, ge=0)
+    contrast: float = Field(0.4, ge=0)
+    saturation: float = Field(0.4, ge=0)
+    hue: float = Field(0.1, ge=0, le=0.5)
+
+    def strengths(self) -> tuple[float, float, float, float]:
+        return (self.brightness, self.contrast, self.saturation, self.hue)
+
+
 class AugMixParams(Section):
     """torchvision's AugMix (Hendrycks et al. 2020) on the replaced share of each batch."""
 
@@ -198,8 +212,8 @@ Mode = Literal[NAMES]  # advmix/modes.py
 class TrainParams(Section):
     """Classifier training for every mode (owned by advmix/train.py)."""
 
-    modes: list[Mode] = list(NAMES)
-    seeds: list[int] = [0, 1, 2, 3, 4]  # one train and one evaluate stage per (mode, seed); upstream stages use `seed`
+    modes: list[Mode] = [m for m in NAMES if m != "augmix"]  # every mode but AugMix, the weakest baseline
+    seeds: list[NonNegativeInt] = [0, 1, 2, 3, 4]  # one train and one evaluate stage per (mode, seed); upstream: `seed`
     model: Literal["smallcnn", "resnet18"] = "smallcnn"
     width: int = Field(32, ge=4)  # channels of the first stage (64 = the standard ResNet-18)
     epochs: int = Field(8, ge=1)
@@ -218,6 +232,8 @@ class TrainParams(Section):
     groupdro: GroupDROParams = GroupDROParams()
     augmix: AugMixParams = AugMixParams()
     jtt: JTTParams = JTTParams()
+    colorjitter: ColorJitterParams = ColorJitterParams()  # the common strength
+    huejitter: ColorJitterParams = ColorJitterParams(hue=0.5)  # full hue
     eval_batch: int = Field(256, ge=1)
     checkpoint_minutes: float = Field(2.0, gt=0)  # mid-epoch training state; one is written every epoch too
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -264,7 +280,7 @@ class EvaluateParams(Section):
 
 
 class Params(Section):
-    seed: int = 0
+    seed: NonNegativeInt = 0
     data: DataParams = DataParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     probe: ProbeParams = ProbeParams()

@@ -15,7 +15,7 @@ batch (n = batch x (1 - clean ratio) examples), each timed alone on the same dev
            generator + classifier forward/backward passes of n codes (the steps on alpha);
   randmix  one generator forward of n codes;
   linf     PGD steps x one classifier forward/backward of n images;
-  groupdro nominal's step; augmix: none given (its cost is torchvision's per-image CPU work).
+  groupdro nominal's step; augmix, colorjitter, huejitter: none given (torchvision's per-image CPU work).
 A ratio near 1 says the mode's loop adds little beyond that work. For AdvMix the bench also prints what its attack
 must do beyond the floor as defined (the classifier's forward over the n*K hard mixes, which picks the worst
 partner, and the forward that scores the last alpha iterate), timed alone and not counted in the ratio.

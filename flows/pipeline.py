@@ -4,9 +4,10 @@
 what DVC lacks: retries on transient failures, the stage logs and a metrics table in the Prefect
 UI, and schedules (flows/deploy.py, prefect.yaml).
 
-- Stages come from dvc.yaml through DVC's Python API, dependencies first, foreach stages
-  expanded (`train@nominal`). Each runs as `dvc repro --single-item <stage>`: a stage that has
-  not changed is skipped (`force=True` runs it anyway).
+- Stages come from dvc.yaml through DVC's Python API, dependencies first, matrix stages
+  expanded (`train@nominal-0`; advmix/project.py). Each runs as the command `dvc repro --single-item
+  <stage>`, its output streamed line by line into the task's log: a stage that has not changed is
+  skipped (`force=True` runs it anyway). No private DVC function is called or patched.
 - Stages run **sequentially** on purpose: DVC's repo lock forbids two `reproduce` calls at once
   in one workspace. Parallel sweeps belong to `dvc exp run --queue`, whose workspaces are isolated.
 - A failed data validation fails the flow at once, with no retry, logs the validation summary and
@@ -19,28 +20,25 @@ UI, and schedules (flows/deploy.py, prefect.yaml).
 from __future__ import annotations
 
 import json
-import logging
 import os
-import signal
-import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import chdir, contextmanager
+from collections import deque
+from contextlib import chdir
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.project import check_project
+from advmix.project import RAN, check_project, is_validation, list_stages, select_stages
 
-VALIDATION_STAGES = frozenset({"validate"})  # never retried; a failure stops the flow
 STAGE_RETRIES = 2
 STAGE_RETRY_DELAYS = [30, 120]  # seconds before the first and the second retry
 METRICS_ARTIFACT = "advmix-metrics"
 REPORT_ARTIFACT = "advmix-report"
 VALIDATION_ARTIFACT = "advmix-validation"
+LOCKED = "Unable to acquire lock"  # what `dvc repro` says when another DVC process holds the project
+TAIL_LINES = 40  # of a failed stage's output, kept for its error
 
 # OSErrors that a retry cannot fix; every other OSError (timeouts, busy files, NFS hiccups) is transient.
 _PERMANENT_OS_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
@@ -50,30 +48,33 @@ class DataValidationError(RuntimeError):
     """The validate stage failed: the data broke an expectation (or could not be checked)."""
 
 
+class StageFailed(RuntimeError):
+    """`dvc repro` of one stage exited non-zero; the message names the stage and its cause in one line."""
+
+    def __init__(self, stage: str, code: int, tail: list[str]) -> None:
+        self.stage, self.code, self.tail = stage, code, tail
+        self.transient = any(LOCKED in line for line in tail)
+        super().__init__(f"stage {stage} failed: {cause(tail) or f'exit status {code}'}")
+
+
+def cause(lines: list[str]) -> str | None:
+    """The line that says why: advmix's one `error:` line, else DVC's last `ERROR:` line."""
+    for prefix in ("error:", "ERROR:"):
+        found = [line for line in lines if line.startswith(prefix)]
+        if found:
+            return found[-1].removeprefix(prefix).strip()
+    return None
+
+
 # ---------------------------------------------------------------- retries
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
 def is_transient(exc: BaseException) -> bool:
-    """True for errors a retry may fix: a DVC lock held by another process, an I/O hiccup.
-
-    A stage command that exits non-zero is deterministic and is not retried.
-    """
-    from dvc.lock import LockError
-    from dvc.stage.exceptions import StageCmdFailedError
-
-    chain = list(_chain(exc))
-    if any(isinstance(e, StageCmdFailedError) for e in chain):
-        return False
-    return any(isinstance(e, LockError) or (isinstance(e, OSError) and not isinstance(e, _PERMANENT_OS_ERRORS))
-               for e in chain)
+    """True for errors a retry may fix: a DVC lock held by another process, an I/O hiccup. A stage command that
+    exits non-zero for another reason is deterministic and is not retried."""
+    if isinstance(exc, StageFailed):
+        return exc.transient
+    return isinstance(exc, OSError) and not isinstance(exc, _PERMANENT_OS_ERRORS)
 
 
 def _retry_if_transient(task_, task_run, state) -> bool:
@@ -86,136 +87,18 @@ def _retry_if_transient(task_, task_run, state) -> bool:
     return isinstance(exc, BaseException) and is_transient(exc)
 
 
-# ---------------------------------------------------------------- DVC output into the Prefect log
-
-
-_DVC_LOGGERS = ("dvc", "dvc_data", "dvc_objects")
-
-
-class _Forward(logging.Handler):
-    """Re-emit records of the `dvc` logger ("Running stage ...", "didn't change, skipping") on `target`."""
-
-    def __init__(self, target: logging.Logger | logging.LoggerAdapter) -> None:
-        super().__init__(logging.INFO)
-        self.target = target
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001
-            self.handleError(record)
-            return
-        if message.strip():
-            self.target.log(record.levelno, message)
-
-
-def _run_logged(target, executable, cmd, **kwargs) -> None:
-    """Stand-in for `dvc.stage.run._run`: the same command, its stdout and stderr sent line by line to `target`.
-
-    DVC itself lets the command write straight to the process's file descriptors, which Prefect
-    never sees. SIGINT is ignored while the command runs, as DVC does, so Ctrl-C reaches the command.
-    """
-    from dvc.stage.exceptions import StageCmdFailedError
-    from dvc.stage.run import _make_cmd
-
-    kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
-    old_handler = None
-    with subprocess.Popen(_make_cmd(executable, cmd), **kwargs) as proc:
-        try:
-            if threading.current_thread() is threading.main_thread():
-                old_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-            for line in proc.stdout:
-                if line.strip():
-                    target.info(line.rstrip())
-            proc.wait()
-        finally:
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
-    if proc.returncode != 0:
-        raise StageCmdFailedError(cmd, proc.returncode)
-
-
-@contextmanager
-def dvc_output_to(target) -> Iterator[None]:
-    """While inside, DVC's messages and every stage command's output go to `target` (a logger), and only there.
-
-    DVC's console handlers (installed by `import dvc`) are swapped out meanwhile, so nothing is printed twice.
-    Patches the private `dvc.stage.run._run` (dvc 3.67); if a later DVC drops it, the command output goes
-    to the process's stdout/stderr as with `dvc repro`, and DVC's own messages are still logged.
-    """
-    import dvc.stage.run as dvc_run
-
-    handler = _Forward(target)
-    saved = []
-    for name in _DVC_LOGGERS:
-        lg = logging.getLogger(name)
-        saved.append((lg, lg.handlers[:], lg.level, lg.propagate))
-        lg.handlers = [handler]
-        lg.setLevel(logging.INFO)
-        lg.propagate = False
-    original = getattr(dvc_run, "_run", None)
-    patch = original is not None and hasattr(dvc_run, "_make_cmd")
-    if patch:
-        dvc_run._run = lambda executable, cmd, **kw: _run_logged(target, executable, cmd, **kw)
-    try:
-        yield
-    finally:
-        if patch:
-            dvc_run._run = original
-        for lg, handlers, level, propagate in saved:
-            lg.handlers = handlers
-            lg.setLevel(level)
-            lg.propagate = propagate
-
-
 def _stage_env() -> dict[str, str]:
-    """Environment additions for stage commands: `advmix` from this interpreter's environment, unbuffered lines.
-
-    A Prefect worker started as `.venv/bin/prefect worker start` may not have the venv on PATH.
-    """
+    """The environment of `dvc repro` and its stage commands: `dvc` and `advmix` from this interpreter's
+    environment first on PATH (a worker started as `.venv/bin/prefect worker start` may not have the venv on it),
+    unbuffered lines, and wide enough that rich does not wrap the commands' messages."""
     path = os.environ.get("PATH", "")
     bindir = str(Path(sys.executable).parent)
     if bindir not in path.split(os.pathsep):
         path = os.pathsep.join([bindir, path]) if path else bindir
-    # Wide enough that rich does not wrap the commands' messages in the log.
-    return {"PATH": path, "PYTHONUNBUFFERED": "1", "COLUMNS": os.environ.get("COLUMNS", "160")}
+    return {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1", "COLUMNS": os.environ.get("COLUMNS", "160")}
 
 
 # ---------------------------------------------------------------- stages and params
-
-
-def list_stages(root: str | Path = ".") -> list[str]:
-    """Every stage of the project, dependencies first, foreach stages expanded (`train@nominal`).
-
-    Among stages whose dependencies are done, a validation stage goes first (it gates everything that
-    does not feed it), then dvc.yaml order.
-    """
-    import networkx as nx
-    from dvc.repo import Repo
-
-    with chdir(root), Repo(str(root)) as repo:  # DVC names stages relative to the working directory
-        stages = list(repo.index.stages)
-        rank = {stage: (not _is_validation(stage.addressing), i) for i, stage in enumerate(stages)}
-        # DVC's graph points from a stage to the stages it depends on; reversed, a topological sort runs deps first.
-        ordered = nx.lexicographical_topological_sort(repo.index.graph.reverse(copy=True), key=rank.__getitem__)
-        return [stage.addressing for stage in ordered]
-
-
-def select_stages(available: list[str], wanted: list[str] | None) -> list[str]:
-    """The stages named in `wanted` (a foreach group name such as `train` means all `train@*`), in DAG order."""
-    if not wanted:
-        return list(available)
-    chosen: set[str] = set()
-    for name in wanted:
-        matches = [s for s in available if s == name or s.split("@", 1)[0] == name]
-        if not matches:
-            raise ValueError(f"unknown stage {name!r}; dvc.yaml has: {', '.join(available)}")
-        chosen.update(matches)
-    return [s for s in available if s in chosen]
-
-
-def _is_validation(stage: str) -> bool:
-    return stage.split("@", 1)[0] in VALIDATION_STAGES
 
 
 def _get_dotted(tree: dict[str, Any], key: str) -> Any:
@@ -246,12 +129,24 @@ def apply_params(root: str, overrides: dict[str, Any]) -> dict[str, Any]:
 @task(name="dvc-stage", task_run_name="{stage}", cache_policy=NO_CACHE, retries=STAGE_RETRIES,
       retry_delay_seconds=STAGE_RETRY_DELAYS, retry_condition_fn=_retry_if_transient)
 def run_stage(stage: str, root: str = ".", force: bool = False) -> list[str]:
-    """`dvc repro --single-item [--force] <stage>`; returns the stages that ran ([] when unchanged and skipped)."""
-    from dvc.repo import Repo
+    """`dvc repro --single-item [--force] <stage>` as a command, every line it prints sent to the task's log;
+    returns the stages that ran ([] when unchanged and skipped), or raises StageFailed naming the cause."""
+    import subprocess
 
     logger = get_run_logger()
-    with chdir(root), dvc_output_to(logger), Repo(root) as repo:  # DVC resolves targets from the working dir
-        ran = [s.addressing for s in repo.reproduce(stage, single_item=True, force=force, run_env=_stage_env())]
+    cmd = ["dvc", "repro", "--single-item", *(["--force"] if force else []), stage]
+    ran, tail = [], deque(maxlen=TAIL_LINES)
+    with subprocess.Popen(cmd, cwd=root, env=_stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, errors="replace", bufsize=1) as proc:
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line.strip():
+                logger.info(line)
+                tail.append(line.strip())
+            if match := RAN.match(line.strip()):
+                ran.append(match["stage"])
+    if proc.returncode:
+        raise StageFailed(stage, proc.returncode, list(tail))
     logger.info("stage %s: %s", stage, "ran" if ran else "unchanged, skipped")
     return ran
 
@@ -345,8 +240,7 @@ def publish_results(root: Path, metrics: dict[str, Any]) -> None:
 
 
 def _root_cause(exc: BaseException) -> str:
-    cause = list(_chain(exc))[-1]
-    return f"{type(cause).__name__}: {cause}"
+    return str(exc) if isinstance(exc, StageFailed) else f"{type(exc).__name__}: {exc}"
 
 
 def validation_summary(root: Path, error: BaseException | None = None) -> tuple[str, str]:
@@ -408,7 +302,7 @@ def advmix_pipeline(stages: list[str] | None = None, force: bool = False,
     logger.info("stages, in order: %s", ", ".join(plan))
     ran: list[str] = []
     for stage in plan:
-        if _is_validation(stage):
+        if is_validation(stage):
             try:
                 ran += validate_stage(stage, str(root_path), force)
             except Exception as exc:
@@ -420,3 +314,135 @@ def advmix_pipeline(stages: list[str] | None = None, force: bool = False,
     metrics = read_metrics(root_path)
     publish_results(root_path, metrics)
     return metrics
+
+
+# ---------------------------------------------------------------- `advmix run`
+
+
+def run_pipeline(root: Path, stages: list[str] | None, force: bool, overrides: dict[str, Any],
+                 echo=print) -> dict[str, Any]:
+    """`advmix run`: the flow once, against PREFECT_API_URL or a local server this process starts and owns (it
+    stops with the run, and dies with this process even on a kill -9); its metrics, or PipelineFailed saying which
+    stage failed and why. Prefect's console log shows no traceback (the full log stays in the Prefect UI)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from advmix.project import PipelineFailed
+
+    with local_server(echo) as api, temporary_settings({PREFECT_API_URL: api} if api else {}), quiet_console():
+        state = advmix_pipeline(stages=stages or None, force=force, params_overrides=overrides or None,
+                                root=str(root), return_state=True)
+    if not state.is_completed():
+        raise PipelineFailed(f"pipeline {state.name.lower()}: {failure_line(state)}")
+    return state.result()
+
+
+def failure_line(state) -> str:
+    """The failed run's cause in one line: the StageFailed, DataValidationError or ParamsError that ended it."""
+    try:
+        state.result(raise_on_failure=True)
+    except Exception as exc:  # noqa: BLE001 - the run's own exception, whatever it is
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return state.message or state.name
+
+
+class local_server:
+    """`prefect server start` on a free local port when PREFECT_API_URL is unset; yields its API URL (None when a
+    server is configured). The server gets PR_SET_PDEATHSIG on Linux, so it stops when this process dies."""
+
+    def __init__(self, echo=print) -> None:
+        self.echo, self.proc = echo, None
+
+    def __enter__(self) -> str | None:
+        import socket
+        import subprocess
+        import time
+
+        import httpx
+        from prefect.settings import PREFECT_API_URL
+
+        if PREFECT_API_URL.value():
+            return None
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        api = f"http://127.0.0.1:{port}/api"
+        prefect = Path(sys.executable).parent / "prefect"
+        server = [str(prefect) if prefect.exists() else "prefect", "server", "start", "--host", "127.0.0.1",
+                  "--port", str(port)]
+        self.proc = subprocess.Popen([sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid()), *server],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.echo(f"Prefect server for this run: {api} (pid {self.proc.pid}; it stops with the run)")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    return api
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.__exit__()
+        raise RuntimeError(f"the Prefect server on port {port} did not start within 120 s")
+
+    def __exit__(self, *exc) -> None:
+        import signal
+        import subprocess
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+# Run as `python -c DIE_WITH_PARENT PARENT_PID CMD...` in a fresh interpreter (no thread, unlike a preexec_fn): ask
+# Linux for SIGTERM when the parent dies (PR_SET_PDEATHSIG, kept across exec; a no-op elsewhere), leave at once if
+# the parent is already gone, then become CMD.
+DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(0)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+class quiet_console:
+    """While inside, Prefect's console handlers print each record without its traceback."""
+
+    def __enter__(self) -> None:
+        import logging
+
+        self.saved = []
+        loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
+                                          if n.startswith("prefect"))]
+        handlers = {h for lg in loggers for h in lg.handlers if type(h).__name__ == "PrefectConsoleHandler"}
+        for handler in handlers:
+            self.saved.append((handler, handler.formatter))
+            handler.setFormatter(_NoTraceback(handler.formatter))
+
+    def __exit__(self, *exc) -> None:
+        for handler, formatter in self.saved:
+            handler.setFormatter(formatter)
+
+
+class _NoTraceback:
+    """A formatter that formats a record as `inner` would, but without its exception or stack."""
+
+    def __init__(self, inner) -> None:
+        import logging
+
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved

@@ -5,7 +5,17 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_params
 
-from advmix.attacks import AttackConfig, Batch, LatentBank, advmix_attack, pgd_linf, randmix, residuals
+from advmix.attacks import (
+    AttackConfig,
+    Batch,
+    LatentBank,
+    advmix_attack,
+    colorjitter,
+    huejitter,
+    pgd_linf,
+    randmix,
+    residuals,
+)
 from advmix.data.build import build_dataset
 from advmix.gan.networks import Generator
 from advmix.images import to_tensor, to_uint8
@@ -247,3 +257,22 @@ def test_val_selection_reads_no_group_label_and_is_seeded(setup):
     assert "pgd_robust_acc" not in clean
     # the fitted model is right on its training faces; swapping the nuisance rows of a random G breaks many
     assert clean["robust_clean_acc"] > 0.9 and first["val_semantic_robust_acc"] < clean["robust_clean_acc"] - 0.2
+
+
+def test_colorjitter_is_seeded_per_image_and_full_hue_reaches_further(setup):
+    """The control of a colour nuisance: the same seed gives the same images, another seed others; every image
+    gets its own draw; labels stay; the full-hue strength moves colours further than the common one."""
+    model, _, x, y, _ = setup
+    batch, cfg = Batch(x, y), AttackConfig()
+    a, ya = colorjitter(model, batch, None, None, cfg, torch.Generator().manual_seed(3))
+    b, _ = colorjitter(model, batch, None, None, cfg, torch.Generator().manual_seed(3))
+    c, _ = colorjitter(model, batch, None, None, cfg, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c) and torch.equal(ya, y)
+    assert a.shape == x.shape and a.abs().max() <= 1 and not torch.equal(a, x)
+    ratio = (a - x).abs().mean((1, 2, 3))
+    assert ratio.std() > 0.1 * ratio.mean()  # one draw per image, not one per batch
+    hue, _ = huejitter(model, batch, None, None, cfg, torch.Generator().manual_seed(3))
+    assert (hue - x).abs().mean() > (a - x).abs().mean()
+    state = torch.random.get_rng_state()
+    colorjitter(model, batch, None, None, cfg, torch.Generator().manual_seed(3))
+    assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is left alone

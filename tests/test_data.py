@@ -61,6 +61,27 @@ def test_synthfaces_attributes_and_resolution_64():
     assert ((ds.manifest.skin_tone >= 4) == ds.manifest.skin_dark.astype(bool)).all()
 
 
+@pytest.mark.parametrize("spurious", ["skin_dark", "glasses", "hair_dark", "makeup_on"])
+def test_every_synthfaces_nuisance_can_be_the_spurious_attribute_and_passes_validation(spurious):
+    """Each binary attribute holds rho in train and 1 - rho in test_flipped, agrees with the attribute it is made of,
+    and the dataset passes the Great Expectations suites."""
+    from advmix.validate import run_suites
+
+    sizes = {"train": 200, "val": 40, "test_iid": 40, "test_balanced": 80, "test_flipped": 40, "pool": 80}
+    p = tiny_params(spurious=spurious, rho=0.9, sizes=sizes)
+    ds = build_dataset(p)
+    m = ds.manifest
+    assert ds.info["spurious"] == spurious and ds.info["attributes"][spurious] == [0, 1]
+    assert ((m.hair < 2) == (m.hair_dark == 1)).all() and ((m.makeup > 0) == (m.makeup_on == 1)).all()
+    assert ((m.skin_tone >= 4) == (m.skin_dark == 1)).all()
+    for split, target in [("train", 0.9), ("test_flipped", 0.1)]:
+        part = m[m.split == split]
+        assert abs((part.label == part[spurious]).mean() - target) <= 0.02, split
+    assert (m.group == m.label * 2 + m[spurious]).all()
+    report = run_suites(ds, p)
+    assert report.success, report.failures
+
+
 def test_glasses_as_spurious():
     ds = build_dataset(tiny_params(spurious="glasses", rho=1.0))
     train = ds.manifest[ds.manifest.split == "train"]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from advmix.data.store import Dataset
-from advmix.dfr import balanced_draw, features, halves, refit
+from advmix.dfr import balanced_draw, features, fit_layer, halves, refit
 from advmix.groups import worst_group_acc
 
 
@@ -85,3 +85,13 @@ def test_a_draw_of_one_class_is_refused():
     val = toy_split({(0, 0): 10, (0, 1): 10}, seed=0)
     with pytest.raises(ValueError, match="one class only"):
         refit(shortcut_model(), val, [1.0], subsets=1, seed=0, batch=8, device=torch.device("cpu"))
+
+
+def test_a_ten_class_refit_is_one_vs_rest():
+    """colordigits has ten classes: liblinear fits two, so each class gets its own l1 model against the rest."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(10), 12)
+    x = rng.normal(size=(len(y), 16)) + 3.0 * np.eye(16)[y]  # class c lights up feature c
+    weight, bias = fit_layer(x, y, y * 2 + rng.integers(0, 2, len(y)), 10, 1.0, 2, np.random.default_rng(1))
+    assert weight.shape == (10, 16) and bias.shape == (10,)
+    assert ((x @ weight.T + bias).argmax(1) == y).mean() > 0.9

@@ -168,8 +168,26 @@ def test_a_broken_classifier_is_named(project, damage):
         torch.save(Evil(), path)
     line = fails(project, ["evaluate", "--mode", "advmix"], 1, "classifier-advmix-s0.pt", "advmix train")
     if damage == "hostile":
-        assert "GLOBAL" in line and not (project / "pwned.txt").exists()
+        assert "GLOBAL" in line and "holds code, which advmix never runs" in line
+        assert not (project / "pwned.txt").exists()
+    for advice in ("weights_only", "safe_globals", "allowlist"):  # never advise turning the safety off
+        assert advice not in line, line
     assert invoke("report").exit_code == 0  # the report reads what the evaluations wrote, no classifier
+
+
+@pytest.mark.slow
+def test_a_classifier_is_evaluated_only_as_the_run_it_records(project):
+    shutil.copy(project / "models" / "classifier-nominal-s0.pt", project / "models" / "classifier-advmix-s0.pt")
+    fails(project, ["evaluate", "--mode", "advmix"], 1, "classifier-advmix-s0.pt", "mode nominal seed 0",
+          "not advmix seed 0", "advmix train --mode advmix --seed 0")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("content", ["{\n oops", '{"layers": {}}'])
+def test_a_broken_layer_analysis_is_named(project, content):
+    (project / "metrics" / "layers.json").write_text(content)
+    fails(project, ["train", "--mode", "advmix"], 1, "layers.json: not a readable layer analysis",
+          "advmix analyze-layers")
 
 
 @pytest.mark.slow

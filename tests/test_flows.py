@@ -226,68 +226,68 @@ def test_bad_override_fails_before_any_stage(flow_run, tmp_path):
     assert set(_task_runs(state)) <= {n for n in _task_runs(state) if n.startswith("apply-params")}
 
 
-def test_transient_errors_are_retried_and_command_failures_are_not(server, monkeypatch):
-    from dvc.lock import LockError
-    from dvc.stage.exceptions import StageCmdFailedError
+@pytest.mark.slow
+def test_a_held_dvc_lock_is_retried_and_a_failing_command_is_not(flow_run, tmp_path):
+    """Real `dvc repro` commands: another process's DVC lock is transient (the retry runs once it is free); a stage
+    command that exits non-zero is not retried, and its error names the stage and the command's own error line."""
+    import threading
+
+    from dvc.repo import Repo
     from prefect import flow
 
     from flows import pipeline
 
-    calls: list[str] = []
-    errors: list[Exception] = []
-
-    class FakeRepo:
-        def __init__(self, root):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def reproduce(self, stage, **kwargs):
-            calls.append(stage)
-            if errors:
-                raise errors.pop(0)
-            return []
-
-    monkeypatch.setattr("dvc.repo.Repo", FakeRepo)
-    quick = pipeline.run_stage.with_options(retry_delay_seconds=0)
+    root = tmp_path / "project"
+    shutil.copytree(flow_run[0], root, symlinks=True)
+    spec = yaml.safe_load((root / "dvc.yaml").read_text())
+    spec["stages"]["broken"] = {"cmd": "python -c \"import sys; print('error: no such thing'); sys.exit(3)\""}
+    (root / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    # DVC tries a held lock for 3 s: held for 10 s, the first attempt fails; the retry, 10 s later, finds it free
+    quick = pipeline.run_stage.with_options(retry_delay_seconds=10)
 
     @flow
     def one_stage(stage: str):
-        return quick(stage, ".", False)
+        return quick(stage, str(root), False)
 
-    errors[:] = [LockError("busy")]
-    assert one_stage("train@nominal") == [] and calls == ["train@nominal"] * 2
-    calls.clear()
-    errors[:] = [StageCmdFailedError("advmix train", 1)]
-    assert one_stage("train@nominal", return_state=True).is_failed() and calls == ["train@nominal"]
+    held = threading.Event()
+
+    def hold_lock():
+        with Repo(str(root)) as repo, repo.lock:
+            held.set()
+            time.sleep(10)
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    held.wait(10)
+    state = one_stage("validate", return_state=True)
+    holder.join()
+    assert state.is_completed(), state.message
+    (run,) = _task_runs(state).values()
+    assert run.run_count == 2  # the first attempt met the lock
+    state = one_stage("broken", return_state=True)
+    assert state.is_failed()
+    (run,) = _task_runs(state).values()
+    assert run.run_count == 1
+    assert "stage broken failed: no such thing" in pipeline.failure_line(state)
 
 
-def test_stage_selection_and_transient_errors():
-    from dvc.exceptions import ReproductionError
-    from dvc.lock import LockError
-    from dvc.stage.exceptions import StageCmdFailedError
+def test_stage_selection_and_what_is_transient():
+    from advmix.project import ProjectError, select_stages
+    from flows.pipeline import StageFailed, is_transient
 
-    from flows.pipeline import is_transient, select_stages
-
-    stages = ["prepare", "validate", "train@nominal", "train@advmix", "report"]
+    stages = ["prepare", "validate", "train@nominal-0", "train@advmix-0", "report"]
     assert select_stages(stages, None) == stages
-    assert select_stages(stages, ["report", "train"]) == ["train@nominal", "train@advmix", "report"]
-    with pytest.raises(ValueError, match="unknown stage 'trian'"):
+    assert select_stages(stages, ["report", "train"]) == ["train@nominal-0", "train@advmix-0", "report"]
+    with pytest.raises(ProjectError, match="--stage 'trian': no such stage; dvc.yaml has prepare, report, train, "):
         select_stages(stages, ["trian"])
-
-    def wrapped(cause):
-        try:
-            raise ReproductionError("failed to reproduce 'x'") from cause
-        except ReproductionError as exc:
-            return exc
-
-    assert is_transient(wrapped(LockError("busy"))) and is_transient(wrapped(TimeoutError()))
-    assert not is_transient(wrapped(StageCmdFailedError("advmix train", 1)))
-    assert not is_transient(wrapped(FileNotFoundError("data/x"))) and not is_transient(ValueError())
+    lock_line = "ERROR: Unable to acquire lock. Most likely another DVC process is running or was terminated abruptly."
+    locked = StageFailed("train@nominal-0", 1, ["Running stage 'x'", lock_line])
+    assert is_transient(locked) and is_transient(TimeoutError())
+    failed = StageFailed("train@nominal-0", 1, ["> advmix train", "error: params.yaml: train.lr: bad",
+                                                "ERROR: failed to reproduce 'train@nominal-0'"])
+    assert not is_transient(failed) and str(failed) == "stage train@nominal-0 failed: params.yaml: train.lr: bad"
+    assert str(StageFailed("x", 9, [])) == "stage x failed: exit status 9"
+    assert not is_transient(FileNotFoundError("data/x")) and not is_transient(ValueError())
 
 
 def test_the_artifact_is_the_reports_headline_drawn_by_its_renderer():
@@ -309,7 +309,7 @@ def test_the_artifact_is_the_reports_headline_drawn_by_its_renderer():
 
 
 def test_stage_list_follows_the_dag_with_validation_first(tmp_path):
-    from flows.pipeline import list_stages
+    from advmix.project import list_stages
 
     spec = {"stages": {  # listed out of order; `probe` does not need validation, yet validation runs first
         "summary": {"cmd": "echo", "deps": ["out-nominal.txt", "out-advmix.txt"]},
@@ -397,15 +397,60 @@ def test_run_help_and_bad_override(tmp_path, monkeypatch):
 
 
 def test_run_once_from_the_project_folder(flow_run, monkeypatch):
-    import json
-
     monkeypatch.chdir(flow_run[0])
     runner = CliRunner()
     result = runner.invoke(app, ["run", "--stage", "prepare"])  # unchanged: DVC skips it
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["success"] is True
-    result = runner.invoke(app, ["run", "--stage", "nosuch"])
-    assert result.exit_code == 1 and "unknown stage 'nosuch'" in " ".join(result.output.split()), result.output
+    assert "no report in this run" in result.stdout and len(result.stdout.splitlines()) == 1  # no metrics JSON
+
+
+def test_a_usage_error_of_run_exits_2_before_any_server_starts(flow_run):
+    """An unknown stage is refused from dvc.yaml alone: exit 2, one line, and Prefect never imported."""
+    code = ("import sys; from typer.testing import CliRunner; from advmix.cli import app; "
+            "r = CliRunner().invoke(app, ['run', '--stage', 'nosuch']); print(r.exit_code); print(r.output); "
+            "print('prefect' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=flow_run[0], capture_output=True, text=True, check=False)
+    exit_code, *output, imported = res.stdout.strip().splitlines()
+    assert exit_code == "2" and imported == "False", res.stdout + res.stderr
+    errors = [line for line in output if line.startswith("error:")]
+    assert len(errors) == 1 and "--stage 'nosuch': no such stage" in errors[0] and "Traceback" not in res.stdout
+
+
+@pytest.mark.slow
+def test_the_server_advmix_run_starts_dies_with_it(flow_run, tmp_path):
+    """Without PREFECT_API_URL, `advmix run` starts a local server; a kill -9 of `advmix run` takes it down too."""
+    import re
+    import signal
+
+    root = tmp_path / "project"
+    shutil.copytree(flow_run[0], root, symlinks=True)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PREFECT_HOME": str(tmp_path / "home"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+    run = subprocess.Popen([str(BIN / "advmix"), "run", "--stage", "prepare"], cwd=root, env=env,
+                           stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        line = run.stderr.readline()
+        match = re.search(r"Prefect server for this run: (\S+) \(pid (\d+)", line)
+        assert match, line
+        server = int(match[2])
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+
+        def gone():
+            try:
+                os.killpg(server, 0)  # the server's whole process group
+            except ProcessLookupError:
+                return True
+            return False
+
+        _wait_for(gone, 30, "the server to stop", [])
+    finally:
+        for pid in (run.pid,):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 # ---------------------------------------------------------------- a schedule that fires, on a real server

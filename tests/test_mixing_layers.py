@@ -98,6 +98,24 @@ def test_a_perturbation_set_of_every_row_is_flagged():
     assert "label included" in whole_code_warning(list(range(8)), 8, "any")
 
 
+def test_a_bar_that_no_set_meets_is_recorded_and_warned_in_one_line(small):
+    """With a bar no set can meet (no label change at all and every pair moved), layers.json says so and the stage's
+    warning names the best set, its figures and the bar; a bar that is met gives no warning."""
+    from advmix.stages.analyze_layers import bar_warning
+
+    G, probe, ws = small
+    res = analyze(G, probe, ws, "skin_dark", "auto", "any", 0.0, 1.0, seed=0)
+    bar = res["bar"]
+    assert bar["met"] is False and (bar["max_label_change"], bar["min_transfer"]) == (0.0, 1.0)
+    assert bar["auto"] == set_name(res["auto"]) and bar["label_change"] == res["auto_candidates"][bar["auto"]][
+        "label_change"]
+    line = bar_warning(bar, "skin_dark")
+    assert "\n" not in line and f"W+ {bar['auto']}" in line and "label change <= 0%" in line
+    assert "skin_dark transfer >= 100%" in line and "AdvMix will rarely move skin_dark" in line
+    easy = analyze(G, probe, ws, "skin_dark", "auto", "any", 1.0, 0.0, seed=0)["bar"]
+    assert easy["met"] is True and bar_warning(easy, "skin_dark") is None
+
+
 def test_greedy_search_finds_a_set_that_no_range_is():
     """Rows 0 and 2 move the attribute, row 1 carries the label: no contiguous range holds both bounds,
     the greedy path finds {0, 2}."""

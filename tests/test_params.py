@@ -40,6 +40,10 @@ def test_value_constraints():
         parse_params({"data": {"rho": 1.5}})
     with pytest.raises(ParamsError, match=r"data\.name"):
         parse_params({"data": {"name": "imagenet"}})
+    with pytest.raises(ParamsError, match=r"seed: input should be greater than or equal to 0, got -1"):
+        parse_params({"seed": -1})  # numpy's generators refuse a negative seed: say so before any stage runs
+    with pytest.raises(ParamsError, match=r"train\.seeds\.1: input should be greater than or equal to 0"):
+        parse_params({"train": {"seeds": [0, -2]}})
 
 
 def test_overrides_apply_dotted_keys(tmp_path):

@@ -1,4 +1,5 @@
-"""Procedural faces. Label: smiling. Nuisances: skin tone, hair, background, lighting, glasses, make-up.
+"""Procedural faces. Label: smiling. Nuisances: skin tone, hair, background, lighting, glasses, make-up; any of the
+binary ones (skin_dark, glasses, hair_dark, makeup_on) can be the spurious attribute (`data.spurious`).
 
 Each face is drawn with PIL at 4x the target resolution and downsampled with a box filter
 (anti-aliased). The mouth is subtle (see MOUTH): the skin-tone shortcut must be
@@ -49,23 +50,39 @@ ATTRIBUTES = {
     "lighting": list(range(5)),  # 0 even, 1 from the left, 2 right, 3 top, 4 bottom
     "glasses": [0, 1],
     "makeup": list(MAKEUP),
+    "hair_dark": [0, 1],  # hair 0-1 (black, dark brown) against the four lighter ones
+    "makeup_on": [0, 1],  # any lip colour and blush (makeup 1-3) against none (0)
 }
+DARK_HAIR = 2  # HAIR rows below this are dark
 
 
 def _sample_attributes(rng: np.random.Generator, label: np.ndarray, spurious: np.ndarray, spurious_name: str
                        ) -> pd.DataFrame:
+    """Every attribute of every face. The spurious one is given; the rest are drawn independently of the label, in
+    the same order whichever attribute is spurious, so the binary attributes derived from hair and make-up draw
+    nothing of their own."""
     n = len(label)
     skin_dark = rng.integers(0, 2, n) if spurious_name != "skin_dark" else spurious
     glasses = (rng.random(n) < 0.3).astype(int) if spurious_name != "glasses" else spurious
+    skin_tone = skin_dark * 4 + rng.integers(0, 4, n)
+    hair = rng.integers(0, len(HAIR), n)
+    if spurious_name == "hair_dark":  # dark hair exactly where the spurious attribute says so
+        hair = np.where(spurious == 1, hair % DARK_HAIR, DARK_HAIR + hair % (len(HAIR) - DARK_HAIR))
+    background, lighting = rng.integers(0, 8, n), rng.integers(0, 5, n)
+    makeup = rng.integers(0, len(MAKEUP), n)
+    if spurious_name == "makeup_on":
+        makeup = np.where(spurious == 1, 1 + makeup % (len(MAKEUP) - 1), 0)
     return pd.DataFrame({
         "label": label,
-        "skin_tone": skin_dark * 4 + rng.integers(0, 4, n),
+        "skin_tone": skin_tone,
         "skin_dark": skin_dark,
-        "hair": rng.integers(0, len(HAIR), n),
-        "background": rng.integers(0, 8, n),
-        "lighting": rng.integers(0, 5, n),
+        "hair": hair,
+        "background": background,
+        "lighting": lighting,
         "glasses": glasses,
-        "makeup": rng.integers(0, len(MAKEUP), n),
+        "makeup": makeup,
+        "hair_dark": (hair < DARK_HAIR).astype(int),
+        "makeup_on": (makeup > 0).astype(int),
     })
 
 

@@ -85,7 +85,9 @@ def comparisons(grouped: dict[str, list[Run]]) -> dict[str, dict[str, Any]]:
 
 
 def paired_gain(reference: list[Run], other: list[Run]) -> dict[str, Any]:
-    """The seed-paired bootstrap CI of `other` against `reference` on test_balanced; None values with < 2 seeds."""
+    """`other` against `reference` on test_balanced over the seeds both have: the point estimates from the seed
+    means (None without a shared seed, or a relative one where the reference makes no error) and their seed-paired
+    bootstrap intervals (None with fewer than two seeds)."""
     def at(runs: list[Run], key: str) -> dict[int, float]:
         return {r.seed: float(r.splits["test_balanced"][key]) for r in runs
                 if r.splits.get("test_balanced", {}).get(key) is not None}
@@ -93,17 +95,24 @@ def paired_gain(reference: list[Run], other: list[Run]) -> dict[str, Any]:
     e0, e1, w0, w1 = at(reference, "error"), at(other, "error"), at(reference, "worst_group_acc"), at(
         other, "worst_group_acc")
     seeds = sorted(set(e0) & set(e1) & set(w0) & set(w1))
+    out: dict[str, Any] = {"paired_seeds": seeds, "relative_error_reduction": None,
+                           "relative_error_reduction_ci": None, "worst_group_gain": None, "worst_group_gain_ci": None}
+    if not seeds:
+        return out
+    ref_error = statistics.fmean(e0[s] for s in seeds)
+    if ref_error > 0:
+        out["relative_error_reduction"] = (ref_error - statistics.fmean(e1[s] for s in seeds)) / ref_error
+    out["worst_group_gain"] = statistics.fmean(w1[s] for s in seeds) - statistics.fmean(w0[s] for s in seeds)
     if len(seeds) < 2:
-        return {"paired_seeds": seeds, "relative_error_reduction": None, "relative_error_reduction_ci": None,
-                "worst_group_gain": None, "worst_group_gain_ci": None}
-    with warnings.catch_warnings():  # a reference without errors has no relative reduction: NaN, reported as None
+        return out
+    with warnings.catch_warnings():  # a resample whose reference makes no error has no ratio: NaN, left out
         warnings.simplefilter("ignore", RuntimeWarning)
         g = paired_bootstrap(seeds, [e0[s] for s in seeds], [e1[s] for s in seeds], [w0[s] for s in seeds],
                              [w1[s] for s in seeds])
-    ratio = math.isfinite(g.relative_error_reduction) and all(map(math.isfinite, g.relative_error_reduction_ci))
-    return {"paired_seeds": seeds, "relative_error_reduction": g.relative_error_reduction if ratio else None,
-            "relative_error_reduction_ci": list(g.relative_error_reduction_ci) if ratio else None,
-            "worst_group_gain": g.worst_group_gain, "worst_group_gain_ci": list(g.worst_group_gain_ci)}
+    if out["relative_error_reduction"] is not None and all(map(math.isfinite, g.relative_error_reduction_ci)):
+        out["relative_error_reduction_ci"] = list(g.relative_error_reduction_ci)
+    out["worst_group_gain_ci"] = list(g.worst_group_gain_ci)
+    return out
 
 
 def perturbation_set(inputs: Inputs) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ from advmix.stages.read_probe import probe
 @dataclass
 class LayersAnalysed:
     result: dict[str, Any]  # metrics/layers.json
-    warning: str | None  # set when the perturbation set swaps every row (then it is no nuisance change)
+    warning: str | None  # set when no set meets the bar, or the perturbation set swaps every row
 
     def summary(self) -> str:
         pert = self.result["perturbation"]
@@ -68,7 +68,20 @@ def run(p, progress: Progress = no_progress) -> LayersAnalysed:
     atomic_write_json(paths.LAYERS_METRICS, result)
     save_figure(heatmap(result), paths.LAYERS_FIGURE)
     pert = result["perturbation"]
-    return LayersAnalysed(result, whole_code_warning(pert["layers"], G.n_latent, pert["partners"]))
+    warnings = [bar_warning(result["bar"], pert["spurious"]),
+                whole_code_warning(pert["layers"], G.n_latent, pert["partners"])]
+    return LayersAnalysed(result, "; ".join(w for w in warnings if w) or None)
+
+
+def bar_warning(bar: dict[str, Any], spurious: str) -> str | None:
+    """One line when no W+ row set meets mixing.max_label_change and mixing.min_transfer: the best set, its
+    figures and the bar (metrics/layers.json records it as bar.met, and the report states it first)."""
+    if bar["met"]:
+        return None
+    return (f"no W+ row set meets the bar (label change <= {bar['max_label_change']:.0%}, {spurious} transfer >= "
+            f"{bar['min_transfer']:.0%}): the best, W+ {bar['auto']}, changes the label in {bar['label_change']:.1%} "
+            f"of swaps and moves {spurious} in {bar['spurious_transfer']:.1%} of the pairs that differ in it "
+            f"({bar['measured_on']}); AdvMix will rarely move {spurious}")
 
 
 def whole_code_warning(layers: list[int], n_latent: int, partners: str) -> str | None:

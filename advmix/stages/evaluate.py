@@ -39,11 +39,15 @@ def load_classifier(mode: str, seed: int, rule: str | None = None, with_payload:
     path = paths.classifier(mode, seed)
     try:
         model, payload = load(path, rule=rule)
-        return (model, payload) if with_payload else model
     except FileNotFoundError:
         raise StageError(f"{path}: no such classifier; run `advmix train --mode {mode} --seed {seed}` first") from None
     except ValueError as exc:  # a broken file
         raise StageError(str(exc)) from None
+    recorded = (payload.get("mode", mode), payload.get("seed", seed))
+    if recorded != (mode, seed):  # a copied or renamed file: its numbers would be written as another run's
+        raise StageError(f"{path}: holds the classifier of mode {recorded[0]} seed {recorded[1]}, not {mode} seed "
+                         f"{seed}; rerun `advmix train --mode {mode} --seed {seed}`")
+    return (model, payload) if with_payload else model
 
 
 def run(p, mode: str, seed: int | None = None) -> Evaluated:

@@ -1,0 +1,81 @@
+"""A project folder as `advmix run` and the Prefect flow see it: checked before anything starts, and its stages in
+the order they run. Imports no Prefect, so that a refused run costs no server start and leaves no log handler."""
+
+from __future__ import annotations
+
+import re
+from contextlib import chdir
+from pathlib import Path
+
+from advmix import paths
+
+VALIDATION_STAGES = frozenset({"validate"})  # never retried; a failure stops the flow
+RAN = re.compile(r"^Running stage '(?P<stage>[^']+)'")  # how `dvc repro` says it runs a stage
+
+
+class ProjectError(ValueError):
+    """The folder is no pipeline that DVC can run to the end, or a stage name it does not have."""
+
+    code = 2  # the exit code of `advmix run`: a usage error
+
+
+class PipelineFailed(ProjectError):
+    """A run that started and did not complete (a stage failed); the message says which and why."""
+
+    code = 1
+
+
+def check_project(root: str | Path) -> None:
+    """Refuse, before any stage runs, a folder on which `dvc repro` would fail midway.
+
+    advmix fills a missing params section with its defaults, but DVC reads every declared key from params.yaml
+    itself, fails inside the stage, and deletes that stage's earlier outputs on the way."""
+    import yaml
+
+    from advmix.params import Params
+
+    root = Path(root)
+    if not (root / paths.DVC_YAML).is_file():
+        raise ProjectError(f"{root}: no dvc.yaml; run `advmix run` from the project folder")
+    path = root / paths.PARAMS
+    raw = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}
+    missing = [f.alias or name for name, f in Params.model_fields.items() if (f.alias or name) not in raw]
+    if missing:
+        raise ProjectError(f"{path}: no {', '.join(missing)} section (DVC reads every key from the file); "
+                           "run `advmix params --write` to write the defaults in")
+
+
+def list_stages(root: str | Path = ".") -> list[str]:
+    """Every stage of the project, dependencies first, matrix stages expanded (`train@nominal-0`).
+
+    Among stages whose dependencies are done, a validation stage goes first (it gates everything that does not
+    feed it), then dvc.yaml order."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with chdir(root), Repo(str(root)) as repo:  # DVC names stages relative to the working directory
+        stages = list(repo.index.stages)
+        rank = {stage: (not is_validation(stage.addressing), i) for i, stage in enumerate(stages)}
+        # DVC's graph points from a stage to the stages it depends on; reversed, a topological sort runs deps first.
+        ordered = nx.lexicographical_topological_sort(repo.index.graph.reverse(copy=True), key=rank.__getitem__)
+        return [stage.addressing for stage in ordered]
+
+
+def select_stages(available: list[str], wanted: list[str] | None) -> list[str]:
+    """The stages named in `wanted` (a group name such as `train` means all `train@*`), in DAG order; ProjectError
+    for a name dvc.yaml does not have."""
+    if not wanted:
+        return list(available)
+    chosen: set[str] = set()
+    for name in wanted:
+        matches = [s for s in available if s == name or s.split("@", 1)[0] == name]
+        if not matches:
+            groups = sorted({s.split("@", 1)[0] for s in available})
+            raise ProjectError(f"--stage {name!r}: no such stage; dvc.yaml has {', '.join(groups)} "
+                               "(a group such as `train` means all its members)")
+        chosen.update(matches)
+    return [s for s in available if s in chosen]
+
+
+def is_validation(stage: str) -> bool:
+    return stage.split("@", 1)[0] in VALIDATION_STAGES
