@@ -108,12 +108,15 @@ def _plain_stage(name: str, module: str, doc: str, progress: bool = True) -> Non
 _plain_stage("prepare", "prepare", "Build the dataset named by data.name into data/<name>/.")
 _plain_stage("validate", "validate", "Run the Great Expectations suites on the prepared dataset; exit 1 on any failed "
              "expectation.", progress=False)
-_plain_stage("probe", "probe", "Train the attribute probe (label + every attribute) that measures generated and "
-             "mixed images.")
-_plain_stage("train-gan", "train_gan", "Train StyleGAN2 on `gan.data` (the unlabelled pool by default) or load "
-             "gan.pretrained; write samples, mixing grid and quality.")
-_plain_stage("extract", "extract", "Invert every labelled split into W+ (encoder, then per-image refinement): "
-             "latents, encoder, metrics, a grid.")
+_plain_stage("pool", "pool", "Write the validated dataset's unlabelled pool to data/pool/, which the probe, the "
+             "generator and the encoder learn from.", progress=False)
+_plain_stage("probe", "probe", "Train the attribute probe (label + every attribute) on the pool; it measures generated "
+             "and mixed images.")
+_plain_stage("train-gan", "train_gan", "Train StyleGAN2 on the unlabelled pool or load gan.pretrained; write samples, "
+             "mixing grid and quality.")
+_plain_stage("train-encoder", "train_encoder", "Train the image-to-W+ encoder on generator samples, then on the pool.")
+_plain_stage("extract", "extract", "Invert every labelled split into W+ (the encoder, then per-image refinement): "
+             "latents, metrics, a grid.")
 _plain_stage("analyze-layers", "analyze_layers", "Swap each W+ layer between random pairs of inverted train faces; "
              "measure label change and nuisance transfer; pick `auto`.")
 
@@ -218,6 +221,41 @@ def run_cmd(
     metrics = _clean(lambda: run_pipeline(root, stage, force, parse_overrides(set_),
                                           echo=lambda line: typer.echo(line, err=True)), ProjectError)
     typer.echo(run_summary(root, metrics))
+
+
+@app.command("demo")
+def demo_cmd(folder: Annotated[Path, typer.Argument(help="a new folder for the demo project")] = Path("demo")) -> None:
+    """A first look in about two minutes: a new project in FOLDER with profiles/quick.yaml (every stage at tiny
+    sizes), run to its report. Its numbers are a smoke run, not a result. Run it from the advmix checkout."""
+    import shutil
+    import subprocess
+    import sys
+
+    from advmix.params import ParamsError, params_text
+    from advmix.project import ProjectError, repro_in_process
+
+    for needed in (paths.DVC_YAML, paths.PROFILES / "quick.yaml"):
+        if not needed.is_file():
+            raise _fail(f"{needed}: missing; run `advmix demo` from the advmix checkout (the folder of dvc.yaml)", 2)
+    if folder.exists() and any(folder.iterdir()):
+        raise _fail(f"{folder}: exists and is not empty; name a new folder", 2)
+    text = _clean(lambda: params_text(paths.PARAMS, "quick", {}), ParamsError)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(paths.DVC_YAML, folder / paths.DVC_YAML)
+    # dvc.yaml declares each stage's code as files under advmix/: the project holds a copy, as a clone would
+    shutil.copytree(Path(__file__).parent, folder / "advmix", ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / paths.PARAMS).write_text(text)
+    (folder / ".gitignore").write_text(f"/{paths.SCRATCH}/\n")
+    git = ["git", "-c", "user.name=advmix demo", "-c", "user.email=demo@advmix.invalid"]
+    dvc = [sys.executable, "-m", "dvc"]  # the venv's DVC, also when its bin/ is not on PATH
+    for cmd in ([*git, "init", "-q"], [*dvc, "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-qm", "demo"]):
+        # dvclive (in `advmix train`) wants a first commit
+        done = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise _fail(f"`{cmd[0]} {cmd[-2]}` in {folder}: {(done.stderr or done.stdout).strip()}")
+    _clean(lambda: repro_in_process(folder, echo=lambda line: typer.echo(line, err=True)), ProjectError)
+    typer.echo(run_summary(folder, {}))
+    typer.echo(f"the project: {folder} (`dvc status` there: up to date; `dvc repro` reruns what you change)")
 
 
 def run_summary(root: Path, metrics: dict) -> str:

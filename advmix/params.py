@@ -118,7 +118,6 @@ class GanParams(Section):
     checkpoint_minutes: float = Field(3.0, gt=0)
     eval_samples: int = Field(1000, ge=16)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    data: Literal["pool", "train"] = "pool"  # the split the generator and the encoder learn from (no labels read)
 
 
 class MixingParams(Section):
@@ -130,14 +129,16 @@ class MixingParams(Section):
 
 
 class ExtractParams(Section):
-    """Inversion of real images into W+ (owned by advmix/gan/invert.py).
+    """Inversion into W+ (owned by advmix/gan/invert.py). Two stages read it: train-encoder (encoder_steps,
+    encoder_real_steps, batch, lr, width, feature_weight) and extract, which inverts the labelled splits (mode,
+    refine_steps, refine_lr, refine_batch, feature_weight, latent_weight).
 
     Defaults fit all 5,000 images at 32 px on 2 CPU cores in about 7-8 minutes, encoder training included.
     """
 
     mode: Literal["encoder", "refine"] = "refine"  # encoder only (fast) or encoder + per-image optimisation
     encoder_steps: int = Field(1000, ge=0)  # on generator samples (w+, G(w+)): latent loss, no backward through G
-    encoder_real_steps: int = Field(300, ge=0)  # then on real training images: pixel + feature loss through G
+    encoder_real_steps: int = Field(300, ge=0)  # then on the pool's real images: pixel + feature loss through G
     batch: int = Field(32, ge=2)  # encoder training batch
     lr: float = Field(1e-3, gt=0)
     width: int = Field(16, ge=4)  # encoder channels at full resolution (x2 per octave, at most x4)

@@ -25,6 +25,9 @@ def dataset_dir(name: str, root: Path = Path(".")) -> Path:
     return root / DATA / name
 
 
+POOL_DIR = DATA / "pool"  # the unlabelled pool on its own: what the probe, the generator and the encoder learn from
+
+
 def dataset_info(name: str, root: Path = Path(".")) -> Path:
     """What a dataset's columns mean (classes, attributes, which one is spurious)."""
     return dataset_dir(name, root) / DATASET_INFO
@@ -115,7 +118,8 @@ def eval_metrics(mode: str, seed: int) -> Path:
 SWEEP_FIGURE = REPORTS / "sweep.png"  # `advmix sweep --plot`: AdvMix vs nominal over rho, from DVC experiments
 SWEEP_JSON = REPORTS / "sweep.json"
 
-ENCODER = MODELS / "encoder.pt"
+ENCODER = MODELS / "encoder.pt"  # train-encoder: learnt on the pool, read by extract
+ENCODER_METRICS = METRICS / "encoder.json"
 INVERSION_METRICS = METRICS / "inversion.json"
 INVERSION_FIGURE = REPORTS / "inversion.png"
 

@@ -79,3 +79,50 @@ def select_stages(available: list[str], wanted: list[str] | None) -> list[str]:
 
 def is_validation(stage: str) -> bool:
     return stage.split("@", 1)[0] in VALIDATION_STAGES
+
+
+def stage_commands(root: str | Path = ".") -> list[tuple[str, str]]:
+    """(stage, command) of every stage, in the order of `list_stages`, with the commands DVC resolves from dvc.yaml
+    and params.yaml."""
+    from dvc.repo import Repo
+
+    with chdir(root), Repo(str(root)) as repo:
+        commands = {stage.addressing: stage.cmd for stage in repo.index.stages}
+    return [(name, commands[name]) for name in list_stages(root)]
+
+
+def repro_in_process(root: str | Path, stages: list[str] | None = None, echo=print) -> list[str]:
+    """Run `stages` (default: all) in DVC's order inside this process, then record them with `dvc commit`, so that
+    `dvc status` finds them up to date and `dvc repro` reruns what changes later.
+
+    What `dvc repro` does, without a process per stage: each pays seconds of imports (torch, Great Expectations),
+    which is most of the time on a tiny project (`advmix demo`, the tests). Stops at the first stage that fails,
+    with PipelineFailed naming it."""
+    import shlex
+    import subprocess
+    import sys
+
+    import click
+
+    from advmix.cli import app
+
+    ran = []
+    with chdir(root):
+        for name, cmd in stage_commands("."):
+            if stages is not None and name not in stages:
+                continue
+            program, *args = shlex.split(cmd)
+            if program != "advmix":
+                raise ProjectError(f"{paths.DVC_YAML}: stage {name} runs {program!r}, not advmix")
+            echo(f"stage {name}: {cmd}")
+            try:  # not standalone: click returns a clean exit's code instead of leaving the process
+                code = app(args, standalone_mode=False)
+            except (click.exceptions.Exit, SystemExit) as exc:
+                code = getattr(exc, "exit_code", getattr(exc, "code", 1))
+            if code:
+                raise PipelineFailed(f"stage {name} failed (exit {code}); its error is above")
+            ran.append(name)
+        done = subprocess.run([sys.executable, "-m", "dvc", "commit", "--force", "-q", *ran], capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise PipelineFailed(f"dvc commit: {(done.stderr or done.stdout).strip()}")
+    return ran

@@ -26,7 +26,7 @@ import pytest
 
 from advmix.params import Params, parse_params
 
-UPSTREAM = ("prepare", "validate", "probe", "train-gan", "extract", "analyze-layers")  # the stages before training
+UPSTREAM = ("prepare", "validate", "pool", "probe", "train-gan", "train-encoder", "extract", "analyze-layers")  # before training
 TINY_SIZES = {"train": 40, "val": 8, "test_iid": 8, "test_balanced": 16, "test_flipped": 8, "pool": 40}
 TINY_UPSTREAM = {  # prepare .. analyze-layers at their smallest, for tests of what comes after them
     "data": {"resolution": 16, "sizes": TINY_SIZES},
@@ -45,17 +45,20 @@ def tiny_params(**data) -> Params:
 
 def save_validated(root, p: Params):
     """Build `p`'s dataset into the project folder `root` (the cwd), write `p` as its params.yaml and pass the
-    validate stage over it, as every later stage requires; returns the dataset."""
+    validate stage over it, as every later stage requires, then write its pool (data/pool/) when it has one; returns
+    the dataset."""
     import yaml
 
     from advmix.data import save_dataset
     from advmix.data.build import build_dataset
-    from advmix.stages import validate
+    from advmix.stages import pool, validate
 
     ds = build_dataset(p)
     save_dataset(root / "data" / p.data.name, ds)
     (root / "params.yaml").write_text(yaml.safe_dump(p.to_dict(), sort_keys=False))
     assert validate.run(p).report.success
+    if p.data.sizes.pool:
+        pool.run(p)
     return ds
 
 

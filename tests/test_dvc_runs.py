@@ -5,6 +5,7 @@ the test process (a stage process costs ~10 s of imports here) and `dvc commit` 
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -55,7 +56,7 @@ def project(tmp_path_factory):
 
     commit("code and params")  # dvclive in `advmix train` needs a commit to exist (an empty repo fails)
     # run here and recorded by `dvc commit`, which saves each stage to the run-cache as `dvc repro` does
-    repro_in_process(root, env, (*UPSTREAM, STAGE, *DOWNSTREAM))
+    repro_in_process(root, (*UPSTREAM, STAGE, *DOWNSTREAM))
     commit("tiny run")
     return root, env
 
@@ -127,3 +128,33 @@ def test_repro_completes_for_seeds_without_the_upstream_seed_and_modes_without_a
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     assert "models/classifier-nominal-s1.pt" in {d["path"] for d in lock["worst-mixes"]["deps"]}
     assert not any(d["path"].startswith("models/") for d in lock["report"]["deps"])
+
+
+@pytest.mark.slow
+def test_another_spurious_attribute_or_rho_keeps_the_pool_probe_generator_and_encoder(tmp_path):
+    """One generator for many tasks: a variant of the labelled splits reruns prepare, validate, pool (which writes
+    the same bytes), extract and what follows, but DVC skips the probe, the generator and the encoder."""
+    env = make_project(tmp_path, TINY_UPSTREAM)
+    repro_in_process(tmp_path)
+    shared = {"pool", "probe", "train-gan", "train-encoder"}
+    kept = {path: md5(tmp_path / path) for path in ("data/pool/images.npy", "data/pool/manifest.csv",
+                                                    "models/probe.pt", "models/gan/generator.pt", "models/encoder.pt")}
+    original = (tmp_path / "params.yaml").read_text()
+
+    def variant(**data) -> None:
+        params = yaml.safe_load(original)
+        params["data"].update(data)
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    for change in ({"spurious": "glasses"}, {"rho": 0.9}):
+        variant(**change)
+        res = dvc(tmp_path, env, "status", "--json")
+        changed = set(json.loads(res.stdout))
+        assert "prepare" in changed and not changed & shared, (change, changed)
+
+    variant(spurious="glasses", rho=0.9)  # both at once, run for real up to the inversion of the labelled splits
+    res = dvc(tmp_path, env, "repro", "extract")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    ran = set(re.findall(r"Running stage '([^']+)'", res.stdout))
+    assert ran == {"prepare", "validate", "pool", "extract"}, res.stdout[-3000:]
+    assert {path: md5(tmp_path / path) for path in kept} == kept  # the pool rewritten to the same bytes

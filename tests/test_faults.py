@@ -31,7 +31,8 @@ PARAMS = {
                  "worst_mixes": 4},
     "dfr": {"bases": []},  # the DFR refits are tests/test_train.py's
 }
-STAGES = [["prepare"], ["validate"], ["probe"], ["train-gan"], ["extract"], ["analyze-layers"],
+STAGES = [["prepare"], ["validate"], ["pool"], ["probe"], ["train-gan"], ["train-encoder"], ["extract"],
+          ["analyze-layers"],
           ["train", "--mode", "nominal"], ["train", "--mode", "advmix"], ["evaluate", "--mode", "nominal"],
           ["evaluate", "--mode", "advmix"], ["worst-mixes"], ["report"]]
 
@@ -277,9 +278,10 @@ def test_a_broken_generator_is_named(project, stage):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [["probe"], ["train-gan"], ["extract"], ["analyze-layers"],
-                                   ["train", "--mode", "nominal"], ["evaluate", "--mode", "nominal"], ["worst-mixes"]])
+@pytest.mark.parametrize("stage", [["pool"], ["extract"], ["analyze-layers"], ["train", "--mode", "nominal"],
+                                   ["evaluate", "--mode", "nominal"], ["worst-mixes"]])
 def test_stages_refuse_data_that_has_not_passed_validation(project, stage):
+    """The probe, the generator and the encoder read data/pool, which `advmix pool` writes from validated data only."""
     result = project / "metrics" / "validation.json"
     result.unlink()
     fails(project, stage, 1, "validation.json", "no validation result", "advmix validate")
@@ -289,11 +291,11 @@ def test_stages_refuse_data_that_has_not_passed_validation(project, stage):
 
 @pytest.mark.slow
 def test_data_changed_since_validation_is_refused(project):
-    manifest = next(p for p in (project / "data").glob("*/manifest.csv"))
+    manifest = project / "data" / "synthfaces" / "manifest.csv"
     kept = manifest.read_bytes()
     manifest.write_bytes(kept + b"\n")  # any byte: the validated fingerprint no longer matches
     try:
-        fails(project, ["probe"], 1, "validation.json", "stale", "advmix validate")
+        fails(project, ["pool"], 1, "validation.json", "stale", "advmix validate")
     finally:
         manifest.write_bytes(kept)
 
@@ -310,13 +312,13 @@ def test_a_broken_gan_training_state_is_named(project):
                                                  (group_disagrees, "group_is_label_x_spurious"),
                                                  (rows_shuffled_against_images, "rows_match_images")])
 def test_a_corrupt_manifest_fails_validation_and_then_every_stage_refuses_it(project, corrupt, expectation):
-    folder = next(p.parent for p in (project / "data").glob("*/manifest.csv"))
+    folder = project / "data" / "synthfaces"
     ds = load_dataset(folder)
     corrupt(ds)  # the manifest only: the images stay as they are
     ds.manifest.to_csv(folder / "manifest.csv", index=False)
     res = invoke("validate")
     assert res.exit_code == 1 and f"FAILED {expectation}" in res.output and "Traceback" not in res.output, res.output
-    for stage in (["probe"], ["train", "--mode", "nominal"]):
+    for stage in (["pool"], ["train", "--mode", "nominal"]):
         fails(project, stage, 1, "validation.json", "failed validation", expectation, "advmix validate")
 
 

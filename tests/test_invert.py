@@ -79,9 +79,20 @@ def tiny_dataset(G, n=12):
     return Dataset(images, manifest, {"n_classes": 2, "attributes": {}})
 
 
+def encoder_then_codes(G, w_avg, probe, splits: dict[str, np.ndarray], p, seed: int):
+    """train-encoder then extract, as the two stages run them (the encoder learns from the train images here)."""
+    from advmix.images import to_tensor
+
+    torch.manual_seed(seed)
+    enc, _ = invert.train_encoder(G, w_avg, to_tensor(splits["train"]), probe, steps=p.encoder_steps,
+                                  real_steps=p.encoder_real_steps, batch=p.batch, lr=p.lr,
+                                  feature_weight=p.feature_weight, width=p.width, seed=seed)
+    return enc, invert.invert_splits(G, enc, probe, splits, p, seed)
+
+
 def run_extract(G, w_avg, ds, p=FAST, seed=0):
     parts = {name: ds.split(name) for name in ("train", "val")}
-    return invert.extract(G, w_avg, None, {k: s.images for k, s in parts.items()}, p, seed), parts
+    return encoder_then_codes(G, w_avg, None, {k: s.images for k, s in parts.items()}, p, seed)[1], parts
 
 
 def test_latent_rows_follow_the_manifest(tiny_g, tmp_path):
@@ -109,11 +120,11 @@ def test_same_seed_same_latents(tiny_g):
 
     torch.manual_seed(0)
     probe = build_probe(16, {"label": 2}, width=4).eval()
-    runs = [invert.extract(G, w_avg, probe, {"train": ds.images}, p, seed) for seed in (0, 0, 1)]
-    a, b, c = (r.latents["train"] for r in runs)
+    runs = [encoder_then_codes(G, w_avg, probe, {"train": ds.images}, p, seed) for seed in (0, 0, 1)]
+    a, b, c = (r.latents["train"] for _, r in runs)
     assert np.array_equal(a, b) and a.dtype == np.float32
     assert not np.array_equal(a, c)
-    for x, y in zip(runs[0].encoder.state_dict().values(), runs[1].encoder.state_dict().values()):
+    for x, y in zip(runs[0][0].state_dict().values(), runs[1][0].state_dict().values()):
         assert torch.equal(x, y)
 
 
@@ -156,19 +167,24 @@ def test_cli_extract_end_to_end(project):
     from advmix.cli import app
 
     root, ds = project
-    res = CliRunner().invoke(app, ["extract", "-S", "data.resolution=16", "-S", "extract.encoder_steps=4",
+    res = CliRunner().invoke(app, ["extract", "-S", "data.resolution=16"])
+    assert res.exit_code == 1 and "encoder.pt: encoder not found (run `advmix train-encoder`)" in res.output
+    res = CliRunner().invoke(app, ["train-encoder", "-S", "data.resolution=16", "-S", "extract.encoder_steps=4",
                                    "-S", "extract.encoder_real_steps=2", "-S", "extract.batch=4",
-                                   "-S", "extract.width=4", "-S", "extract.refine_steps=2",
+                                   "-S", "extract.width=4"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["extract", "-S", "data.resolution=16", "-S", "extract.refine_steps=2",
                                    "-S", "extract.refine_batch=32"])
     assert res.exit_code == 0, res.output
     labelled = ds.manifest[ds.manifest.split != "pool"]
     assert not (root / "data" / "latents" / "pool.npy").exists()  # the pool trains the encoder, it is not inverted
+    assert json.loads((root / "metrics" / "encoder.json").read_text())["images"] == (ds.manifest.split == "pool").sum()
     for name, count in labelled.groupby("split").size().items():
         arr = np.load(root / "data" / "latents" / f"{name}.npy")
         assert arr.shape == (count, 6, 32) and arr.dtype == np.float32
     metrics = json.loads((root / "metrics" / "inversion.json").read_text())
     keys = {"psnr", "ssim", "mse", "label_agreement"} | {f"{a}_agreement" for a in ds.info["attributes"]}
-    assert set(metrics) == {*labelled["split"].unique(), "images_per_s", "encoder_seconds", "refine_seconds",
+    assert set(metrics) == {*labelled["split"].unique(), "images_per_s", "encode_seconds", "refine_seconds",
                             "torch_threads"}
     for name in labelled["split"].unique():
         assert set(metrics[name]) == keys | {"encoder_only"}

@@ -4,6 +4,7 @@ profile at tiny sizes on the CPU."""
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,7 +118,7 @@ def test_the_gpu_profile_runs_end_to_end_on_cpu_at_tiny_sizes(tmp_path, monkeypa
     assert res.exit_code == 0, res.output
     for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "gpu profile"]):  # dvclive wants a commit
         subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True)
-    repro_in_process(tmp_path, env, stages=None)
+    repro_in_process(tmp_path, stages=None)
     status = dvc(tmp_path, env, "status")
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout[-3000:] + status.stderr[-3000:]
     summary = json.loads((tmp_path / "metrics" / "summary.json").read_text())
@@ -127,3 +128,23 @@ def test_the_gpu_profile_runs_end_to_end_on_cpu_at_tiny_sizes(tmp_path, monkeypa
     p = load_params(tmp_path / "params.yaml")
     assert (p.data.resolution, p.train.model, p.gan.iterations) == (64, "resnet18", 2)
     assert p.data.sizes.pool == 40 and p.train.epochs == 1
+
+
+@pytest.mark.slow
+def test_advmix_demo_runs_the_quick_profile_to_a_smoke_report(tmp_path):
+    """The README's first look, as a user runs it from the checkout: one command, a new project, every stage of
+    the quick profile, a report whose first line says its numbers are a smoke run, and `dvc status` up to date."""
+    folder = tmp_path / "demo"
+    res = subprocess.run([str(Path(sys.executable).parent / "advmix"), "demo", str(folder)], cwd=ROOT,
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"report: {folder / 'reports' / 'summary.html'}" in res.stdout
+    first = (folder / "reports" / "summary.md").read_text().splitlines()
+    assert "smoke run" in "\n".join(first[:3]).lower(), first[:3]
+    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=folder, capture_output=True, text=True,
+                            check=False)
+    assert "up to date" in status.stdout, status.stdout[-3000:]
+    assert set(load_params(folder / "params.yaml").train.modes) == {"nominal", "randmix", "advmix", "colorjitter"}
+    again = subprocess.run([str(Path(sys.executable).parent / "advmix"), "demo", str(folder)], cwd=ROOT,
+                           capture_output=True, text=True, check=False)
+    assert again.returncode == 2 and "exists and is not empty" in again.stderr and "Traceback" not in again.stderr

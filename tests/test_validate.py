@@ -33,7 +33,7 @@ def test_good_data_passes(good):
     assert report.success, report.failures
     assert report.evaluated >= 25
     assert report.agreement["train"] == pytest.approx(RHO)
-    assert report.agreement["pool"] == pytest.approx(0.5)
+    assert report.agreement["pool"] == pytest.approx(0.5, abs=0.1)  # independent draws: near 0.5, as validate asks
 
 
 def zero_image(ds):

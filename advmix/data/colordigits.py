@@ -12,7 +12,7 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from advmix.data.splits import draw_cells, plan
+from advmix.data.splits import draw_cells, numbered, plan
 from advmix.data.store import Dataset, DatasetError
 from advmix.groups import group_of
 from advmix.params import ALL_SPLITS, POOL, DataParams
@@ -43,7 +43,10 @@ def load_digits_28() -> tuple[np.ndarray, np.ndarray, str]:
 def build(params: DataParams, seed: int, progress=None) -> Dataset:
     from PIL import Image
 
-    rng = np.random.default_rng([seed, 3])
+    # the pool has a stream of its own: it depends on seed, resolution, its size and the train split's handwriting
+    # (so on data.sizes.train), never on rho
+    labelled_rng, pool_rng = np.random.default_rng([seed, 3]), np.random.default_rng([seed, 6])
+    rng = labelled_rng
     digits, labels, source = load_digits_28()
     sizes = params.sizes.as_dict()
     cells = plan(sizes, params.rho, n_classes=10, n_spurious=10)
@@ -52,6 +55,7 @@ def build(params: DataParams, seed: int, progress=None) -> Dataset:
     rows, images = [], []
     seen_in_train: dict[int, list[int]] = {c: [] for c in range(10)}
     for split in ALL_SPLITS:
+        rng = pool_rng if split == POOL else labelled_rng
         label, color = draw_cells(cells[split], rng)
         for y, k in zip(label, color):
             if split == POOL:  # the train split's handwriting, recoloured uniformly: never a val or test digit
@@ -79,7 +83,7 @@ def build(params: DataParams, seed: int, progress=None) -> Dataset:
             if progress is not None:
                 progress(1)
     manifest = pd.DataFrame(rows)
-    manifest.insert(0, "id", [f"digit-{i:06d}" for i in range(len(manifest))])
+    manifest.insert(0, "id", numbered(manifest["split"], "digit")[0])
     manifest["group"] = group_of(manifest["label"], manifest["color"], 10)
     info = {"name": "colordigits", "resolution": params.resolution, "rho": params.rho, "n_classes": 10,
             "classes": [str(c) for c in range(10)], "spurious": "color", "source": source,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import pandas as pd
 
 from advmix.data.store import DatasetError
 from advmix.params import ALL_SPLITS, POOL, SPLITS
@@ -61,7 +62,9 @@ def draw_rows(label: np.ndarray, spurious: np.ndarray, partition: np.ndarray, pa
               shortage: Callable[[str, int, int, tuple[int, int] | None], str]) -> list[tuple[str, int]]:
     """(split, row) pairs from a labelled table (celeba, folder): each labelled split takes its cells (`plan`) from
     rows of its partition (`part_of[split]`); the pool takes `sizes["pool"]` rows of the train partition that no
-    split took, without looking at labels. Shuffled, then ordered by split.
+    split took, without looking at labels. Shuffled, then ordered by split. (So here the pool follows the labelled
+    params, unlike the embedded datasets' pool: a generator for many celeba or folder tasks comes from one run, then
+    `gan.pretrained`.)
 
     `shortage(split, need, found, (label, spurious) or None for the pool)` is the error message when rows run out.
     """
@@ -86,3 +89,11 @@ def draw_rows(label: np.ndarray, spurious: np.ndarray, partition: np.ndarray, pa
     chosen += [(POOL, int(i)) for i in rng.choice(rest, n_pool, replace=False)]
     order = rng.permutation(len(chosen))
     return sorted((chosen[i] for i in order), key=lambda t: ALL_SPLITS.index(t[0]))
+
+
+def numbered(split: pd.Series, prefix: str) -> tuple[list[str], np.ndarray]:
+    """Row ids and numbers counted within the labelled splits and, apart, within the pool (`pool-000000`, ...): the
+    pool's ids and image streams do not depend on the labelled sizes."""
+    is_pool = (split == POOL).to_numpy()
+    number = np.where(is_pool, np.cumsum(is_pool) - 1, np.cumsum(~is_pool) - 1)
+    return [f"{'pool' if q else prefix}-{i:06d}" for q, i in zip(is_pool, number)], number

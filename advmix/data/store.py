@@ -33,8 +33,11 @@ class Dataset:
     info: dict[str, Any]  # name, n_classes, attributes {name: [values]}, spurious, resolution, rho
 
     def split(self, name: str) -> Dataset:
-        mask = (self.manifest["split"] == name).to_numpy()
-        return Dataset(self.images[mask], self.manifest[mask].reset_index(drop=True), self.info)
+        return self.rows((self.manifest["split"] == name).to_numpy())
+
+    def rows(self, which: np.ndarray | slice) -> Dataset:
+        """The rows a boolean mask or a slice selects."""
+        return Dataset(self.images[which], self.manifest[which].reset_index(drop=True), self.info)
 
     def __len__(self) -> int:
         return len(self.manifest)

@@ -13,10 +13,10 @@ import colorsys
 import numpy as np
 import pandas as pd
 
-from advmix.data.splits import draw_cells, plan
+from advmix.data.splits import draw_cells, numbered, plan
 from advmix.data.store import Dataset
 from advmix.groups import group_of
-from advmix.params import ALL_SPLITS, DataParams
+from advmix.params import ALL_SPLITS, POOL, DataParams
 
 SUPERSAMPLE = 4
 # The mouth (the label), in fractions of the image: |smile| range, bend, half width, line thickness; `data.mouth`
@@ -56,11 +56,11 @@ ATTRIBUTES = {
 DARK_HAIR = 2  # HAIR rows below this are dark
 
 
-def _sample_attributes(rng: np.random.Generator, label: np.ndarray, spurious: np.ndarray, spurious_name: str
+def _sample_attributes(rng: np.random.Generator, label: np.ndarray, spurious: np.ndarray, spurious_name: str | None
                        ) -> pd.DataFrame:
-    """Every attribute of every face. The spurious one is given; the rest are drawn independently of the label, in
-    the same order whichever attribute is spurious, so the binary attributes derived from hair and make-up draw
-    nothing of their own."""
+    """Every attribute of every face. The spurious one is given (None: none is, as in the pool); the rest are drawn
+    independently of the label, in the same order whichever attribute is spurious, so the binary attributes
+    derived from hair and make-up draw nothing of their own."""
     n = len(label)
     skin_dark = rng.integers(0, 2, n) if spurious_name != "skin_dark" else spurious
     glasses = (rng.random(n) < 0.3).astype(int) if spurious_name != "glasses" else spurious
@@ -171,23 +171,32 @@ def render_face(row: pd.Series, rng: np.random.Generator, resolution: int, mouth
 
 
 def build(params: DataParams, seed: int, progress=None) -> Dataset:
-    """All splits, deterministic in `seed`. `progress(n)` is called as images are drawn."""
-    rng = np.random.default_rng([seed, 1])
+    """All splits, deterministic in `seed`. `progress(n)` is called as images are drawn.
+
+    The pool has a random stream of its own and draws every attribute independently of the label and of
+    `data.spurious`: it depends only on seed, resolution, mouth and its size, so one generator (which learns from
+    it) serves every spurious attribute, rho and labelled size."""
     cells = plan(params.sizes.as_dict(), params.rho, n_classes=2, n_spurious=2)
     frames = []
+    labelled_rng, pool_rng = np.random.default_rng([seed, 1]), np.random.default_rng([seed, 3])
     for split in ALL_SPLITS:  # the pool's cells are balanced: every attribute is independent of the label
-        label, spurious = draw_cells(cells[split], rng)
-        frame = _sample_attributes(rng, label, spurious, params.spurious)
+        if split == POOL:
+            label, _ = draw_cells(cells[split], pool_rng)
+            frame = _sample_attributes(pool_rng, label, label, None)
+        else:
+            label, spurious = draw_cells(cells[split], labelled_rng)
+            frame = _sample_attributes(labelled_rng, label, spurious, params.spurious)
         frame.insert(0, "split", split)
         frames.append(frame)
     manifest = pd.concat(frames, ignore_index=True)
-    manifest.insert(0, "id", [f"face-{i:06d}" for i in range(len(manifest))])
+    ids, number = numbered(manifest["split"], "face")
+    manifest.insert(0, "id", ids)
     manifest["group"] = group_of(manifest["label"], manifest[params.spurious], 2)
 
     images = np.empty((len(manifest), params.resolution, params.resolution, 3), dtype=np.uint8)
     for i, row in enumerate(manifest.itertuples(index=False)):
-        images[i] = render_face(row._asdict(), np.random.default_rng([seed, 2, i]), params.resolution,
-                                params.mouth)
+        stream = [seed, 4 if row.split == POOL else 2, int(number[i])]
+        images[i] = render_face(row._asdict(), np.random.default_rng(stream), params.resolution, params.mouth)
         if progress is not None:
             progress(1)
     info = {

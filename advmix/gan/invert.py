@@ -5,9 +5,9 @@ optimisation alone is slow and starts far away):
 
 1. An encoder E: image -> W+ (a small CNN predicting per-layer offsets from w_avg, in units of the per-dimension
    spread of W). It is trained first on generator samples (w+, G(w+)), whose true code is known, with style mixing
-   so that the rows of w+ differ; then fine-tuned on real training images with a reconstruction loss (pixel MSE +
-   probe-feature loss), which closes the gap between generated and real images. It flattens its last feature map
-   instead of pooling it: the label (a mouth) is a few pixels, and global pooling cannot see it.
+   so that the rows of w+ differ; then fine-tuned on the real images of the unlabelled pool with a reconstruction
+   loss (pixel MSE + probe-feature loss), which closes the gap between generated and real images. It flattens its
+   last feature map instead of pooling it: the label (a mouth) is a few pixels, and global pooling cannot see it.
 2. An optional per-image refinement: Adam on the W+ code, starting from E(x), with the same pixel + feature loss.
    The encoder alone loses some labels; a few dozen steps restore them.
 
@@ -111,10 +111,12 @@ def save_encoder(path: str | os.PathLike[str], enc: Encoder, extra: dict[str, An
 def load_encoder(path: str | os.PathLike[str]) -> Encoder:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: encoder not found (run `advmix extract`)")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"{path}: encoder not found (run `advmix train-encoder`)")
+    from advmix.files import read_torch
+
+    blob = read_torch(path, "encoder checkpoint", "rerun `advmix train-encoder`")
     if not isinstance(blob, dict) or blob.get("format") != ENCODER_FORMAT:
-        raise ValueError(f"{path}: not an advmix encoder checkpoint")
+        raise ValueError(f"{path}: not an advmix encoder checkpoint; rerun `advmix train-encoder`")
     enc = Encoder(**blob["config"])
     enc.load_state_dict(blob["state_dict"])
     return enc.eval()
@@ -302,42 +304,29 @@ def reconstruction_metrics(real: Tensor, rec: Tensor, probe: nn.Module | None = 
 # The stage
 
 
-def progress_total(p, n_images: int) -> int:
-    """Units `extract` reports: one per encoder step, one per image encoded (and refined)."""
-    return p.encoder_steps + p.encoder_real_steps + n_images
-
-
 @dataclass
 class Inversion:
-    """What `extract` returns."""
+    """What `invert_splits` returns."""
 
-    encoder: Encoder
-    encoder_losses: dict[str, float]  # train_encoder's last losses (mean of the last 50 steps)
     latents: dict[str, np.ndarray]  # split -> float32 N x n_latent x style_dim, in the split's row order
     metrics: dict[str, Any]  # metrics/inversion.json: reconstruction per split (refined and encoder-only), speed
     reconstructions: dict[str, tuple[Tensor, Tensor]]  # split -> (encoder-only, refined) images, for the figure
 
 
-def extract(G, w_avg: Tensor, probe: nn.Module | None, splits: dict[str, np.ndarray], p, seed: int,
-            encoder_images: np.ndarray | None = None, mirror: bool = True, progress: Progress = None) -> Inversion:
-    """Train the encoder on `encoder_images` (default: `splits["train"]`), then invert every split (encoder, then
-    refinement if asked). `p` is an ExtractParams."""
+def invert_splits(G, enc: Encoder, probe: nn.Module | None, splits: dict[str, np.ndarray], p, seed: int,
+                  progress: Progress = None) -> Inversion:
+    """Invert every split with a trained encoder (`train_encoder`), then refine each code if `p.mode` asks.
+    `p` is an ExtractParams."""
     from advmix.images import to_tensor
 
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     real = {name: to_tensor(images) for name, images in splits.items()}
-    if encoder_images is None:
-        encoder_images = splits.get("train", np.zeros((0, G.size, G.size, 3), dtype=np.uint8))
-    enc, losses = train_encoder(G, w_avg, to_tensor(encoder_images), probe,
-                                steps=p.encoder_steps, real_steps=p.encoder_real_steps, batch=p.batch, lr=p.lr,
-                                feature_weight=p.feature_weight, width=p.width, seed=seed, mirror=mirror,
-                                progress=progress)
     enc_codes, enc_recs = {}, {}
     for name, x in real.items():
         enc_codes[name] = encode(enc, x, p.refine_batch)
         enc_recs[name] = synthesize(G, enc_codes[name], p.refine_batch)
-    encoder_seconds = time.perf_counter() - t0
+    encode_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
     codes, recs = {}, {}
     for name, x in real.items():
@@ -356,11 +345,11 @@ def extract(G, w_avg: Tensor, probe: nn.Module | None, splits: dict[str, np.ndar
     for name, x in real.items():
         metrics[name] = {**reconstruction_metrics(x, recs[name], probe),
                          "encoder_only": reconstruction_metrics(x, enc_recs[name], probe)}
-    metrics["images_per_s"] = n / max(encoder_seconds + refine_seconds, 1e-9)
-    metrics["encoder_seconds"] = encoder_seconds
+    metrics["images_per_s"] = n / max(encode_seconds + refine_seconds, 1e-9)
+    metrics["encode_seconds"] = encode_seconds
     metrics["refine_seconds"] = refine_seconds
-    return Inversion(encoder=enc, encoder_losses=losses, latents={k: v.float().numpy() for k, v in codes.items()},
-                     metrics=metrics, reconstructions={k: (enc_recs[k], recs[k]) for k in real})
+    return Inversion(latents={k: v.float().numpy() for k, v in codes.items()}, metrics=metrics,
+                     reconstructions={k: (enc_recs[k], recs[k]) for k in real})
 
 
 def comparison_images(real: Tensor, encoder_only: Tensor, refined: Tensor, n: int = 12) -> Tensor:

@@ -96,6 +96,7 @@ class Plan:
     max_label_change: float  # the perturbation set's bar (mixing.*)
     min_transfer: float
     params_yaml: str  # the resolved params, shown at the end of the page
+    smoke: str | None = None  # why this run is too small to measure an effect (a quick profile, a test), or None
 
 
 @dataclass
@@ -128,7 +129,22 @@ class Inputs:
 
 # The stages before the report. Not the report itself: DVC writes its dvc.lock entry after it renders, so the page
 # would show the previous run's entry.
-UPSTREAM_STAGES = ("prepare", "validate", "probe", "train-gan", "extract", "analyze-layers", "worst-mixes")
+UPSTREAM_STAGES = ("prepare", "validate", "pool", "probe", "train-gan", "train-encoder", "extract", "analyze-layers",
+                   "worst-mixes")
+
+
+# Below either size a run shows that every stage works, not an effect (profiles/quick.yaml, the tests' projects)
+SMOKE_TRAIN_IMAGES, SMOKE_GAN_ITERATIONS = 1000, 500
+
+
+def smoke_reason(p) -> str | None:
+    """Why the params make a smoke run, or None."""
+    reasons = []
+    if p.data.sizes.train < SMOKE_TRAIN_IMAGES:
+        reasons.append(f"{p.data.sizes.train} train images")
+    if p.gan.pretrained is None and p.gan.iterations < SMOKE_GAN_ITERATIONS:
+        reasons.append(f"a GAN of {p.gan.iterations} iterations")
+    return ", ".join(reasons) or None
 
 
 def plan_of(p) -> Plan:
@@ -139,7 +155,7 @@ def plan_of(p) -> Plan:
               *(f"dfr@{b}-{s}" for b in bases for s in seeds)}
     text = yaml.safe_dump(p.to_dict(), sort_keys=False)
     return Plan(p.data.name, float(p.data.rho), runs, frozenset(stages), p.mixing.max_label_change,
-                p.mixing.min_transfer, text)
+                p.mixing.min_transfer, text, smoke_reason(p))
 
 
 def collect(root: Path, plan: Plan, allow_missing: bool = False) -> Inputs:

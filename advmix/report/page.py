@@ -17,7 +17,8 @@ from advmix.results import Metric, metrics_of
 def title(summary: dict[str, Any]) -> str:
     missing = summary.get("missing_runs")
     partial = f" (PARTIAL: {len(missing)} planned runs missing: {', '.join(missing)})" if missing else ""
-    return f"advmix report: {summary['dataset']}, rho = {summary['rho']:g}{partial}"
+    smoke = " (smoke run)" if summary.get("smoke") else ""
+    return f"advmix report{smoke}: {summary['dataset']}, rho = {summary['rho']:g}{partial}"
 
 
 def headline(summary: dict[str, Any]) -> str:
@@ -80,10 +81,18 @@ def perturbation_sentence(pert: dict[str, Any] | None) -> tuple[str, bool]:
             "rarely move the spurious attribute (or change the label); read their numbers with that in mind."), False
 
 
+def smoke_blocks(summary: dict[str, Any]) -> list[Block]:
+    """The warning that a smoke run's numbers measure nothing, first thing under the title."""
+    if not summary.get("smoke"):
+        return []
+    return [Callout(f"Smoke run ({summary['smoke']}): these numbers show that every stage runs and what it writes, "
+                    "not an effect.")]
+
+
 def page_blocks(summary: dict[str, Any], inputs: Inputs, images: dict[str, Image]) -> list[Block]:
     """The whole report. `images`: the report's own figures by name, and the earlier stages' by path."""
     pert_text, meets = perturbation_sentence(summary["perturbation_set"])
-    blocks: list[Block] = [Heading(1, title(summary))]
+    blocks: list[Block] = [Heading(1, title(summary)), *smoke_blocks(summary)]
     if summary["missing_runs"]:
         blocks.append(Callout(f"Partial report: no evaluation of {', '.join(summary['missing_runs'])}."))
     if inputs.validation is None or not inputs.validation["success"]:
@@ -284,7 +293,7 @@ GENERATED_BEGIN, GENERATED_END = "<!-- generated: advmix report --docs -->", "<!
 
 def headline_section(summary: dict[str, Any]) -> list[Block]:
     """README.md's and the Prefect flow's artifact: the sentences and the short table."""
-    blocks: list[Block] = [Para(headline(summary))]
+    blocks: list[Block] = [*smoke_blocks(summary), Para(headline(summary))]
     if (text := controls_sentence(summary)) is not None:
         blocks.append(Para(text))
     return [*blocks, Table(*short_table(summary))]

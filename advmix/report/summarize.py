@@ -39,6 +39,7 @@ def summarize(inputs: Inputs) -> dict[str, Any]:
     return {
         "dataset": inputs.plan.dataset,
         "rho": inputs.plan.rho,
+        "smoke": inputs.plan.smoke,
         "missing_runs": inputs.missing,
         "perturbation_set": perturbation_set(inputs),
         "modes": {mode: mode_entry(group, runs) for mode, group in grouped.items()},

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from advmix.stages import Progress, no_progress
-from advmix.stages.read_data import dataset
+from advmix.stages.read_data import pool
 
 
 @dataclass
 class Probed:
-    metrics: dict[str, float]  # val accuracy per head, as in metrics/probe.json
+    metrics: dict[str, float]  # held-out pool accuracy per head, as in metrics/probe.json
 
     def summary(self) -> str:
         return "\n".join(f"  {k:34s} {v:.4f}" for k, v in self.metrics.items())
@@ -23,13 +23,14 @@ def run(p, progress: Progress = no_progress) -> Probed:
     from advmix.files import atomic_write_json
     from advmix.probes import save_probe, train_probe
 
-    ds = dataset(p)
-    # a measuring instrument learns best where the attributes are independent: in the pool, when there is one
-    # (a probe taught on the skewed train split reads skin tone as part of the smile)
-    pool = ds.split("pool")
-    source = pool if len(pool) else ds.split("train")
-    with progress("probe", p.probe.epochs * max(1, len(source) // p.probe.batch)) as step:
-        model, metrics, _ = train_probe(source, ds.split("val"), p.probe.epochs, p.probe.batch,
+    ds = pool()
+    # a measuring instrument learns best where the attributes are independent: in the pool (a probe taught on the
+    # skewed train split reads skin tone as part of the smile). Its last tenth is held out for the probe's own val:
+    # the probe reads nothing of the labelled splits, so it serves every spurious attribute and rho.
+    n_val = max(1, len(ds) // 10)
+    learn, held = ds.rows(slice(0, len(ds) - n_val)), ds.rows(slice(len(ds) - n_val, len(ds)))
+    with progress("probe", p.probe.epochs * max(1, len(learn) // p.probe.batch)) as step:
+        model, metrics, _ = train_probe(learn, held, p.probe.epochs, p.probe.batch,
                                         p.probe.lr, p.probe.width, p.seed, progress=step)
     save_probe(paths.PROBE, model, ds.images.shape[1], p.probe.width)
     metrics = metrics | {"torch_threads": torch.get_num_threads()}  # the weights depend on it (docs/threads.md)

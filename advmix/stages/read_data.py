@@ -1,4 +1,4 @@
-"""The prepared dataset, refused unless validated, and the split the generator learns from."""
+"""The prepared dataset, refused unless validated, and the unlabelled pool the generator learns from."""
 
 from __future__ import annotations
 
@@ -37,10 +37,15 @@ def dataset(p, validated: bool = True):
     return ds
 
 
-def generator_data(p, ds):
-    """The split the generator and the encoder learn from (`gan.data`); its labels are never read."""
-    part = ds.split(p.gan.data)
-    if not len(part):
-        raise StageError(f"gan.data: the dataset has no {p.gan.data!r} images; set data.sizes.pool > 0 and rerun "
-                         "`advmix prepare`, or set gan.data: train")
-    return part
+def pool():
+    """data/pool/, the unlabelled pool that `advmix pool` wrote from the validated dataset; its labels are read by
+    the probe only (a measuring instrument), never by the generator or the encoder."""
+    from advmix import paths
+    from advmix.data import DatasetError, load_dataset
+
+    if not paths.POOL_DIR.is_dir():
+        raise StageError(f"{paths.POOL_DIR}: missing; run `advmix pool`, which writes it from the validated dataset")
+    try:
+        return load_dataset(paths.POOL_DIR)
+    except DatasetError as exc:
+        raise StageError(f"{exc}; rerun `advmix pool`") from None

@@ -1,5 +1,5 @@
-"""train-gan: StyleGAN2 learnt from `gan.data` (the unlabelled pool by default), or `gan.pretrained` loaded; then
-samples, a style-mixing grid and quality metrics."""
+"""train-gan: StyleGAN2 learnt from the unlabelled pool (data/pool/), or `gan.pretrained` loaded; then samples, a
+style-mixing grid and quality metrics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from advmix.stages import Progress, StageError, no_progress
-from advmix.stages.read_data import dataset, generator_data
+from advmix.stages.read_data import pool
 from advmix.stages.read_probe import check_probe
 from advmix.stages.read_probe import probe as load_probe
 
@@ -39,17 +39,16 @@ def run(p, progress: Progress = no_progress) -> GanTrained | None:
     from advmix.gan.train import GanDivergedError, mixing_grid, quality_metrics, sample_images, train_gan
     from advmix.mixing import layer_groups
 
-    ds = dataset(p)
-    train = generator_data(p, ds)
+    train = pool()
     t0 = time.time()
     if p.gan.pretrained is not None:
         try:
             G, w_avg, _ = checkpoints.load_generator(p.gan.pretrained)
         except (checkpoints.CheckpointError, FileNotFoundError) as exc:
             raise StageError(str(exc)) from None
-        if G.size != ds.images.shape[1]:
+        if G.size != train.images.shape[1]:
             raise StageError(f"gan.pretrained: {p.gan.pretrained} makes {G.size} px images but data.resolution is "
-                             f"{ds.images.shape[1]}")
+                             f"{train.images.shape[1]}")
         figures = {"iterations": 0, "seconds": 0.0, "images_per_s": 0.0, "pretrained": str(p.gan.pretrained)}
         checkpoints.save_generator(paths.GENERATOR, G, {}, w_avg)  # what every later stage reads
     else:
@@ -60,14 +59,14 @@ def run(p, progress: Progress = no_progress) -> GanTrained | None:
             try:
                 run = train_gan(train.images, p.gan, p.seed, paths.GAN_STATE, progress=lambda done, stats: step(
                     completed=done, info=" ".join(f"{k} {v:.3f}" for k, v in stats.items())),
-                    mirror=mirror_invariant(ds.info))
+                    mirror=mirror_invariant(train.info))
             except (BrokenFileError, GanDivergedError) as exc:  # a truncated state or a NaN loss: named, with what to do
                 raise StageError(str(exc)) from None
         if run.rank != 0:
             return None
         G = run.G_ema
         checkpoints.save_generator(paths.GENERATOR, G, run.config, run.w_avg)
-        figures = run.figures() | {"data": p.gan.data, "images": len(train)}
+        figures = run.figures() | {"images": len(train)}
     save_png(grid(sample_images(G, 64, p.seed), ncol=8, scale=max(1, 96 // G.size)), paths.GAN_SAMPLES)
     save_png(mixing_grid(G, layer_groups(G.size)["coarse"], 6, p.seed), paths.GAN_MIXING)
     quality = quality_metrics(G, load_probe(), train, p.gan.eval_samples, p.seed)
