@@ -1,5 +1,6 @@
-"""A project folder as `advmix run` and the Prefect flow see it: checked before anything starts, and its stages in
-the order they run. Imports no Prefect, so that a refused run costs no server start and leaves no log handler."""
+"""A project folder as `advmix run`, the Prefect flow and `advmix demo` see it: checked before anything starts, its
+stages in the order they run, and a run of them inside one process. Imports no Prefect, so that a refused run costs
+no server start and leaves no log handler."""
 
 from __future__ import annotations
 
