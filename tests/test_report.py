@@ -349,6 +349,15 @@ def test_the_generated_sections_are_rewritten_between_their_markers(built, tmp_p
         assert "AdvMix's test_balanced error is 40.0% lower than nominal's" in text
     assert "| nominal | 0.300 | 0.200 |" in results.read_text()  # test_balanced error per seed
     assert "| nominal | 0.300 | 0.200 |" not in readme.read_text()  # README: the headline only
+    # the benchmark section: the default and each experiment report of the current schema, one row each
+    experiment = root / "reports" / "experiments" / "glasses"
+    experiment.mkdir(parents=True)
+    (experiment / "summary.json").write_text((root / "metrics" / "summary.json").read_text())
+    results.write_text(results.read_text() + f"{page.VARIANTS_BEGIN}\nold\n{page.GENERATED_END}\ntail\n")
+    report.rewrite_docs(plan(), [results])
+    variants = results.read_text().split(page.VARIANTS_BEGIN, 1)[1]
+    assert "old" not in variants and variants.endswith("\ntail\n") and "| nominal | 0.300 | 0.200 |" in results.read_text()
+    assert "| default | " in variants and "| glasses | " in variants and "AdvMix vs colorjitter" in variants
     readme.write_text("no markers\n")
     with pytest.raises(report.ReportError, match="markers"):
         report.rewrite_docs(plan(), [results, readme])
@@ -371,6 +380,11 @@ def test_readme_and_docs_results_quote_the_committed_metrics():
         text = (root / doc).read_text()
         generated = text.split(page.GENERATED_BEGIN, 1)[1].split(page.GENERATED_END, 1)[0].strip("\n")
         assert generated == markdown(blocks).strip("\n"), doc
+    # the benchmark table: the default beside every committed experiment of the current schema
+    variants = {"default": summary} | report.experiment_summaries(root)
+    text = (root / "docs" / "results.md").read_text()
+    generated = text.split(page.VARIANTS_BEGIN, 1)[1].split(page.GENERATED_END, 1)[0].strip("\n")
+    assert generated == markdown(page.variants_section(variants)).strip("\n")
 
 
 def test_the_report_embeds_only_files_that_a_stage_of_the_plan_writes_and_it_declares():

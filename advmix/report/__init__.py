@@ -30,7 +30,15 @@ from advmix.paths import (
 )
 from advmix.report import plots
 from advmix.report.collect import STAGE_FIGURES, Inputs, ReportError, collect, plan_of, read_json, read_runs
-from advmix.report.page import headline_section, page_blocks, replace_generated, results_section, title
+from advmix.report.page import (
+    VARIANTS_BEGIN,
+    headline_section,
+    page_blocks,
+    replace_generated,
+    results_section,
+    title,
+    variants_section,
+)
 from advmix.report.render import Image, html_page, markdown
 from advmix.report.summarize import summarize
 
@@ -82,6 +90,20 @@ def images(summary: dict[str, Any], inputs: Inputs, folder: Path) -> dict[str, I
     return out
 
 
+# committed reports of DVC experiments, one folder each (docs/results.md says how each was made)
+EXPERIMENT_REPORTS = REPORTS / "experiments"
+
+
+def experiment_summaries(root: Path) -> dict[str, dict]:
+    """The summary.json of each committed experiment report that has the current schema (its `comparisons`)."""
+    found = {}
+    for path in sorted((root / EXPERIMENT_REPORTS).glob("*/summary.json")):
+        summary = read_json(path)
+        if isinstance(summary, dict) and isinstance(summary.get("comparisons"), dict):
+            found[path.parent.name] = summary
+    return found
+
+
 def rewrite_docs(p, docs: list[Path], root: Path = Path(".")) -> None:
     """The generated sections of README.md (the headline) and of docs/results.md (the results), from
     metrics/summary.json and the planned runs' eval files; every file is checked before any is written."""
@@ -93,5 +115,8 @@ def rewrite_docs(p, docs: list[Path], root: Path = Path(".")) -> None:
     for doc in docs:
         section = headline_section(summary) if doc.name == "README.md" else results_section(summary, runs)
         texts[doc] = replace_generated(doc, markdown(section))
+        if VARIANTS_BEGIN in texts[doc]:  # the benchmark: the default beside every committed experiment
+            variants = {"default": summary} | experiment_summaries(root)
+            texts[doc] = replace_generated(doc, markdown(variants_section(variants)), VARIANTS_BEGIN, texts[doc])
     for doc, text in texts.items():
         atomic_write_bytes(doc, text.encode())

@@ -333,10 +333,46 @@ def results_section(summary: dict[str, Any], runs: list[Run]) -> list[Block]:
             Table(*selection_table(summary["selection"]))]
 
 
-def replace_generated(doc: Path, section: str) -> str:
-    """`doc`'s text with the part between GENERATED_BEGIN and GENERATED_END replaced by `section`."""
-    text = doc.read_text()
-    if GENERATED_BEGIN not in text or GENERATED_END not in text:
-        raise ReportError(f"{doc}: expected the markers {GENERATED_BEGIN} and {GENERATED_END} around the section")
-    head, rest = text.split(GENERATED_BEGIN, 1)
-    return f"{head}{GENERATED_BEGIN}\n{section}{GENERATED_END}{rest.split(GENERATED_END, 1)[1]}"
+def replace_generated(doc: Path, section: str, begin: str = GENERATED_BEGIN, text: str | None = None) -> str:
+    """`doc`'s text (or `text`) with the part between `begin` and the next GENERATED_END replaced by `section`."""
+    text = doc.read_text() if text is None else text
+    if begin not in text or GENERATED_END not in text.split(begin, 1)[1]:
+        raise ReportError(f"{doc}: expected the markers {begin} and {GENERATED_END} around the section")
+    head, rest = text.split(begin, 1)
+    return f"{head}{begin}\n{section}{GENERATED_END}{rest.split(GENERATED_END, 1)[1]}"
+
+
+# ---------------------------------------------------------------- the benchmark across variants (docs/results.md)
+
+VARIANTS_BEGIN = "<!-- generated: advmix report --docs (variants) -->"
+VARIANT_CONTROLS = ("nominal", "randmix", "colorjitter", "huejitter")  # what AdvMix is compared with per variant
+
+
+def variants_section(variants: dict[str, dict[str, Any]]) -> list[Block]:
+    """One row per variant (its name -> its summary.json): the nuisance, the perturbation set on inverted real
+    faces, AdvMix against nominal and each label-free control with seed-paired CIs, and which tool fits; then
+    each mode's test_balanced error and worst group per variant."""
+    head = ["variant", "spurious, rho", "perturbation set: rows, label change, transfer",
+            *(f"AdvMix vs {c}" for c in VARIANT_CONTROLS), "which tool"]
+    rows, modes_rows = [], []
+    for name, summary in variants.items():
+        pert = summary["perturbation_set"]
+        set_text = (f"{'-'.join(map(str, pert['layers']))}, {pert['label_change']:.1%}, "
+                    f"{pert['spurious_transfer']:.1%}{'' if pert['meets_bar'] else ' (below the bar)'}"
+                    if pert else "n/a")
+        cells = []
+        for control in VARIANT_CONTROLS:
+            c = summary["comparisons"].get(f"{METHOD}_vs_{control}")
+            ci = c and c["relative_error_reduction_ci"]
+            cells.append(f"{c['relative_error_reduction']:+.1%} [{ci[0]:+.1%}, {ci[1]:+.1%}]" if ci else "not run")
+        tool = tool_sentence(summary)
+        rows.append([name, f"{pert['spurious'] if pert else '?'}, {summary['rho']:g}", set_text, *cells,
+                     "n/a" if tool is None else tool.split(". ")[0].removeprefix("Which tool: ")])
+        for mode, figures in summary["modes"].items():
+            balanced = figures.get("test_balanced", {})
+            if "error" in balanced:
+                modes_rows.append([name, mode, f"{balanced['error']:.3f} ± {balanced['error_std']:.3f}",
+                                   f"{balanced['worst_group_acc']:.3f} ± {balanced['worst_group_acc_std']:.3f}"])
+    return [Table(head, rows), Para("AdvMix against each mode: how much lower AdvMix's test_balanced error is, "
+                                    "relative to the other's, with its seed-paired 95% interval."),
+            Table(["variant", "mode", "test_balanced error", "worst-group acc"], modes_rows)]
