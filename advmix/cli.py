@@ -22,7 +22,7 @@ app = typer.Typer(help="advmix: adversarial mixing with disentangled representat
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file", dir_okay=False)]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="override a param: -S data.rho=0.9")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="training seed of the classifier (default: `seed`)")]
-NO_TORCH = ("params", "prepare", "validate", "run", "sweep")  # run and sweep start advmix processes that count
+NO_TORCH = ("params", "check-params", "prepare", "validate", "run", "sweep")  # run and sweep start advmix processes that count
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -58,12 +58,26 @@ def _run(command: str, module: str, params: Path, set_: list[str] | None, *args)
     from advmix.stages import StageError
 
     stage = importlib.import_module(f"advmix.stages.{module}")
-    done = _clean(lambda: stage.run(_load(params, set_, command), *args), StageError)
+    done = _clean(lambda: stage.run(_writable(command, _load(params, set_, command), args), *args), StageError)
     if done is not None:
         typer.echo(done.summary())
     if getattr(done, "warning", None):
         typer.echo(f"warning: {done.warning}", err=True)
     return done
+
+
+def _writable(command: str, p, args: tuple):
+    """`p`, once every output of `command` is known to be writable (StageError naming the read-only one)."""
+    from advmix.writes import check_writable, stage_outputs
+
+    if command == "report" and args[1]:  # --docs: only those files are rewritten
+        targets = list(args[1])
+    elif command in ("train", "evaluate", "dfr"):
+        targets = stage_outputs(command, p, *args[:2])
+    else:
+        targets = stage_outputs(command, p)
+    check_writable(command, targets)
+    return p
 
 
 def _mode(mode: str, refits: bool = False) -> str:
@@ -91,6 +105,10 @@ def params_cmd(
     if not write:
         typer.echo(text, nl=False)
         return
+    from advmix.stages import StageError
+    from advmix.writes import check_writable
+
+    _clean(lambda: check_writable("params --write", [params]), StageError)
     atomic_write_bytes(params, text.encode())
     typer.echo(f"wrote {params}: {profile or params}{' with ' + ', '.join(set_) if set_ else ''}", err=True)
 
@@ -103,6 +121,13 @@ def _plain_stage(name: str, module: str, doc: str, progress: bool = True) -> Non
 
     command.__doc__ = doc
     app.command(name)(command)
+
+
+@app.command("check-params")
+def check_params_cmd(params: ParamsOpt = paths.PARAMS) -> None:
+    """Check the params file (every section present, every value valid): the pipeline's first stage, so that a bad
+    edit stops `dvc repro` before DVC removes any stage's outputs."""
+    _run("check-params", "check_params", params, None, params)
 
 
 _plain_stage("prepare", "prepare", "Build the dataset named by data.name into data/<name>/.")

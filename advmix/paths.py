@@ -21,6 +21,9 @@ SCRATCH = Path(".advmix")  # resumable training states: no DVC output, ignored b
 DATASET_IMAGES, DATASET_MANIFEST, DATASET_INFO = "images.npy", "manifest.csv", "info.json"
 
 
+PARAMS_CHECKED = RESULTS / "params-checked"  # check-params' output: prepare depends on it, so DVC runs that check first
+
+
 def dataset_dir(name: str, root: Path = Path(".")) -> Path:
     return root / DATA / name
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from advmix import paths
 
-VALIDATION_STAGES = frozenset({"validate"})  # never retried; a failure stops the flow
+GUARD = "check-params"  # the stage every other one is downstream of (advmix/stages/check_params.py)
+VALIDATION_STAGES = frozenset({GUARD, "validate"})  # never retried; a failure stops the flow
 RAN = re.compile(r"^Running stage '(?P<stage>[^']+)'")  # how `dvc repro` says it runs a stage
 
 
@@ -27,23 +28,16 @@ class PipelineFailed(ProjectError):
 
 
 def check_project(root: str | Path) -> None:
-    """Refuse, before any stage runs, a folder on which `dvc repro` would fail midway.
-
-    advmix fills a missing params section with its defaults, but DVC reads every declared key from params.yaml
-    itself, fails inside the stage, and deletes that stage's earlier outputs on the way."""
-    import yaml
-
-    from advmix.params import Params
+    """Refuse, before any stage runs, a folder on which `dvc repro` would fail midway."""
+    from advmix.stages.check_params import MissingSection, check_sections
 
     root = Path(root)
     if not (root / paths.DVC_YAML).is_file():
         raise ProjectError(f"{root}: no dvc.yaml; run `advmix run` from the project folder")
-    path = root / paths.PARAMS
-    raw = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}
-    missing = [f.alias or name for name, f in Params.model_fields.items() if (f.alias or name) not in raw]
-    if missing:
-        raise ProjectError(f"{path}: no {', '.join(missing)} section (DVC reads every key from the file); "
-                           "run `advmix params --write` to write the defaults in")
+    try:
+        check_sections(root / paths.PARAMS)
+    except MissingSection as exc:
+        raise ProjectError(str(exc)) from None
 
 
 def list_stages(root: str | Path = ".") -> list[str]:
@@ -63,11 +57,11 @@ def list_stages(root: str | Path = ".") -> list[str]:
 
 
 def select_stages(available: list[str], wanted: list[str] | None) -> list[str]:
-    """The stages named in `wanted` (a group name such as `train` means all `train@*`), in DAG order; ProjectError
-    for a name dvc.yaml does not have."""
+    """The stages named in `wanted` (a group name such as `train` means all `train@*`), in DAG order, after
+    check-params, which guards every stage; ProjectError for a name dvc.yaml does not have."""
     if not wanted:
         return list(available)
-    chosen: set[str] = set()
+    chosen: set[str] = {GUARD} & set(available)
     for name in wanted:
         matches = [s for s in available if s == name or s.split("@", 1)[0] == name]
         if not matches:

@@ -60,7 +60,8 @@ def image_frame(ds: Dataset) -> pd.DataFrame:
     frame["img_hash"] = image_digests(ds.images)
     frame["hash_splits"] = frame.groupby("img_hash")["split"].transform("nunique").astype(int)
     spur = ds.info.get("spurious")
-    if spur in frame.columns:  # the group Group DRO and worst-group accuracy read, as the data defines it
+    if {spur, "label"} <= set(frame.columns):  # the group Group DRO and worst-group accuracy read, as the data defines it
+        # (a missing column is named by the required_columns expectation)
         frame["group_expected"] = group_of(frame["label"], frame[spur], len(ds.info["attributes"][spur]))
     return frame
 
@@ -101,6 +102,37 @@ def split_frame(ds: Dataset, params: Params) -> pd.DataFrame:
             row["agreement_error"] = row["group_share_error"] = np.nan
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# what each failed expectation means, in words; `<attribute>_set` and `<attribute>_present` are spelled per attribute
+MEANING = {
+    "required_columns": "manifest.csv lacks a column",
+    "unique_ids": "an image id is listed twice",
+    "ids_present": "an image has no id",
+    "split_names": "a split name is unknown",
+    "label_type": "a label is not an integer",
+    "label_set": "a label is outside 0..n_classes-1",
+    "group_type": "a group is not an integer",
+    "no_image_in_two_splits": "the same image is in several splits",
+    "image_contrast": "images are too flat (pixel std below validate.min_pixel_std)",
+    "image_brightness": "images are too dark or too bright (mean outside validate.mean_range)",
+    "image_saturation": "images are saturated (share of 0/255 pixels above validate.max_saturated)",
+    "rows_match_images": "manifest rows do not match images.npy (rows shuffled or images replaced)",
+    "group_is_label_x_spurious": "a group is not label x spurious attribute",
+    "split_sizes": "a split's size differs from data.sizes",
+    "spurious_agreement_rho": "a split's label/spurious agreement is off data.rho by more than validate.rho_tolerance",
+    "spurious_agreement_computable": "a split's label/spurious agreement cannot be computed",
+    "balanced_groups": "a balanced split's groups are not equal in size (validate.balance_tolerance)",
+    "pool_label_independent": "the pool's attribute is not independent of the label (validate.pool_tolerance)",
+}
+
+
+def meaning(name: str) -> str:
+    """The failed expectation `name` in words."""
+    if name in MEANING:
+        return MEANING[name]
+    attribute, _, kind = name.rpartition("_")
+    return {"set": f"a {attribute} value is unknown", "present": f"a {attribute} value is missing"}.get(kind, name)
 
 
 def _named(expectation, name: str):

@@ -130,6 +130,41 @@ def test_repro_completes_for_seeds_without_the_upstream_seed_and_modes_without_a
     assert not any(d["path"].startswith("models/") for d in lock["report"]["deps"])
 
 
+def outputs(root: Path) -> dict[str, str]:
+    """md5 of every file the stages wrote (the scratch states aside)."""
+    return {f.relative_to(root).as_posix(): md5(f) for folder in ("data", "models", "metrics", "results", "reports")
+            for f in (root / folder).rglob("*") if f.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key,value,says", [
+    ("data.rho", 1.5, "data.rho: input should be less than or equal to 1"),
+    ("seed", -1, "seed: input should be greater than or equal to 0"),
+    ("train.seeds", [], "train.seeds"),
+    ("train.modes", ["nominal", "advmixx"], "train.modes.1: input should be"),  # DVC alone: "train.advmixx missing"
+    ("train.epochs", 0, "train.epochs: input should be greater than or equal to 1"),  # a key only late stages read
+])
+def test_a_bad_params_edit_stops_repro_before_dvc_removes_any_output(project, key, value, says):
+    """check-params runs first (every stage is downstream of it), so no stage's outputs are deleted; with the edit
+    undone, DVC sees the project as it was."""
+    root, env = project
+    path = root / "params.yaml"
+    good = path.read_text()
+    tree = yaml.safe_load(good)
+    section, _, leaf = key.rpartition(".")
+    (tree[section] if section else tree)[leaf] = value
+    before, status = outputs(root), dvc(root, env, "status").stdout
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    try:
+        res = dvc(root, env, "repro")
+    finally:
+        path.write_text(good)
+    assert res.returncode != 0 and says in res.stdout + res.stderr, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "Traceback" not in res.stdout + res.stderr
+    assert outputs(root) == before
+    assert dvc(root, env, "status").stdout == status
+
+
 @pytest.mark.slow
 def test_another_spurious_attribute_or_rho_keeps_the_pool_probe_generator_and_encoder(tmp_path):
     """One generator for many tasks: a variant of the labelled splits reruns prepare, validate, pool (which writes

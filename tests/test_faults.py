@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -21,7 +22,7 @@ from test_validate import group_disagrees, label_outside_set, rows_shuffled_agai
 from typer.testing import CliRunner
 
 from advmix.cli import app
-from advmix.data import load_dataset
+from advmix.data import load_dataset, save_dataset
 
 PARAMS = {
     **TINY_UPSTREAM,
@@ -90,6 +91,21 @@ def fails(root: Path, args: list[str], code: int, *needles: str) -> str:
         with open(os.environ["ADVMIX_FAULT_TABLE"], "a") as table:
             case = os.environ["PYTEST_CURRENT_TEST"].split("::")[-1].removesuffix(" (call)")
             table.write(f"| {case} | `advmix {' '.join(args)}` | {code} | {errors[0].replace('|', '/')} |\n")
+    return errors[0]
+
+
+def as_user(root: Path, args: list[str], code: int, *needles: str) -> str:
+    """`fails`, for `advmix <args>` run in a process of its own without root's right to write anywhere: as root,
+    inside a user namespace (`unshare --user`), where a folder's mode binds root too."""
+    before = outputs(root)
+    prefix = ["unshare", "--user"] if os.geteuid() == 0 else []
+    cli = [sys.executable, "-c", "from advmix.cli import app; app()"]
+    res = subprocess.run([*prefix, *cli, *args], cwd=root, capture_output=True, text=True, check=False)
+    assert res.returncode == code, res.stdout + res.stderr
+    errors = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and all(n in errors[0] for n in needles), res.stdout + res.stderr
+    assert "Traceback" not in res.stdout + res.stderr and "epoch" not in res.stderr  # refused before any work
+    assert outputs(root) == before
     return errors[0]
 
 
@@ -341,3 +357,92 @@ def test_run_refuses_a_params_file_without_a_section_before_dvc_starts(project):
     assert res.returncode == 0 and res.stdout.strip() == "False", res.stdout + res.stderr
     assert invoke("params", "--write").exit_code == 0  # the fix the message names
     assert "probe" in yaml.safe_load(path.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("read_only,args,names", [
+    ("models", ["probe"], "models/probe.pt"),
+    ("metrics/train", ["train", "--mode", "nominal"], "metrics/train/nominal-s0.json"),
+    ("metrics", ["validate"], "metrics/validation.json"),
+    ("params.yaml", ["params", "--write"], "params.yaml"),
+])
+def test_a_read_only_output_is_named_before_any_work(project, read_only, args, names):
+    if os.geteuid() == 0 and subprocess.run(["unshare", "--user", "true"], check=False).returncode:
+        pytest.skip("root without user namespaces: a folder's mode does not bind root")
+    target = project / read_only
+    target.chmod(0o555 if target.is_dir() else 0o444)
+    try:
+        as_user(project, args, 1, f"{read_only}: read-only", names, f"chmod u+w {read_only}")
+    finally:
+        target.chmod(0o755 if target.is_dir() else 0o644)
+
+
+@pytest.mark.slow
+def test_a_manifest_without_its_label_column_is_named(project):
+    manifest = project / "data" / "synthfaces" / "manifest.csv"
+    frame = pd.read_csv(manifest)
+    frame.drop(columns=["label"]).to_csv(manifest, index=False)
+    res = invoke("validate")
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert "FAILED required_columns: manifest.csv lacks a column" in res.output and "'label'" in res.output
+
+
+@pytest.mark.slow
+def test_the_same_image_in_two_splits_is_said_in_words(project):
+    folder = project / "data" / "synthfaces"
+    ds = load_dataset(folder)
+    val = np.flatnonzero(ds.manifest.split == "val")[:3]
+    train = np.flatnonzero(ds.manifest.split == "train")[:3]
+    ds.images[val] = ds.images[train]
+    ds.manifest.loc[val, "image_sha1"] = ds.manifest.loc[train, "image_sha1"].to_numpy()
+    save_dataset(folder, ds)
+    res = invoke("validate")
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert "FAILED no_image_in_two_splits: the same image is in several splits" in res.output
+
+
+def folder_project(project: Path, edit) -> None:
+    """A Waterbirds-layout folder dataset beside the project, `edit`ed, and params that point data.folder at it."""
+    from test_folder import SIZES, make_waterbirds
+
+    root = make_waterbirds(project / "birds")
+    edit(root)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"] = {**params["data"], "name": "folder", "rho": 0.75, "resolution": 16, "sizes": SIZES,
+                      "folder": {"root": str(root)}}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def header_only(root: Path) -> None:
+    (root / "metadata.csv").write_text((root / "metadata.csv").read_text().splitlines()[0] + "\n")
+
+
+def listed_twice(root: Path) -> None:
+    meta = pd.read_csv(root / "metadata.csv")
+    twin = meta.iloc[[0]].assign(y=1 - meta.y.iloc[0])
+    pd.concat([meta, twin]).to_csv(root / "metadata.csv", index=False)
+
+
+def bomb(root: Path) -> None:
+    """Every image declares 30000 x 30000 px in its PNG header (PIL checks the size before decoding)."""
+    import struct
+    import zlib
+
+    for png in root.rglob("*.png"):
+        data = bytearray(png.read_bytes())
+        header = b"IHDR" + struct.pack(">II", 30000, 30000) + bytes(data[24:29])
+        data[12:29] = header
+        data[29:33] = struct.pack(">I", zlib.crc32(header))
+        png.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edit,needles", [
+    (header_only, ("metadata.csv: no rows, only a header", "one image per row")),
+    (listed_twice, ("metadata.csv: '000.bird/img_0000.png' is listed on lines 2 and", "y=0, y=1", "list each image once")),
+    (bomb, ("too large to read", "900000000 pixels", "downscale it")),
+])
+def test_a_broken_folder_dataset_is_named(project, edit, needles):
+    folder_project(project, edit)
+    fails(project, ["prepare"], 1, *needles)
+

@@ -172,7 +172,8 @@ def test_flow_runs_each_stage_as_a_task_and_publishes_metrics(flow_run):
     assert metrics["success"] is True and metrics["evaluated"] > 0
 
     runs = _task_runs(state)
-    assert {"prepare", "validate"} <= set(runs), sorted(runs)
+    assert {"check-params", "prepare", "validate"} <= set(runs), sorted(runs)  # the guard runs before any selection
+    assert runs["check-params"].end_time <= runs["prepare"].start_time
     assert all(runs[s].state.is_completed() and runs[s].run_count == 1 for s in ("prepare", "validate"))
     assert runs["prepare"].start_time < runs["validate"].start_time  # one after another, in DAG order
     assert {"prepare", "validate"} <= set(yaml.safe_load((root / "dvc.lock").read_text())["stages"])
@@ -210,7 +211,7 @@ def test_failed_validation_fails_the_flow_at_once(flow_run, tmp_path):
     assert runs["validate"].state.is_failed() and runs["validate"].run_count == 1  # no retry
     assert runs["prepare"].state.is_completed()
     assert "after-validate" not in runs and not (root / "marker.txt").exists()
-    assert set(runs) == {"prepare", "validate"} | {n for n in runs if n.startswith("apply-params")}
+    assert set(runs) == {"check-params", "prepare", "validate"} | {n for n in runs if n.startswith("apply-params")}
     assert yaml.safe_load((root / "params.yaml").read_text())["validate"]["min_pixel_std"] == 0.9  # left applied
 
     assert "FAILED image_contrast" in _log_text(state, "FAILED image_contrast")
@@ -275,10 +276,11 @@ def test_stage_selection_and_what_is_transient():
     from advmix.project import ProjectError, select_stages
     from flows.pipeline import StageFailed, is_transient
 
-    stages = ["prepare", "validate", "train@nominal-0", "train@advmix-0", "report"]
+    stages = ["check-params", "prepare", "validate", "train@nominal-0", "train@advmix-0", "report"]
     assert select_stages(stages, None) == stages
-    assert select_stages(stages, ["report", "train"]) == ["train@nominal-0", "train@advmix-0", "report"]
-    with pytest.raises(ProjectError, match="--stage 'trian': no such stage; dvc.yaml has prepare, report, train, "):
+    assert select_stages(stages, ["report", "train"]) == ["check-params", "train@nominal-0", "train@advmix-0", "report"]
+    with pytest.raises(ProjectError, match="--stage 'trian': no such stage; dvc.yaml has check-params, prepare, "
+                                           "report, train, "):
         select_stages(stages, ["trian"])
     lock_line = "ERROR: Unable to acquire lock. Most likely another DVC process is running or was terminated abruptly."
     locked = StageFailed("train@nominal-0", 1, ["Running stage 'x'", lock_line])

@@ -53,3 +53,21 @@ def test_dvc_yaml_declares_every_spelled_path(declared):
 
     missing = [str(f) for f in spelled() - NOT_IN_DVC if not covered(f) and paths.SCRATCH not in f.parents]
     assert sorted(missing) == []
+
+
+def test_writes_names_every_out_of_every_stage():
+    """advmix/writes.py's table, which `advmix <stage>` checks before any work, holds each stage's declared outs (and
+    may add the scratch states)."""
+    from dvc.repo import Repo
+
+    from advmix.writes import stage_outputs
+
+    p = load_params(ROOT / "params.yaml")
+    with Repo(str(ROOT)) as repo:
+        stages = [(s.addressing, {Path(os.path.relpath(o.fs_path, ROOT)) for o in s.outs}) for s in repo.index.stages]
+    for address, outs in stages:
+        group, _, item = address.partition("@")
+        mode, _, seed = item.rpartition("-")
+        listed = set(stage_outputs(group, p, mode, int(seed)) if item else stage_outputs(group, p))
+        assert outs <= listed, (address, sorted(map(str, outs - listed)))
+        assert all(paths.SCRATCH in f.parents for f in listed - outs), (address, sorted(map(str, listed - outs)))

@@ -1,5 +1,6 @@
 """`dvc repro` of the real dvc.yaml in a temporary git repo, and the CLI's import discipline."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import UPSTREAM
+from conftest import TINY_SIZES, TINY_UPSTREAM, UPSTREAM
 from test_validate import zero_image
 
 from advmix.data import load_dataset, save_dataset
@@ -130,3 +131,25 @@ def test_same_outputs_compares_locks_by_md5_and_metrics_by_key():
                      "new": 1}}
     assert bench.metric_differences(before, before) == {}
     assert bench.metric_differences(before, after) == {"run.new": ("<absent>", 1), "run.pgd.1": (0.4, 0.3)}
+
+
+@pytest.mark.slow
+def test_colordigits_completes_every_stage_with_the_default_modes_and_dfr_bases(tmp_path):
+    """The second embedded dataset (ten classes, a hundred groups) at tiny sizes: every default mode trains and is
+    evaluated, DFR refits its default bases, and the report gives a worst-group figure that carries information."""
+    params = {**TINY_UPSTREAM, "data": {**TINY_UPSTREAM["data"], "name": "colordigits",
+                                        "sizes": {**TINY_SIZES, "train": 100, "val": 40, "test_balanced": 100}},
+              "train": {"seeds": [0], "epochs": 1, "batch": 8, "width": 8, "jtt": {"epochs_first": 1}},
+              "dfr": {"subsets": 2},
+              "evaluate": {"robust_images": 8, "partners_k": 2, "steps": 1, "linf_steps": 1, "worst_mixes": 4}}
+    env = make_project(tmp_path, params)
+    for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "start"]):  # dvclive in `advmix train` needs a commit
+        subprocess.run(cmd, cwd=tmp_path, env=env, check=True)
+    p = parse_params(params)
+    repro_in_process(tmp_path, None)
+    summary = json.loads((tmp_path / "metrics" / "summary.json").read_text())
+    planned = [*p.train.modes, *(f"dfr_{b}" for b in p.dfr.bases)]
+    assert sorted(summary["modes"]) == sorted(planned) and not summary["missing_runs"]
+    assert summary["worst_figure"]["key"] == "worst_class_acc"  # 100 groups of about one test image each
+    assert any(summary["modes"][m]["test_balanced"]["worst_class_acc"] > 0 for m in planned)
+    assert "worst-class accuracy" in (tmp_path / "reports" / "summary.md").read_text()

@@ -141,7 +141,8 @@ def test_cli_exit_codes_and_outputs(good, tmp_path, monkeypatch):
     save_dataset(tmp_path / "data" / "synthfaces", bad)
     res = runner.invoke(app, ["validate"])
     assert res.exit_code == 1
-    assert "FAILED label_set (expect_column_values_to_be_in_set, column label)" in res.output
+    assert ("FAILED label_set: a label is outside 0..n_classes-1 (expect_column_values_to_be_in_set, column label)"
+            in res.output)
     import json
 
     metrics = json.loads((tmp_path / "metrics" / "validation.json").read_text())

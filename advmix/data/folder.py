@@ -42,6 +42,8 @@ def read_metadata(cfg: FolderParams) -> tuple[pd.DataFrame, Path]:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: not a readable CSV ({exc})") from None
+    if frame.empty:
+        raise DatasetError(f"{path}: no rows, only a header; list one image per row")
     for key in ("file", "label", "spurious"):
         column = getattr(cfg, key)
         if column not in frame.columns:
@@ -57,6 +59,14 @@ def read_metadata(cfg: FolderParams) -> tuple[pd.DataFrame, Path]:
         if frame[column].isna().any():
             raise DatasetError(f"{path}: column {column!r} has {int(frame[column].isna().sum())} empty cell(s); "
                                "fill or drop those rows")
+    repeated = frame[frame[cfg.file].duplicated(keep=False)]
+    if len(repeated):  # the same image under two labels (or twice in a split) would be a wrong or a leaked example
+        file = repeated[cfg.file].iloc[0]
+        rows = repeated[repeated[cfg.file] == file]
+        lines = " and ".join(str(i + 2) for i in rows.index[:2])  # line 1 is the header
+        values = ", ".join(f"{cfg.label}={v!r}" for v in rows[cfg.label].iloc[:2])
+        raise DatasetError(f"{path}: {file!r} is listed on lines {lines} ({values}); list each image once "
+                           f"({repeated[cfg.file].nunique()} image(s) are listed more than once)")
     return frame, path
 
 
@@ -124,6 +134,9 @@ def build(params: DataParams, seed: int, progress=None) -> Dataset:
                 images[row] = _square_resize(img, params.resolution)
         except OSError as exc:  # PIL's UnidentifiedImageError and truncated files included
             raise DatasetError(f"{image_path}: cannot read image ({exc})") from None
+        except Image.DecompressionBombError as exc:  # PIL refuses to decode it: a corrupt size field, or a huge image
+            raise DatasetError(f"{image_path}: too large to read ({str(exc).split(', could be')[0]}); "
+                               "downscale it") from None
         if progress is not None:
             progress(1)
     idx = [i for _, i in chosen]

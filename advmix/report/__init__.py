@@ -40,7 +40,7 @@ from advmix.report.page import (
     variants_section,
 )
 from advmix.report.render import Image, html_page, markdown
-from advmix.report.summarize import summarize
+from advmix.report.summarize import summarize, worst_of
 
 __all__ = ["ReportError", "build_report", "rewrite_docs"]
 SUMMARY_FOREST = SUMMARY_DIR / "forest.png"
@@ -65,7 +65,7 @@ def build_report(p, root: Path = Path("."), allow_missing: bool = False) -> dict
 
 def images(summary: dict[str, Any], inputs: Inputs, folder: Path) -> dict[str, Image]:
     """The report's own figures drawn into `folder` (reports/summary/), then the earlier stages' ones."""
-    own = (("forest", "Effect with 95% intervals", SUMMARY_FOREST, plots.forest(summary["comparisons"]),
+    own = (("forest", "Effect with 95% intervals", SUMMARY_FOREST, plots.forest(summary["comparisons"], worst_of(summary)["name"]),
             "fewer than two paired seeds"),
            ("by_group", "Accuracy per group on test_balanced", SUMMARY_BY_GROUP, plots.by_group(inputs.runs),
             "no by_group.csv with test_balanced rows"),

@@ -205,7 +205,20 @@ def read_runs(root: Path, planned: frozenset[tuple[str, int]]) -> list[Run]:
     runs = [read_run(p) for p in paths]
     for run in runs:
         run.by_group = read_by_group(root / eval_by_group(run.mode, run.seed))
+        for split, worst in worst_class_acc(run.by_group).items():
+            if split in run.splits:
+                run.splits[split]["worst_class_acc"] = worst
     return sorted(runs, key=lambda r: (mode_rank(r.mode), r.seed))
+
+
+def worst_class_acc(by_group: pd.DataFrame | None) -> dict[str, float]:
+    """Per split, the accuracy of the class the model gets most wrong (its groups '<class>/...' pooled by size)."""
+    if by_group is None:
+        return {}
+    frame = by_group.assign(cls=by_group["group"].astype(str).str.split("/").str[0],
+                            right=by_group["acc"] * by_group["n"])
+    totals = frame.groupby(["split", "cls"])[["right", "n"]].sum()
+    return (totals["right"] / totals["n"]).groupby(level="split").min().astype(float).to_dict()
 
 
 def read_run(path: Path) -> Run:

@@ -10,7 +10,18 @@ from typing import Any
 
 from advmix.report.collect import Inputs, ReportError, Run
 from advmix.report.render import Block, Callout, Heading, Image, Para, Pre, Table
-from advmix.report.summarize import METHOD, REFERENCE, RULE_TEXT, by_mode, mean_std, run_metrics, splits_of, values
+from advmix.report.summarize import (
+    METHOD,
+    REFERENCE,
+    RULE_TEXT,
+    WORST_FIGURES,
+    by_mode,
+    mean_std,
+    run_metrics,
+    splits_of,
+    values,
+    worst_of,
+)
 from advmix.results import Metric, metrics_of
 
 
@@ -35,7 +46,7 @@ def headline(summary: dict[str, Any]) -> str:
     g, (glo, ghi) = c["worst_group_gain"], c["worst_group_gain_ci"]
     direction = "lower" if r >= 0 else "higher"
     return (f"**AdvMix's test_balanced error is {abs(r):.1%} {direction} than nominal's** (95% CI {lo:+.1%} to "
-            f"{hi:+.1%} over {len(c['paired_seeds'])} paired seeds): {noise(lo, hi)}. Its worst-group accuracy "
+            f"{hi:+.1%} over {len(c['paired_seeds'])} paired seeds): {noise(lo, hi)}. Its {worst_of(summary)['name']} "
             f"changes by {g:+.3f} ({glo:+.3f} to {ghi:+.3f}).")
 
 
@@ -110,6 +121,14 @@ def smoke_blocks(summary: dict[str, Any]) -> list[Block]:
                     "not an effect.")]
 
 
+def worst_blocks(summary: dict[str, Any]) -> list[Block]:
+    """Why the worst-case figure is not worst-group accuracy, where it is not."""
+    worst = worst_of(summary)
+    if worst["key"] == "worst_group_acc":
+        return []
+    return [Para(f"The worst-case figure here is {worst['name']}: {worst['why']}.")]
+
+
 def page_blocks(summary: dict[str, Any], inputs: Inputs, images: dict[str, Image]) -> list[Block]:
     """The whole report. `images`: the report's own figures by name, and the earlier stages' by path."""
     pert_text, meets = perturbation_sentence(summary["perturbation_set"])
@@ -122,11 +141,11 @@ def page_blocks(summary: dict[str, Any], inputs: Inputs, images: dict[str, Image
     blocks += [Para(headline(summary))]
     blocks += [Para(text) for text in (controls_sentence(summary), tool_sentence(summary)) if text is not None]
     blocks += [Para(pert_text) if meets else Callout(pert_text), images["forest"],
-               Table(*short_table(summary)),
+               Table(*short_table(summary)), *worst_blocks(summary),
                Para(f"Dataset `{summary['dataset']}`, label/spurious agreement rho = {summary['rho']:g} in train, "
                     "val and test_iid; test_balanced has every group equally often. Means over seeds ± sample std. "
                     f"Intervals: {summary['ci_method']}."),
-               Heading(2, "All comparisons"), Table(*comparisons_table(summary["comparisons"])),
+               Heading(2, "All comparisons"), Table(*comparisons_table(summary["comparisons"], worst_of(summary)["name"])),
                Heading(2, "Every metric"), Table(*full_table(summary, inputs.runs), wide=True),
                Para("Lower error, fairness gaps (EOD, DPD) and calibration error (ECE) are better; higher accuracies "
                     "are better; bold: the best mode of a column."),
@@ -148,14 +167,15 @@ def page_blocks(summary: dict[str, Any], inputs: Inputs, images: dict[str, Image
 
 def short_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The columns people read first."""
-    headers = ["mode", "test_balanced error", "worst-group acc", "vs nominal: rel. error reduction [95% CI]",
-               "group labels read"]
+    worst = worst_of(summary)
+    headers = ["mode", "test_balanced error", worst["name"].replace("accuracy", "acc"),
+               "vs nominal: rel. error reduction [95% CI]", "group labels read"]
     rows = []
     for mode, entry in summary["modes"].items():
         balanced = entry.get("test_balanced", {})
         c = summary["comparisons"].get(f"{mode}_vs_{REFERENCE}")
         rows.append([mode, fmt(balanced.get("error"), balanced.get("error_std")),
-                     fmt(balanced.get("worst_group_acc"), balanced.get("worst_group_acc_std")),
+                     fmt(balanced.get(worst["key"]), balanced.get(f"{worst['key']}_std")),
                      "(reference)" if mode == REFERENCE else gain_cell(c, "relative_error_reduction"),
                      entry["group_labels_read"]])
     return headers, rows
@@ -170,9 +190,10 @@ def gain_cell(c: dict[str, Any] | None, key: str) -> str:
     return f"{c[key]:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
-def comparisons_table(comparisons: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def comparisons_table(comparisons: dict[str, dict[str, Any]], worst: str = WORST_FIGURES["worst_group_acc"]
+                      ) -> tuple[list[str], list[list[str]]]:
     headers = ["mode", "against", "seeds", "rel. test_balanced error reduction [95% CI]",
-               "worst-group gain [95% CI]", "verdict"]
+               f"{worst.removesuffix(' accuracy')} gain [95% CI]", "verdict"]
     rows = []
     for c in comparisons.values():
         ci = c["relative_error_reduction_ci"]
@@ -326,7 +347,7 @@ def results_section(summary: dict[str, Any], runs: list[Run]) -> list[Block]:
                 for mode, group in by_mode(runs).items()]
     return [*headline_section(summary), Para(perturbation_sentence(summary["perturbation_set"])[0]),
             Para(f"Dataset `{summary['dataset']}`, rho = {summary['rho']:g}; intervals: {summary['ci_method']}."),
-            Table(*comparisons_table(summary["comparisons"])),
+            Table(*comparisons_table(summary["comparisons"], worst_of(summary)["name"])),
             Para("Test_balanced error per seed:"), Table(["mode", *(f"s{s}" for s in seeds)], per_seed),
             Para("Under both model-selection rules (" + "; ".join(f"`{r}`: {t}" for r, t in RULE_TEXT.items())
                  + "):"),
@@ -370,9 +391,11 @@ def variants_section(variants: dict[str, dict[str, Any]]) -> list[Block]:
                      "n/a" if tool is None else tool.split(". ")[0].removeprefix("Which tool: ")])
         for mode, figures in summary["modes"].items():
             balanced = figures.get("test_balanced", {})
+            worst = worst_of(summary)
             if "error" in balanced:
                 modes_rows.append([name, mode, f"{balanced['error']:.3f} ± {balanced['error_std']:.3f}",
-                                   f"{balanced['worst_group_acc']:.3f} ± {balanced['worst_group_acc_std']:.3f}"])
+                                   f"{balanced[worst['key']]:.3f} ± {balanced[worst['key'] + '_std']:.3f} "
+                                   f"({worst['name'].removesuffix(' accuracy')})"])
     return [Table(head, rows), Para("AdvMix against each mode: how much lower AdvMix's test_balanced error is, "
                                     "relative to the other's, with its seed-paired 95% interval."),
-            Table(["variant", "mode", "test_balanced error", "worst-group acc"], modes_rows)]
+            Table(["variant", "mode", "test_balanced error", "worst-case acc"], modes_rows)]

@@ -18,7 +18,7 @@ from advmix.report.summarize import by_mode
 WORST_MIXES_SHOWN = 8
 
 
-def forest(comparisons: dict[str, dict[str, Any]]) -> Any:
+def forest(comparisons: dict[str, dict[str, Any]], worst: str = "worst-group accuracy") -> Any:
     """One row per comparison: the relative test_balanced error reduction and the worst-group gain, each with its
     seed-paired 95% interval; the dashed line is "no difference"."""
     rows = [(f"{c['mode']} vs {c['reference']}", c) for c in comparisons.values()
@@ -29,7 +29,7 @@ def forest(comparisons: dict[str, dict[str, Any]]) -> Any:
     y = np.arange(len(rows))[::-1]
     first_control = next((i for i, (_, c) in enumerate(rows) if c["reference"] != rows[0][1]["reference"]), None)
     panels = (("relative_error_reduction", "lower test_balanced error (relative)", 100.0, "%"),
-              ("worst_group_gain", "higher worst-group accuracy", 1.0, ""))
+              ("worst_group_gain", f"higher {worst}", 1.0, ""))
     for ax, (key, title, scale, unit) in zip(axes, panels, strict=True):
         point = np.array([c[key] for _, c in rows]) * scale
         lo, hi = (np.array([c[f"{key}_ci"][i] for _, c in rows]) * scale for i in (0, 1))

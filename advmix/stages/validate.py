@@ -21,8 +21,10 @@ class Validated:
 
     def failures(self) -> list[str]:
         """One line per failed expectation (none when the data passed)."""
-        return [f"FAILED {f.name} ({f.expectation}{', column ' + f.column if f.column else ''}): observed "
-                f"{f.observed}" for f in self.report.failures]
+        from advmix.validate import meaning
+
+        return [f"FAILED {f.name}: {meaning(f.name)} ({f.expectation}{', column ' + f.column if f.column else ''}): "
+                f"observed {f.observed}" for f in self.report.failures]
 
 
 def run(p) -> Validated:
