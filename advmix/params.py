@@ -123,6 +123,10 @@ class GanParams(Section):
 class MixingParams(Section):
     layers: Literal[("auto", *LAYER_PRESETS)] | list[int] = "auto"
     partners: Literal[PARTNER_RULES] = "any"  # who may donate nuisance layers (the paper: anyone)
+    # where partners come from: the train split's own codes (the paper's), or as many inverted pool images, whose
+    # attributes are independent of the label (their class is the probe's reading): with same_label partners, mixes
+    # keep the label and still meet every nuisance value, which the correlated train split rarely offers
+    bank: Literal["train", "pool"] = "train"
     max_label_change: float = Field(0.1, ge=0, le=1)  # for `auto`: the label may change in at most this share
     min_transfer: float = Field(0.7, ge=0, le=1)  # for `auto`: the smallest range moving the spurious this often
     analysis_pairs: int = Field(2048, ge=8)

@@ -270,9 +270,10 @@ def _resume(state_path: Path, fp: str, world: int, rank: int, model, opt, sched,
                 seconds=float(state["seconds"]), history=list(state["history"]), best=state["best"])
 
 
-def _attacked(x, y, idx, model, attack, bank, residual, G, cfg, rng, clean_ratio: float, amp):
+def _attacked(x, y, idx, model, attack, bank, own, residual, G, cfg, rng, clean_ratio: float, amp):
     """The batch with a random share `1 - clean_ratio` replaced by the attack's version; (x, rows replaced).
-    `residual`: x - G(w) of every train row (None: the attack synthesises it)."""
+    `own`: the W+ code of every train row; `residual`: x - G(w) of every train row (None: the attack synthesises
+    it). When `own` is the bank itself, an example is never its own partner."""
     import torch
 
     from advmix.attacks import Batch
@@ -283,7 +284,8 @@ def _attacked(x, y, idx, model, attack, bank, residual, G, cfg, rng, clean_ratio
     sel = torch.randperm(len(idx), generator=rng)[:n_adv]
     sel_dev = sel.to(x.device)
     rows = idx[sel].to(x.device)
-    batch = Batch(x[sel_dev], y[sel_dev], w=None if bank is None else bank.w[rows], index=idx[sel],
+    in_bank = bank is not None and own is bank.w
+    batch = Batch(x[sel_dev], y[sel_dev], w=None if own is None else own[rows], index=idx[sel] if in_bank else None,
                   residual=None if residual is None else residual[rows])
     with amp:
         x_adv, _ = attack(model, batch, bank, G, cfg, rng)
@@ -355,12 +357,13 @@ class ClassifierRun:
 
 def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Path, live_dir: Path | None, *,
                      G=None, latents: np.ndarray | None = None, layers: list[int] | None = None,
-                     epoch_rows: np.ndarray | None = None,
+                     partners: tuple[np.ndarray, np.ndarray] | None = None, epoch_rows: np.ndarray | None = None,
                      progress: Callable[[int, int, dict[str, float]], None] | None = None) -> ClassifierRun:
     """Train the classifier of one mode: the model of the label-free rule's epoch, the weights of every selection
     rule's epoch, and the run.
 
-    `latents`: W+ codes of the train split, row i = train image i (randmix/advmix). `G`: the frozen generator
+    `latents`: W+ codes of the train split, row i = train image i (randmix/advmix). `partners`: (codes, classes) of
+    the partner bank under `mixing.bank: pool`; None: the train codes are the partners. `G`: the frozen generator
     (randmix/advmix). `layers`: resolved mixing layers. `epoch_rows`: the train rows that make one epoch, repeats
     allowed (JTT's upsampled set); None: every row once. `progress(done, total, stats)` is called after every
     step (rank 0 only); an exception raised from it stops training like a kill would. The training state lives
@@ -413,16 +416,21 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
     rng = torch.Generator().manual_seed(p.seed * 1000 + 17 + rank)  # attack draws, per rank
 
     # ---- What the mode reads beyond images and labels: the generator and codes, or the group labels.
-    bank = residual = None
+    bank = own = residual = None
     if mode in MIXING_MODES:
-        bank = LatentBank(torch.from_numpy(latents), labels_of(train), seed=p.seed).to(device)
+        if partners is None:  # the train split's own codes are the partners
+            bank = LatentBank(torch.from_numpy(latents), labels_of(train), seed=p.seed).to(device)
+            own = bank.w
+        else:
+            bank = LatentBank(torch.from_numpy(partners[0]), partners[1], seed=p.seed).to(device)
+            own = torch.from_numpy(latents).to(device)
         G = G.to(device).eval().requires_grad_(False)
         if device.type == "cuda":
             G = G.to(memory_format=torch.channels_last)
         if cfg.residual and train.images.size * 4 <= RESIDUAL_BANK_BYTES:
             # x - G(w) is fixed per image (G is frozen): synthesised once here instead of in every attack, every
             # epoch (a RandMix step's generator work halves; AdvMix's falls by one pass of its K + 3S + 2)
-            residual = residuals(G, train.images, bank.w)
+            residual = residuals(G, train.images, own)
     attack = ATTACKS.get(mode)
     groups = q = adjustment = None
     if mode in GROUP_LABEL_MODES:
@@ -475,7 +483,7 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
             idx = perm[step * t.batch:(step + 1) * t.batch][rank::world]
             x = _to_device(to_tensor(images[idx].numpy()), device)
             y = labels[idx].to(device)
-            x, sel = _attacked(x, y, idx, model, attack, bank, residual, G, cfg, rng, t.clean_ratio, amp)
+            x, sel = _attacked(x, y, idx, model, attack, bank, own, residual, G, cfg, rng, t.clean_ratio, amp)
             model.train()
             with amp:
                 logits = forward(x).float()

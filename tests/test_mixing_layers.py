@@ -132,3 +132,12 @@ def test_greedy_search_finds_a_set_that_no_range_is():
     auto, _ = search_layers(lambda layers: {"label_change": 0.5 + 0.01 * layers[0], "skin_dark_transfer": 1.0},
                             3, "skin_dark_transfer", 0.1, 0.7)
     assert auto == [0]
+
+
+def test_partners_from_another_bank_share_the_class_under_same_label():
+    labels = np.array([0, 1, 0, 1, 1])
+    bank_labels = np.array([1, 1, 0, 1, 0, 0, 1])
+    got = pick_partners(labels, "same_label", np.random.default_rng(0), bank_labels)
+    assert (bank_labels[got] == labels).all()
+    anyone = pick_partners(labels, "any", np.random.default_rng(0), bank_labels)
+    assert ((0 <= anyone) & (anyone < len(bank_labels))).all()

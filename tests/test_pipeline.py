@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import TINY_SIZES, TINY_UPSTREAM, UPSTREAM
@@ -153,3 +154,35 @@ def test_colordigits_completes_every_stage_with_the_default_modes_and_dfr_bases(
     assert summary["worst_figure"]["key"] == "worst_class_acc"  # 100 groups of about one test image each
     assert any(summary["modes"][m]["test_balanced"]["worst_class_acc"] > 0 for m in planned)
     assert "worst-class accuracy" in (tmp_path / "reports" / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_pool_partners_leave_the_labelled_codes_and_feed_the_analysis_and_training(tmp_path):
+    """`mixing.bank: pool`: extract also inverts as many pool images as train has, after the labelled splits (their
+    codes stay what the train bank gives), with each one's class as the probe reads it; analyze-layers and the
+    mixing modes draw their same-label partners from them, and the pipeline completes."""
+    tiny_eval = {"robust_images": 8, "val_robust_images": 8, "partners_k": 2, "steps": 1, "linf_steps": 1,
+                 "worst_mixes": 4}
+    params = {**TINY_UPSTREAM, "probe": {"epochs": 30, "width": 8},  # a probe that reads both classes in the pool
+              "train": {"modes": ["nominal", "randmix", "advmix"], "seeds": [0], "epochs": 1, "batch": 8, "width": 8},
+              "dfr": {"bases": []}, "evaluate": tiny_eval}
+    env = make_project(tmp_path, params)
+    for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "start"]):  # dvclive in `advmix train` needs a commit
+        subprocess.run(cmd, cwd=tmp_path, env=env, check=True)
+    repro_in_process(tmp_path, ("check-params", "prepare", "validate", "pool", "probe", "train-gan", "train-encoder",
+                                "extract"))
+    latents = tmp_path / "data" / "latents"
+    own = {split: np.load(latents / f"{split}.npy") for split in ("train", "test_balanced")}
+    assert not (latents / "pool.npy").exists()
+
+    tree = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    tree["mixing"].update(bank="pool", partners="same_label")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    repro_in_process(tmp_path, None)
+    for split, codes in own.items():
+        assert np.array_equal(np.load(latents / f"{split}.npy"), codes), split
+    pool = np.load(latents / "pool.npy")
+    classes = json.loads((latents / "info.json").read_text())["pool_classes"]
+    assert len(pool) == len(own["train"]) == len(classes) and set(classes) <= {0, 1}
+    assert json.loads((tmp_path / "metrics" / "layers.json").read_text())["partner_bank"] == "pool"
+    assert "advmix" in json.loads((tmp_path / "metrics" / "summary.json").read_text())["modes"]

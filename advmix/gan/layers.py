@@ -39,28 +39,35 @@ def read(G, probe, ws, batch: int = 256) -> dict[str, np.ndarray]:
     return {k: v.argmax(1) for k, v in predict(probe, imgs).items()}
 
 
-def pick_partners(labels: np.ndarray, rule: str, rng: np.random.Generator) -> np.ndarray:
-    """A partner index for every example: anyone else, or someone else with the same label."""
+def pick_partners(labels: np.ndarray, rule: str, rng: np.random.Generator, bank_labels: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """A partner index for every example: anyone else, or someone else with the same label; with `bank_labels`,
+    a row of that other bank (anyone in it, or one of the same class)."""
     n = len(labels)
     key = partner_key(np.asarray(labels), rule)
+    bank_key = key if bank_labels is None else partner_key(np.asarray(bank_labels), rule)
     partners = np.empty(n, dtype=int)
     for i in range(n):
-        pool = np.flatnonzero(key == key[i])
-        pool = pool[pool != i]
+        pool = np.flatnonzero(bank_key == key[i])
+        if bank_labels is None:
+            pool = pool[pool != i]
         partners[i] = rng.choice(pool) if len(pool) else i
     return partners
 
 
-def swap_scores(G, probe, ws, reading: dict[str, np.ndarray], partners: np.ndarray, layers: list[int]
-                ) -> dict[str, float]:
-    """Label change and per-attribute transfer of swapping `layers` from partners into ws."""
-    mixed = read(G, probe, mix(ws, ws[partners], 1.0, layers))
+def swap_scores(G, probe, ws, reading: dict[str, np.ndarray], partners: np.ndarray, layers: list[int],
+                bank: tuple | None = None) -> dict[str, float]:
+    """Label change and per-attribute transfer of swapping `layers` from partners into ws; the partners are rows
+    of ws, or of `bank` = (its codes, their probe reading)."""
+    bank_ws, bank_reading = (ws, reading) if bank is None else bank
+    mixed = read(G, probe, mix(ws, bank_ws[partners], 1.0, layers))
     out = {"label_change": float(np.mean(mixed["label"] != reading["label"]))}
     for head, values in reading.items():
         if head == "label":
             continue
-        differs = values != values[partners]
-        moved = mixed[head][differs] == values[partners][differs]
+        theirs = bank_reading[head][partners]
+        differs = values != theirs
+        moved = mixed[head][differs] == theirs[differs]
         out[f"{head}_transfer"] = float(moved.mean()) if differs.any() else float("nan")
     return out
 
@@ -120,12 +127,14 @@ def search_layers(score, n_latent: int, key: str, max_label_change: float, min_t
 
 
 def analyze(G, probe, ws, spurious: str, layers_spec, partners_rule: str, max_label_change: float,
-            min_transfer: float, seed: int, labels: np.ndarray | None = None, progress=None) -> dict[str, Any]:
+            min_transfer: float, seed: int, labels: np.ndarray | None = None, progress=None,
+            bank: tuple | None = None) -> dict[str, Any]:
     """The full analysis over a bank of W+ codes (generated or inverted), in the metrics/layers.json schema.
 
     `labels` are the true labels of the bank (inverted real images); for generated codes the probe's
     reading stands in for them. The first half of the bank chooses `auto`, the second half measures the
-    perturbation set.
+    perturbation set. `bank` = (codes, classes): the partners of the search and of the perturbation set come from
+    it (`mixing.bank: pool`); None: from ws itself.
     """
     from advmix.mixing import resolve_layers
 
@@ -148,22 +157,29 @@ def analyze(G, probe, ws, spurious: str, layers_spec, partners_rule: str, max_la
     half = len(ws) // 2
     search, held = slice(0, half), slice(half, len(ws))
     search_reading = {k: v[search] for k, v in reading.items()}
-    search_partner = pick_partners(labels[search], partners_rule, rng)
+    if bank is None:
+        search_bank = held_bank = bank_labels = None
+    else:
+        bank_ws, bank_labels = bank
+        bank_reading = read(G, probe, bank_ws)
+        search_bank = held_bank = (bank_ws, bank_reading)
+    search_partner = pick_partners(labels[search], partners_rule, rng, bank_labels)
 
     def score(layers: list[int]) -> dict[str, float]:
         tick()
-        return swap_scores(G, probe, ws[search], search_reading, search_partner, layers)
+        return swap_scores(G, probe, ws[search], search_reading, search_partner, layers, search_bank)
 
     key = f"{spurious}_transfer"
     auto, candidates = search_layers(score, G.n_latent, key, max_label_change, min_transfer)
     best = candidates[set_name(auto)]
     chosen = auto if layers_spec == "auto" else resolve_layers(layers_spec, G.size)
     held_reading = {k: v[held] for k, v in reading.items()}
-    rule_partner = pick_partners(labels[held], partners_rule, rng)
-    held_any = pick_partners(labels[held], "any", rng)
-    rule_scores = swap_scores(G, probe, ws[held], held_reading, rule_partner, chosen)
-    any_scores = swap_scores(G, probe, ws[held], held_reading, held_any, chosen)
-    differs = held_reading[spurious] != held_reading[spurious][rule_partner]
+    rule_partner = pick_partners(labels[held], partners_rule, rng, bank_labels)
+    held_any = pick_partners(labels[held], "any", rng, bank_labels)
+    rule_scores = swap_scores(G, probe, ws[held], held_reading, rule_partner, chosen, held_bank)
+    any_scores = swap_scores(G, probe, ws[held], held_reading, held_any, chosen, held_bank)
+    theirs = (held_reading if bank is None else bank_reading)[spurious][rule_partner]
+    differs = held_reading[spurious] != theirs
     return {
         "layers": table,
         "auto": auto,
@@ -184,20 +200,24 @@ def analyze(G, probe, ws, spurious: str, layers_spec, partners_rule: str, max_la
 
 
 def perturbation_on_bank(G, probe, ws, labels: np.ndarray, spurious: str, layers: list[int], rule: str,
-                         seed: int) -> dict[str, Any]:
-    """The perturbation set measured on a bank of inverted real images, with their true labels.
+                         seed: int, bank: tuple | None = None) -> dict[str, Any]:
+    """The perturbation set measured on a bank of inverted real images, with their true labels; partners from ws,
+    or from `bank` = (codes, classes).
 
     The reference for "the label changed" and "the attribute moved" is the probe's reading of the
     reconstructions G(w), so inversion error is not counted as a mixing effect.
     """
     rng = np.random.default_rng(seed)
     reading = read(G, probe, ws)
+    bank_labels = None if bank is None else bank[1]
+    partner_bank = None if bank is None else (bank[0], read(G, probe, bank[0]))
+    theirs_of = reading if bank is None else partner_bank[1]
     out = {}
-    for name, partners in (("rule", pick_partners(labels, rule, rng)), ("any_partner", pick_partners(
-            labels, "any", rng))):
-        scores = swap_scores(G, probe, ws, reading, partners, layers)
+    for name, partners in (("rule", pick_partners(labels, rule, rng, bank_labels)), ("any_partner", pick_partners(
+            labels, "any", rng, bank_labels))):
+        scores = swap_scores(G, probe, ws, reading, partners, layers, partner_bank)
         out[name] = {"label_change": scores["label_change"], "spurious_transfer": scores[f"{spurious}_transfer"],
-                     "pairs_differing_in_spurious": int((reading[spurious] != reading[spurious][partners]).sum())}
+                     "pairs_differing_in_spurious": int((reading[spurious] != theirs_of[spurious][partners]).sum())}
     return {"partners": rule, **out.pop("rule"), "any_partner": out["any_partner"], "n": len(ws)}
 
 

@@ -394,8 +394,8 @@ def variants_section(variants: dict[str, dict[str, Any]]) -> list[Block]:
             worst = worst_of(summary)
             if "error" in balanced:
                 modes_rows.append([name, mode, f"{balanced['error']:.3f} ± {balanced['error_std']:.3f}",
-                                   f"{balanced[worst['key']]:.3f} ± {balanced[worst['key'] + '_std']:.3f} "
-                                   f"({worst['name'].removesuffix(' accuracy')})"])
+                                   (f"{balanced[worst['key']]:.3f} ± {balanced[worst['key'] + '_std']:.3f} "
+                                    f"({worst['name'].removesuffix(' accuracy')})")])
     return [Table(head, rows), Para("AdvMix against each mode: how much lower AdvMix's test_balanced error is, "
                                     "relative to the other's, with its seed-paired 95% interval."),
             Table(["variant", "mode", "test_balanced error", "worst-case acc"], modes_rows)]

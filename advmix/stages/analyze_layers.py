@@ -8,7 +8,7 @@ from typing import Any
 
 from advmix.stages import Progress, no_progress
 from advmix.stages.read_data import dataset
-from advmix.stages.read_gan import generator, split_latents
+from advmix.stages.read_gan import generator, partner_bank, split_latents
 from advmix.stages.read_probe import probe
 
 
@@ -47,17 +47,24 @@ def run(p, progress: Progress = no_progress) -> LayersAnalysed:
     bank = split_latents(ds, "train", G)  # NaN or Inf rows refused
     rows = np.random.default_rng(p.seed).permutation(len(bank))[: p.mixing.analysis_pairs]
     ws, labels = torch.from_numpy(bank[rows]), train.manifest["label"].to_numpy()[rows]
+    partners = None  # mixing.bank train: the partners are the other train faces of the analysis
+    if p.mixing.bank != "train":
+        codes, classes = partner_bank(p, ds, G, bank)
+        partners = (torch.from_numpy(codes), classes)
     greedy = G.n_latent * (G.n_latent + 1) // 2  # at most; the search usually stops after a few rows
     total = G.n_latent + len(layer_groups(G.size)) + len(candidate_sets(G.n_latent)) + greedy
     with progress("analyze-layers", total) as step:
         result = analyze(G, probe_model, ws, ds.info["spurious"], p.mixing.layers, p.mixing.partners,
-                         p.mixing.max_label_change, p.mixing.min_transfer, p.seed, labels=labels, progress=step)
+                         p.mixing.max_label_change, p.mixing.min_transfer, p.seed, labels=labels, progress=step,
+                         bank=partners)
         step(completed=total)
     result["source"] = "inverted real train faces"
+    if partners is not None:
+        result["partner_bank"] = "pool"
     held = slice(result["n_search"], None)  # the half the search did not read
     result["perturbation"]["real"] = perturbation_on_bank(
         G, probe_model, ws[held], labels[held], ds.info["spurious"], result["perturbation"]["layers"],
-        p.mixing.partners, p.seed)
+        p.mixing.partners, p.seed, bank=partners)
     # the same set on generated samples, for comparison
     gen = torch.Generator().manual_seed(p.seed)
     with torch.no_grad():

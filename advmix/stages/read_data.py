@@ -49,3 +49,13 @@ def pool():
         return load_dataset(paths.POOL_DIR)
     except DatasetError as exc:
         raise StageError(f"{exc}; rerun `advmix pool`") from None
+
+
+def pool_partners(ds):
+    """The pool images that `extract` inverts as mixing partners under `mixing.bank: pool`: the first pool rows of
+    the prepared dataset, as many as the train split has."""
+    from advmix.params import POOL
+
+    part = ds.split(POOL)
+    return part.rows(slice(0, min(len(part), len(ds.split("train")))))
+

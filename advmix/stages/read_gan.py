@@ -43,3 +43,35 @@ def split_latents(ds, split: str, G):
                             generator_sha1=file_digest(paths.GENERATOR))
     except (LatentsError, FileNotFoundError, ValueError) as exc:
         raise StageError(str(exc)) from None
+
+
+def partner_bank(p, ds, G, own):
+    """(codes, classes) of the mixing partners: the train split's `own` codes and labels, or, under `mixing.bank:
+    pool`, the inverted pool images with the classes the probe read from their images at extract (no pool label is read)."""
+    import json
+
+    import numpy as np
+
+    from advmix import paths
+    from advmix.params import POOL
+    from advmix.stages.read_data import pool_partners
+
+    if p.mixing.bank == "train":
+        return own, ds.split("train").manifest["label"].to_numpy()
+    part = pool_partners(ds)
+    if not len(part):
+        raise StageError(f"mixing.bank: pool, but {paths.dataset_dir(p.data.name)} has no pool rows; set "
+                         "data.sizes.pool above 0, or mixing.bank: train")
+    codes = split_latents(part, POOL, G)
+    classes = json.loads(paths.LATENTS_INFO.read_text()).get("pool_classes")
+    if classes is None or len(classes) != len(codes):
+        raise StageError(f"{paths.LATENTS_INFO}: no probe classes for the {len(codes)} pool codes; rerun "
+                         "`advmix extract` with mixing.bank: pool")
+    classes = np.asarray(classes, dtype=np.int64)
+    unread = sorted(set(ds.split("train").manifest["label"].tolist()) - set(classes.tolist()))
+    if unread:
+        raise StageError(f"{paths.LATENTS_INFO}: the probe reads none of the {len(codes)} pool partners as class(es) "
+                         f"{unread}, so those classes have no same-label partner; a stronger probe (probe.epochs, see "
+                         f"{paths.PROBE_METRICS}) or a larger pool helps, or use mixing.bank: train")
+    return codes, classes
+

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from advmix.params import EVAL_SPLITS
 from advmix.stages import Progress, StageError, no_progress
 from advmix.stages.read_data import dataset
-from advmix.stages.read_gan import mixing_inputs
+from advmix.stages.read_gan import mixing_inputs, partner_bank
 
 if TYPE_CHECKING:
     from advmix.train import ClassifierRun
@@ -80,9 +80,11 @@ def run(p, mode: str, seed: int | None = None, progress: Progress = no_progress)
         require_a_commit()
     ds = dataset(p)
     train, val = ds.split("train"), ds.split("val")
-    G = latents = layers = None
+    G = latents = layers = partners = None
     if mode in MIXING_MODES:
         G, layers, latents = mixing_inputs(p, ds, "train")
+        if p.mixing.bank != "train":
+            partners = partner_bank(p, ds, G, latents)
     state = paths.train_state(mode, seed)
     state.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -95,7 +97,7 @@ def run(p, mode: str, seed: int | None = None, progress: Progress = no_progress)
 
             with live as live_dir:
                 run = fit(mode, train, val, p, state, live_dir, G=G, latents=latents, layers=layers,
-                          progress=on_step)
+                          partners=partners, progress=on_step)
         except (LatentsError, ValueError) as exc:
             raise StageError(str(exc)) from None
     if run.rank != 0:
@@ -108,6 +110,7 @@ def run(p, mode: str, seed: int | None = None, progress: Progress = no_progress)
     save_classifier(path, model, run.config, extra={
         "mode": mode, "best_epoch": run.best_epoch, "best_val_acc": run.best_val_acc, "seed": seed,
         "layers": layers, "partners": p.mixing.partners if mode in MIXING_MODES else None,
+        "bank": p.mixing.bank if mode in MIXING_MODES else None,
         "default_rule": default_rule, "selected_epochs": run.best_epochs},
         rule_states={rule: run.states[rule] for rule in other_rules})
     device = torch.device(run.device)
