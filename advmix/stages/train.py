@@ -110,7 +110,6 @@ def run(p, mode: str, seed: int | None = None, progress: Progress = no_progress)
     save_classifier(path, model, run.config, extra={
         "mode": mode, "best_epoch": run.best_epoch, "best_val_acc": run.best_val_acc, "seed": seed,
         "layers": layers, "partners": p.mixing.partners if mode in MIXING_MODES else None,
-        "bank": p.mixing.bank if mode in MIXING_MODES else None,
         "default_rule": default_rule, "selected_epochs": run.best_epochs},
         rule_states={rule: run.states[rule] for rule in other_rules})
     device = torch.device(run.device)
