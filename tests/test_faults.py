@@ -446,3 +446,10 @@ def test_a_broken_folder_dataset_is_named(project, edit, needles):
     folder_project(project, edit)
     fails(project, ["prepare"], 1, *needles)
 
+
+
+@pytest.mark.slow
+def test_a_negative_seed_is_refused_by_the_schema(project):
+    """numpy's generators refuse a negative seed deep inside prepare; the schema says so first."""
+    fails(project, ["params", "-S", "seed=-1", "--write"], 2, "seed: input should be greater than or equal to 0")
+    fails(project, ["prepare", "-S", "seed=-1"], 2, "seed: input should be greater than or equal to 0")
