@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from advmix import paths
+from advmix.modes import dfr_run
 from advmix.stages import StageError
 
 
@@ -22,7 +23,7 @@ def stage_outputs(stage: str, p, mode: str | None = None, seed: int | None = Non
     if stage == "evaluate":
         return [paths.eval_dir(mode, seed), paths.eval_metrics(mode, seed)]
     if stage == "dfr":
-        refit = f"dfr_{mode}"
+        refit = dfr_run(mode)
         return [paths.classifier(refit, seed), paths.train_metrics(refit, seed), paths.eval_metrics(refit, seed),
                 paths.eval_dir(refit, seed)]
     return {
