@@ -13,6 +13,9 @@ returns transformed images with the original labels, and each has the signature
 - `colorjitter`, `huejitter`: torchvision's ColorJitter per image at two strengths (the common one and full hue):
   the control that asks whether a colour nuisance needs a generator at all.
 
+A generator larger than the data renders at the data's resolution (Generator.render_at: synthesis at its own size,
+then one antialiased, differentiable resize), and every attack synthesises at most codes_per_pass(G) codes at once.
+
 The optional residual keeps what inversion lost: x_tilde = G(w_mix) + (x - G(w_x)), w_x the example's own code. It
 is fixed for an example (G is frozen), so a caller that has it passes it in `Batch.residual` (`residual_of` for a
 batch, `residuals` for a whole split); otherwise each attack synthesises it.
@@ -30,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advmix.mixing import mix, partner_key
+from advmix.mixing import codes_per_pass, mix, partner_key
 from advmix.models import eval_mode
 
 
@@ -209,7 +212,7 @@ def residual_of(G: nn.Module, batch: Batch) -> Tensor:
     if batch.residual is not None:
         return batch.residual.float()
     with torch.no_grad():
-        return batch.x.float() - G.synthesis(batch.w, noise_mode="const").float()
+        return batch.x.float() - _synthesize(G, batch.w).float()
 
 
 def residuals(G: nn.Module, images, w: Tensor, chunk: int = 256) -> Tensor:
@@ -218,12 +221,24 @@ def residuals(G: nn.Module, images, w: Tensor, chunk: int = 256) -> Tensor:
     from advmix.images import to_tensor
 
     G = _frozen(G)
-    out = [torch.empty(0, 3, G.size, G.size, device=w.device)]
+    chunk = min(chunk, codes_per_pass(G))
+    out = [torch.empty(0, 3, G.out_size, G.out_size, device=w.device)]
     with torch.no_grad():
         for start in range(0, len(w), chunk):
             x = to_tensor(images[start:start + chunk]).to(w.device)
             out.append(x - G.synthesis(w[start:start + chunk], noise_mode="const").float())
     return torch.cat(out)
+
+
+def _parts(G: nn.Module, n: int) -> list[slice]:
+    """Slices of n codes, each one generator pass (codes_per_pass), so that a large generator fits in memory."""
+    per = codes_per_pass(G)
+    return [slice(lo, lo + per) for lo in range(0, n, per)]
+
+
+def _synthesize(G: nn.Module, ws: Tensor) -> Tensor:
+    """G(ws) with fixed noise, one pass per part."""
+    return torch.cat([G.synthesis(ws[part], noise_mode="const") for part in _parts(G, len(ws))])
 
 
 def _losses(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -252,8 +267,7 @@ def advmix_attack(model: nn.Module, batch: Batch, latents: LatentBank, G: nn.Mod
             cand = latents.partners(y, k, cfg.partners, rng, batch.index, cfg.strata, layers).to(latents.w.device)
             w_p = latents.w[cand].to(w_x.device, w_x.dtype)  # [N, K, L, D]
             ws = mix(w_x.repeat_interleave(k, 0), w_p.flatten(0, 1), 1.0, layers)
-            imgs = _compose(G.synthesis(ws, noise_mode="const"),
-                            None if residual is None else residual.repeat_interleave(k, 0))
+            imgs = _compose(_synthesize(G, ws), None if residual is None else residual.repeat_interleave(k, 0))
             loss = _losses(model, imgs, y.repeat_interleave(k, 0)).view(n, k)
             worst = loss.argmax(1)
             w_b = w_p[rows, worst]
@@ -262,18 +276,20 @@ def advmix_attack(model: nn.Module, batch: Batch, latents: LatentBank, G: nn.Mod
         alpha = torch.ones(n, len(layers), device=x.device, dtype=w_x.dtype)
         for step in range(cfg.steps + 1):
             last = step == cfg.steps
-            with torch.set_grad_enabled(not last):
-                a = alpha.detach().requires_grad_(not last)
-                cur = _compose(G.synthesis(mix(w_x, w_b, a, layers), noise_mode="const"), residual)
-                loss = _losses(model, cur, y)
-                if not last:
-                    (grad,) = torch.autograd.grad(loss.sum(), a)
-            with torch.no_grad():
-                better = loss.detach() > best_loss
-                best_loss = torch.where(better, loss.detach(), best_loss)
-                best_x = torch.where(better[:, None, None, None], cur.detach(), best_x)
-                if not last:
-                    alpha = (alpha + cfg.step_size * grad.sign()).clamp(0.0, 1.0)
+            for part in _parts(G, n):  # an example's alpha moves only its own image: parts are independent
+                with torch.set_grad_enabled(not last):
+                    a = alpha[part].detach().requires_grad_(not last)
+                    cur = _compose(G.synthesis(mix(w_x[part], w_b[part], a, layers), noise_mode="const"),
+                                   None if residual is None else residual[part])
+                    loss = _losses(model, cur, y[part])
+                    if not last:
+                        (grad,) = torch.autograd.grad(loss.sum(), a)
+                with torch.no_grad():
+                    better = loss.detach() > best_loss[part]
+                    best_loss[part] = torch.where(better, loss.detach(), best_loss[part])
+                    best_x[part] = torch.where(better[:, None, None, None], cur.detach(), best_x[part])
+                    if not last:
+                        alpha[part] = (alpha[part] + cfg.step_size * grad.sign()).clamp(0.0, 1.0)
     return best_x.detach(), y
 
 
@@ -288,7 +304,7 @@ def randmix(model: nn.Module, batch: Batch, latents: LatentBank, G: nn.Module, c
         cand = latents.partners(y, 1, cfg.partners, rng, batch.index)[:, 0].to(latents.w.device)
         alpha = torch.rand(len(y), len(cfg.layers), generator=rng).to(x.device, w_x.dtype)
         ws = mix(w_x, latents.w[cand].to(w_x.device, w_x.dtype), alpha, list(cfg.layers))
-        out = _compose(G.synthesis(ws, noise_mode="const"), residual)
+        out = _compose(_synthesize(G, ws), residual)
     return out, y
 
 

@@ -73,3 +73,23 @@ def mix(w_a, w_b, alpha, layers: list[int]):
     weight = torch.zeros(w_a.shape[:2], dtype=w_a.dtype, device=w_a.device)
     weight[:, layers] = alpha.expand(w_a.shape[0], len(layers))
     return w_a + weight[..., None] * (w_b - w_a)
+
+
+SYNTHESIS_PIXELS = 2**23  # of the generator's own images per synthesis call, where mixes are synthesised in parts
+
+
+def codes_per_pass(G) -> int:
+    """W+ codes one synthesis call may take: 8,192 at 32 px, 128 at 256, 8 at 1024, so that a public 1024 px
+    generator fits in memory beside a small classifier (callers split larger batches)."""
+    return max(1, SYNTHESIS_PIXELS // G.size**2)
+
+
+def synthesize(G, ws, batch: int = 256):
+    """G(ws) with fixed noise and no gradient, in chunks of `batch` codes (at most codes_per_pass)."""
+    import torch
+
+    batch = min(batch, codes_per_pass(G))
+    with torch.no_grad():
+        if not len(ws):
+            return ws.new_zeros(0, 3, G.out_size, G.out_size)
+        return torch.cat([G.synthesis(c, noise_mode="const") for c in ws.split(batch)])

@@ -133,13 +133,14 @@ class MixingParams(Section):
 
 
 class ExtractParams(Section):
-    """Inversion into W+ (owned by advmix/gan/invert.py). Two stages read it: train-encoder (encoder_steps,
+    """Inversion into W+ (owned by advmix/gan/invert.py). Two stages read it: train-encoder (encoder, encoder_steps,
     encoder_real_steps, batch, lr, width, feature_weight) and extract, which inverts the labelled splits (mode,
     refine_steps, refine_lr, refine_batch, feature_weight, latent_weight).
 
     Defaults fit all 5,000 images at 32 px on 2 CPU cores in about 7-8 minutes, encoder training included.
     """
 
+    encoder: str = "train"  # train: learn one against the generator | PATH: a pSp or e4e checkpoint (.pt), loaded
     mode: Literal["encoder", "refine"] = "refine"  # encoder only (fast) or encoder + per-image optimisation
     encoder_steps: int = Field(1000, ge=0)  # on generator samples (w+, G(w+)): latent loss, no backward through G
     encoder_real_steps: int = Field(300, ge=0)  # then on the pool's real images: pixel + feature loss through G

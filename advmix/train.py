@@ -47,7 +47,7 @@ import numpy as np
 
 from advmix.data.store import Dataset
 from advmix.files import atomic_torch_save
-from advmix.gan.invert import LatentsError
+from advmix.gan.latents import LatentsError
 from advmix.groups import worst_group_acc
 from advmix.modes import GROUP_LABEL_MODES, MIXING_MODES, NAMES, SELECTION_RULES
 from advmix.runtime import all_ranks, distributed, pick_device

@@ -5,8 +5,8 @@
 Each argument is a checkout of the public repository (omertov/encoder4editing, eladrich/pixel2style2pixel; nothing
 is downloaded here). In a subprocess per repository this script
 1. puts a pure-PyTorch stand-in for `models.stylegan2.op` into sys.modules (the repositories compile CUDA ops when
-   `models.stylegan2.model` is imported, and their encoders import EqualLinear from it; the encoders call none of
-   the ops);
+   `models.stylegan2.model` is imported, and their encoders import EqualLinear from it): fused_leaky_relu and
+   FusedLeakyReLU written here, upfirdn2d advmix's own (advmix.gan.networks);
 2. builds the repository's encoder (IR-SE50, 18 W+ rows as for a 1024 px generator) with random weights and random
    BatchNorm statistics, so that eval-mode BatchNorm is exercised, and a random latent_avg;
 3. saves it in the repository's checkpoint layout, loads that file with advmix.gan.encoders.load_public_encoder
@@ -48,8 +48,7 @@ def op_stand_in() -> types.ModuleType:
         def forward(self, x):
             return fused_leaky_relu(x, self.bias, self.negative_slope, self.scale)
 
-    def upfirdn2d(*args, **kwargs):
-        raise NotImplementedError("the encoders never call upfirdn2d")
+    from advmix.gan.networks import upfirdn2d  # rosinality's semantics (up, down, pad on both axes), plain torch
 
     module = types.ModuleType("models.stylegan2.op")
     module.FusedLeakyReLU, module.fused_leaky_relu, module.upfirdn2d = FusedLeakyReLU, fused_leaky_relu, upfirdn2d

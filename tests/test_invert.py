@@ -10,8 +10,9 @@ from conftest import save_validated, tiny_params
 from typer.testing import CliRunner
 
 from advmix.data.store import Dataset
-from advmix.gan import invert
+from advmix.gan import invert, latents
 from advmix.gan.networks import Generator
+from advmix.mixing import synthesize
 from advmix.params import ExtractParams
 
 torch.set_num_threads(1)
@@ -46,7 +47,7 @@ def test_refinement_recovers_wplus(tiny_g):
 
     def errors(steps):
         w = invert.refine(G, start, x, steps=steps, lr=0.05, latent_weight=0.01, w_std=std, batch=4)
-        pixel = (invert.synthesize(G, w) - x).square().mean().item()
+        pixel = (synthesize(G, w) - x).square().mean().item()
         return ((w - ws) / std).square().mean().item(), pixel
 
     (lat0, pix0), (lat30, pix30), (lat100, pix100) = errors(0), errors(30), errors(100)
@@ -55,7 +56,7 @@ def test_refinement_recovers_wplus(tiny_g):
     # from the mean latent the image is still found (W+ is larger than the image can pin down, so the code is not)
     far = w_avg.reshape(1, 1, -1).expand_as(ws).clone()
     w = invert.refine(G, far, x, steps=60, lr=0.05, batch=8)
-    assert (invert.synthesize(G, w) - x).square().mean() < 0.2 * (invert.synthesize(G, far) - x).square().mean()
+    assert (synthesize(G, w) - x).square().mean() < 0.2 * (synthesize(G, far) - x).square().mean()
 
 
 def test_refinement_is_independent_of_batching(tiny_g):
@@ -99,12 +100,12 @@ def test_latent_rows_follow_the_manifest(tiny_g, tmp_path):
     G, w_avg = tiny_g
     ds = tiny_dataset(G)
     out, parts = run_extract(G, w_avg, ds)
-    invert.save_latents(tmp_path / "latents", out.latents, {k: s.manifest for k, s in parts.items()})
+    latents.save_latents(tmp_path / "latents", out.latents, {k: s.manifest for k, s in parts.items()})
     from advmix.images import to_tensor
 
     for name, part in parts.items():
-        codes = invert.load_latents(tmp_path / "latents" / f"{name}.npy", part.manifest, G.n_latent, G.style_dim)
-        rec = invert.synthesize(G, torch.from_numpy(codes))
+        codes = latents.load_latents(tmp_path / "latents" / f"{name}.npy", part.manifest, G.n_latent, G.style_dim)
+        rec = synthesize(G, torch.from_numpy(codes))
         real = to_tensor(part.images)
         dist = (rec[:, None] - real[None]).square().flatten(2).mean(2)  # [code i, image j]
         assert (dist.argmin(1) == torch.arange(len(part))).all(), dist
@@ -131,21 +132,21 @@ def test_same_seed_same_latents(tiny_g):
 def test_mismatched_latents_fail_clearly(tmp_path):
     manifest = pd.DataFrame({"id": ["a", "b", "c"], "split": ["val"] * 3})
     folder = tmp_path / "latents"
-    invert.save_latents(folder, {"val": np.zeros((3, 6, 32), np.float32)}, {"val": manifest})
-    assert invert.load_latents(folder / "val.npy", manifest, 6, 32).shape == (3, 6, 32)
-    with pytest.raises(invert.LatentsError, match=r"val\.npy.*expected shape \(4, 6, 32\).*found \(3, 6, 32\)"):
-        invert.load_latents(folder / "val.npy", pd.concat([manifest, manifest.iloc[:1]]), 6, 32)
-    with pytest.raises(invert.LatentsError, match=r"expected shape \(3, 8, 32\).*found \(3, 6, 32\)"):
-        invert.load_latents(folder / "val.npy", manifest, 8, 32)
-    with pytest.raises(invert.LatentsError, match="other ids or another order"):
-        invert.load_latents(folder / "val.npy", manifest.iloc[::-1].reset_index(drop=True), 6, 32)
+    latents.save_latents(folder, {"val": np.zeros((3, 6, 32), np.float32)}, {"val": manifest})
+    assert latents.load_latents(folder / "val.npy", manifest, 6, 32).shape == (3, 6, 32)
+    with pytest.raises(latents.LatentsError, match=r"val\.npy.*expected shape \(4, 6, 32\).*found \(3, 6, 32\)"):
+        latents.load_latents(folder / "val.npy", pd.concat([manifest, manifest.iloc[:1]]), 6, 32)
+    with pytest.raises(latents.LatentsError, match=r"expected shape \(3, 8, 32\).*found \(3, 6, 32\)"):
+        latents.load_latents(folder / "val.npy", manifest, 8, 32)
+    with pytest.raises(latents.LatentsError, match="other ids or another order"):
+        latents.load_latents(folder / "val.npy", manifest.iloc[::-1].reset_index(drop=True), 6, 32)
     np.save(folder / "flat.npy", np.zeros((3, 32), np.float32))
-    with pytest.raises(invert.LatentsError, match=r"flat\.npy.*found \(3, 32\)"):
-        invert.load_latents(folder / "flat.npy", manifest)
-    with pytest.raises(invert.LatentsError, match="not found"):
-        invert.load_latents(folder / "test_iid.npy", manifest)
-    with pytest.raises(invert.LatentsError, match="2 manifest rows"):
-        invert.save_latents(folder, {"val": np.zeros((3, 6, 32), np.float32)}, {"val": manifest.iloc[:2]})
+    with pytest.raises(latents.LatentsError, match=r"flat\.npy.*found \(3, 32\)"):
+        latents.load_latents(folder / "flat.npy", manifest)
+    with pytest.raises(latents.LatentsError, match="not found"):
+        latents.load_latents(folder / "test_iid.npy", manifest)
+    with pytest.raises(latents.LatentsError, match="2 manifest rows"):
+        latents.save_latents(folder, {"val": np.zeros((3, 6, 32), np.float32)}, {"val": manifest.iloc[:2]})
 
 
 @pytest.fixture

@@ -140,6 +140,8 @@ def load_public_encoder(path: str | Path, n_latent: int | None = None) -> tuple[
     """(the encoder in eval mode, latent_avg [n_styles, 512] or zeros) from a pSp or e4e checkpoint; EncoderError
     for a file that is neither, a ReStyle or single-w encoder, or one whose W+ rows differ from `n_latent`."""
     path = Path(path)
+    if not path.is_file():
+        raise EncoderError(f"{path}: no such file; give extract.encoder a pSp/e4e checkpoint (.pt), or `train`")
     obj = _torch_load(path)
     sd = obj.get("state_dict") if isinstance(obj, dict) else None
     encoder_sd = {k.removeprefix("encoder."): v for k, v in (sd or {}).items() if k.startswith("encoder.")}
@@ -178,17 +180,51 @@ def load_public_encoder(path: str | Path, n_latent: int | None = None) -> tuple[
     return encoder.eval(), latent_avg
 
 
+def to_input(x: Tensor) -> Tensor:
+    """Images [N, 3, H, W] in [-1, 1] as the encoders read them: resized (antialiased) to 256 x 256."""
+    x = x.float()
+    if x.shape[-1] != INPUT_SIZE or x.shape[-2] != INPUT_SIZE:
+        x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
 def encode(encoder: StyleEncoder, latent_avg: Tensor, images: Tensor, batch: int = 16) -> Tensor:
-    """W+ codes [N, n_styles, 512] of images [N, 3, H, W] in [-1, 1], resized (antialiased) to 256 x 256 first."""
-    out = []
+    """W+ codes [N, n_styles, 512] of images [N, 3, H, W] in [-1, 1], resized to 256 x 256 first."""
     with torch.no_grad():
-        for start in range(0, len(images), batch):
-            x = images[start:start + batch].float()
-            if x.shape[-1] != INPUT_SIZE or x.shape[-2] != INPUT_SIZE:
-                x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", antialias=True,
-                                  align_corners=False)
-            out.append(encoder(x) + latent_avg.to(x.device))
+        out = [encoder(to_input(images[start:start + batch])) + latent_avg.to(images.device)
+               for start in range(0, len(images), batch)]
     return torch.cat(out) if out else torch.empty(0, encoder.n_styles, 512)
+
+
+class PublicEncoder(nn.Module):
+    """A pSp or e4e encoder in the place of advmix's own (`extract.encoder: PATH`): images at the data's resolution
+    -> W+ = encoder(to_input(x)) + latent_avg; `w_std`, the spread of W, scales refinement's pull as for the own."""
+
+    def __init__(self, n_styles: int, mode: str, style_dim: int = 512) -> None:
+        super().__init__()
+        self.config = {"n_styles": n_styles, "mode": mode}  # what load_encoder rebuilds it from
+        self.n_latent, self.style_dim = n_styles, style_dim
+        self.encoder = StyleEncoder(n_styles, mode)
+        self.register_buffer("latent_avg", torch.zeros(n_styles, style_dim))
+        self.register_buffer("w_std", torch.ones(style_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.encoder(to_input(x)) + self.latent_avg
+
+
+def public_encoder(path: str | Path, G) -> PublicEncoder:
+    """The pSp/e4e encoder of `path` for generator G (its W+ rows and style size checked), in eval mode."""
+    encoder, latent_avg = load_public_encoder(path, n_latent=G.n_latent)
+    if G.style_dim != 512:
+        raise EncoderError(f"{path}: pSp and e4e predict 512-d styles but the generator's are {G.style_dim}-d; use "
+                           "the generator the encoder was trained with (the decoder in the same file)")
+    out = PublicEncoder(encoder.n_styles, encoder.mode)
+    out.encoder.load_state_dict(encoder.state_dict())
+    out.latent_avg.copy_(latent_avg)
+    with torch.no_grad():
+        w = G.mapping(torch.randn(4096, G.style_dim, generator=torch.Generator().manual_seed(0)))
+    out.w_std.copy_(w.std(0).clamp_min(1e-3))
+    return out.eval()
 
 
 def save_public_layout(path: str | Path, encoder: StyleEncoder, latent_avg: Tensor,

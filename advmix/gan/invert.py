@@ -14,16 +14,14 @@ optimisation alone is slow and starts far away):
 Noise inputs are fixed (noise_mode="const") everywhere, so G(w+) is a function of w+ alone and a mix differs from
 its source only in the swapped rows. Everything is deterministic for a given seed on the CPU.
 
-Latents are stored per split as `data/latents/<split>.npy` (float32, N x n_latent x style_dim, row i = manifest row
-i of that split) plus `info.json` (shapes and a hash of each split's ids); `load_latents` checks both.
+With `extract.encoder: PATH` a public pSp or e4e encoder (advmix/gan/encoders.py) takes E's place and the
+refinement runs as above. Images are compared at the data's resolution: a larger generator renders at it
+(Generator.render_at). The codes are written by advmix/gan/latents.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -32,21 +30,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advmix.files import atomic_folder
-from advmix.paths import LATENTS_INFO
+from advmix.gan.encoders import PublicEncoder
+from advmix.mixing import synthesize
 
 ENCODER_FORMAT = "advmix-encoder"
 MIX_PROBABILITY = 0.9  # share of encoder training samples with two codes (rows differ), as in GAN training
 Progress = Callable[[int], None] | None
-
-
-class LatentsError(ValueError):
-    """A latents file that does not fit the manifest it is read against; the message names the file."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -87,9 +80,10 @@ class Encoder(nn.Module):
 
 
 def build_encoder(G, w_avg: Tensor, width: int = 32, seed: int = 0, n_stats: int = 4096) -> Encoder:
-    """An encoder for G's W+, centred on w_avg and scaled by the spread of mapping(z) over n_stats samples."""
+    """An encoder from G's images (at G.out_size) to its W+, centred on w_avg and scaled by the spread of
+    mapping(z) over n_stats samples."""
     torch.manual_seed(seed)
-    enc = Encoder(G.size, G.n_latent, G.style_dim, width)
+    enc = Encoder(G.out_size, G.n_latent, G.style_dim, width)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         w = G.mapping(torch.randn(n_stats, G.style_dim, generator=gen))
@@ -98,7 +92,7 @@ def build_encoder(G, w_avg: Tensor, width: int = 32, seed: int = 0, n_stats: int
     return enc
 
 
-def save_encoder(path: str | os.PathLike[str], enc: Encoder, extra: dict[str, Any] | None = None) -> Path:
+def save_encoder(path: str | os.PathLike[str], enc: nn.Module, extra: dict[str, Any] | None = None) -> Path:
     """A plain dict of tensors + config (loadable with weights_only=True), written atomically."""
     from advmix.files import atomic_torch_save
 
@@ -108,7 +102,8 @@ def save_encoder(path: str | os.PathLike[str], enc: Encoder, extra: dict[str, An
     return Path(path)
 
 
-def load_encoder(path: str | os.PathLike[str]) -> Encoder:
+def load_encoder(path: str | os.PathLike[str]) -> nn.Module:
+    """advmix's own Encoder, or the PublicEncoder train-encoder saved; in eval mode."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: encoder not found (run `advmix train-encoder`)")
@@ -117,7 +112,8 @@ def load_encoder(path: str | os.PathLike[str]) -> Encoder:
     blob = read_torch(path, "encoder checkpoint", "rerun `advmix train-encoder`")
     if not isinstance(blob, dict) or blob.get("format") != ENCODER_FORMAT:
         raise ValueError(f"{path}: not an advmix encoder checkpoint; rerun `advmix train-encoder`")
-    enc = Encoder(**blob["config"])
+    public = "mode" in blob["config"]  # a pSp/e4e encoder that train-encoder loaded (extract.encoder: PATH)
+    enc = PublicEncoder(**blob["config"]) if public else Encoder(**blob["config"])
     enc.load_state_dict(blob["state_dict"])
     return enc.eval()
 
@@ -247,13 +243,6 @@ def refine(G, ws: Tensor, target: Tensor, probe: nn.Module | None = None, *, ste
     return torch.cat(out) if out else ws.detach().clone()
 
 
-@torch.no_grad()
-def synthesize(G, ws: Tensor, batch: int = 256) -> Tensor:
-    """G(ws) with fixed noise, in chunks."""
-    return torch.cat([G.synthesis(c, noise_mode="const") for c in ws.split(batch)]) if len(ws) else ws.new_zeros(
-        0, 3, G.size, G.size)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Metrics
 
@@ -356,90 +345,3 @@ def comparison_images(real: Tensor, encoder_only: Tensor, refined: Tensor, n: in
     """Rows real / encoder only / refined for the first n images, for figures.grid(ncol=n)."""
     n = min(n, len(real))
     return torch.cat([real[:n], encoder_only[:n].clamp(-1, 1), refined[:n].clamp(-1, 1)])
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The latent bank on disk
-
-
-def ids_digest(manifest: pd.DataFrame) -> str:
-    """A hash of a split's ids in order: latents written for another order or another dataset do not load."""
-    return hashlib.sha1("\n".join(map(str, manifest["id"].tolist())).encode()).hexdigest()
-
-
-def codes_digest(codes: np.ndarray) -> str:
-    """A hash of a split's codes as float32: a permuted, edited or foreign array beside this info.json is refused."""
-    return hashlib.sha1(np.ascontiguousarray(codes, dtype=np.float32).tobytes()).hexdigest()
-
-
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """sha1 of a file's bytes (the generator that made a latent bank)."""
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def save_latents(folder: str | os.PathLike[str], latents: dict[str, np.ndarray], manifests: dict[str, pd.DataFrame],
-                 extra: dict[str, Any] | None = None) -> Path:
-    """Write <split>.npy for every split plus info.json into a temp folder beside `folder`, then swap it in."""
-    folder = Path(folder)
-    info: dict[str, Any] = {"splits": {}, **(extra or {})}
-    for name, arr in latents.items():
-        m = manifests[name]
-        if arr.ndim != 3 or len(arr) != len(m):
-            raise LatentsError(f"{folder / (name + '.npy')}: {arr.shape} codes for {len(m)} manifest rows")
-        info["splits"][name] = {"rows": len(arr), "shape": list(arr.shape), "ids_sha1": ids_digest(m),
-                                "codes_sha1": codes_digest(arr)}
-    with atomic_folder(folder) as tmp:
-        for name, arr in latents.items():
-            buf = io.BytesIO()
-            np.save(buf, np.ascontiguousarray(arr, dtype=np.float32))
-            (tmp / f"{name}.npy").write_bytes(buf.getvalue())
-        (tmp / LATENTS_INFO.name).write_text(json.dumps(info, indent=2) + "\n")
-    return folder
-
-
-def load_latents(path: str | os.PathLike[str], manifest_split: pd.DataFrame, n_latent: int | None = None,
-                 style_dim: int | None = None, generator_sha1: str | None = None) -> np.ndarray:
-    """Read a split's W+ codes and check them against that split's manifest (and G's W+ shape, when given).
-
-    Raises LatentsError naming the file and what is wrong: the shape; NaN or Inf; or what info.json (written beside
-    the arrays) reveals: rows written for other ids or another order, codes that are not the ones written, or
-    another generator than `generator_sha1` (the file the caller will mix with).
-    """
-    path = Path(path)
-    hint = "(run `advmix extract` to rewrite data/latents)"
-    if not path.is_file():
-        raise LatentsError(f"{path}: latents file not found {hint}")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise LatentsError(f"{path}: not a numpy array file ({exc}) {hint}") from None
-    found = tuple(arr.shape)
-    expected = (len(manifest_split),
-                n_latent if n_latent is not None else (found[1] if arr.ndim == 3 else "n_latent"),
-                style_dim if style_dim is not None else (found[2] if arr.ndim == 3 else "style_dim"))
-    if arr.ndim != 3 or found != expected:
-        raise LatentsError(f"{path}: expected shape {expected} (rows = manifest rows of the split) but found "
-                           f"{found} {hint}")
-    bad = ~np.isfinite(arr).all(axis=(1, 2))
-    if bad.any():
-        raise LatentsError(f"{path}: {int(bad.sum())} row(s) hold NaN or Inf (the first: row {int(np.argmax(bad))}) "
-                           f"{hint}")
-    info_path = path.with_name(LATENTS_INFO.name)
-    if info_path.is_file():
-        entry = json.loads(info_path.read_text()).get("splits", {}).get(path.stem)
-        if entry is not None and "id" in manifest_split.columns and entry.get("ids_sha1") != ids_digest(
-                manifest_split):
-            raise LatentsError(f"{path}: shape {found} matches but its rows were written for other ids or another "
-                               f"order than this manifest (see {info_path}) {hint}")
-        if entry is not None and "codes_sha1" in entry and entry["codes_sha1"] != codes_digest(arr):
-            raise LatentsError(f"{path}: its codes are not the ones {info_path} records (edited, permuted or copied "
-                               f"from another run) {hint}")
-        made_by = json.loads(info_path.read_text()).get("generator_sha1")
-        if generator_sha1 is not None and made_by is not None and made_by != generator_sha1:
-            raise LatentsError(f"{path}: the codes were made by another generator than the current one (see "
-                               f"{info_path}) {hint}")
-    return arr.astype(np.float32, copy=False)

@@ -31,7 +31,7 @@ def read(G, probe, ws, batch: int = 256) -> dict[str, np.ndarray]:
     """Probe class indices per head for the images of W+ codes `ws`."""
     import torch
 
-    from advmix.gan.invert import synthesize
+    from advmix.mixing import synthesize
     from advmix.probes import predict
 
     with torch.no_grad():

@@ -389,6 +389,7 @@ class Generator(nn.Module):
         self.num_layers = (self.log_size - 2) * 2 + 1  # noise inputs
         self.memory_format = torch.contiguous_format  # of the activations; see to()
         self.n_latent = self.log_size * 2 - 2  # W+ length
+        self.out_size = size  # side of the images synthesis returns: the classifier's resolution (see render_at)
 
         self.style = nn.Sequential(
             PixelNorm(), *[EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation=True) for _ in range(n_mlp)]
@@ -476,6 +477,15 @@ class Generator(nn.Module):
 
     # -- synthesis ---------------------------------------------------------------------------------------------
 
+    def render_at(self, resolution: int) -> Generator:
+        """Make synthesis return images of side `resolution` (at most `size`): a public 256 or 1024 px generator
+        beside a classifier at 32-224 px. Synthesis still runs at `size`; the image is then resized once,
+        antialiased and differentiable, so gradients through it still reach the W+ codes."""
+        if resolution > self.size:
+            raise ValueError(f"the generator makes {self.size} px images, fewer than the {resolution} px asked for")
+        self.out_size = resolution
+        return self
+
     def _noise(self, i: int, ref: Tensor, noise_mode: str) -> Tensor | None:
         """Noise for noise layer i (resolution 2 ** ((i + 5) // 2)); `ref` gives batch, device and dtype."""
         if noise_mode == "const":
@@ -486,7 +496,8 @@ class Generator(nn.Module):
         return None
 
     def synthesis(self, ws: Tensor, noise_mode: str = "const") -> Tensor:
-        """W+ codes [N, n_latent, style_dim] (or one w [N, style_dim] for all layers) -> image [N, 3, size, size].
+        """W+ codes [N, n_latent, style_dim] (or one w [N, style_dim] for all layers) -> image [N, 3, out_size,
+        out_size] (`size` unless render_at said otherwise).
 
         noise_mode: "const" uses the stored `noises.noise_i` buffers (deterministic), "random" draws fresh noise,
         "none" adds no noise.
@@ -509,6 +520,9 @@ class Generator(nn.Module):
             x = conv(x, ws[:, i + 1], self._noise(2 * k + 2, x, noise_mode))
             skip = to_rgb(x, ws[:, i + 2], skip)
             i += 2
+        if self.out_size != self.size:
+            skip = F.interpolate(skip, size=(self.out_size, self.out_size), mode="bilinear", antialias=True,
+                                 align_corners=False)
         return skip
 
     def forward(self, ws: Tensor, noise_mode: str = "const") -> Tensor:

@@ -351,7 +351,7 @@ def mixing_grid(G, keep: list[int], n: int, seed: int) -> np.ndarray:
     with torch.no_grad():
         ws = G.make_ws(torch.randn(2 * n, G.style_dim, generator=gen))
         src, don = ws[:n], ws[n:]
-        cells = [torch.ones(1, 3, G.size, G.size)]
+        cells = [torch.ones(1, 3, G.out_size, G.out_size)]
         cells += [G.synthesis(don[j:j + 1]) for j in range(n)]
         donate = [i for i in range(G.n_latent) if i not in keep]
         for i in range(n):
@@ -359,4 +359,4 @@ def mixing_grid(G, keep: list[int], n: int, seed: int) -> np.ndarray:
             mixed = src[i:i + 1].repeat(n, 1, 1)
             mixed[:, donate] = don[:, donate]
             cells.append(G.synthesis(mixed))
-    return grid(to_uint8(torch.cat(cells)), ncol=n + 1, scale=max(1, 96 // G.size))
+    return grid(to_uint8(torch.cat(cells)), ncol=n + 1, scale=max(1, 96 // G.out_size))

@@ -43,7 +43,7 @@ def run(p, progress: Progress = no_progress) -> Extracted:
     from advmix import paths
     from advmix.figures import grid, save_png
     from advmix.files import atomic_write_json
-    from advmix.gan import invert
+    from advmix.gan import invert, latents
     from advmix.images import to_tensor
     from advmix.params import POOL, SPLITS
     from advmix.probes import predict
@@ -68,15 +68,15 @@ def run(p, progress: Progress = no_progress) -> Extracted:
         out = invert.invert_splits(G, enc, probe_model, {k: s.images for k, s in splits.items()}, p.extract, p.seed,
                                    progress=step)
     extra = {"n_latent": G.n_latent, "style_dim": G.style_dim, "mode": p.extract.mode,
-             "generator": str(paths.GENERATOR), "generator_sha1": invert.file_digest(paths.GENERATOR)}
+             "generator": str(paths.GENERATOR), "generator_sha1": latents.file_digest(paths.GENERATOR)}
     if POOL in splits:  # each partner's class as the probe reads its image: no pool label is read
         extra["pool_classes"] = predict(probe_model, splits[POOL].images)["label"].argmax(1).tolist()
-    invert.save_latents(paths.LATENTS_DIR, out.latents, {k: s.manifest for k, s in splits.items()}, extra=extra)
+    latents.save_latents(paths.LATENTS_DIR, out.latents, {k: s.manifest for k, s in splits.items()}, extra=extra)
     metrics = out.metrics | {"torch_threads": torch.get_num_threads()}  # the codes depend on it
     atomic_write_json(paths.INVERSION_METRICS, metrics)
     shown = "test_balanced" if "test_balanced" in splits else next(iter(splits))
     enc_rec, ref_rec = out.reconstructions[shown]
     n = min(12, len(splits[shown]))
     save_png(grid(invert.comparison_images(to_tensor(splits[shown].images[:n]), enc_rec, ref_rec, n), ncol=n,
-                  scale=max(1, 96 // G.size)), paths.INVERSION_FIGURE)
+                  scale=max(1, 96 // G.out_size)), paths.INVERSION_FIGURE)
     return Extracted(metrics, list(splits), sum(len(s) for s in splits.values()), time.time() - t0)

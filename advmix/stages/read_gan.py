@@ -7,7 +7,7 @@ from advmix.stages import StageError
 
 
 def generator(ds=None):
-    """(G, w_avg) of models/gan/generator.pt; with `ds`, checked to make images of the dataset's size."""
+    """(G, w_avg) of models/gan/generator.pt; with `ds`, rendering at the dataset's resolution (see at_resolution)."""
     from advmix import paths
     from advmix.gan import checkpoints
 
@@ -15,9 +15,16 @@ def generator(ds=None):
         G, w_avg, _ = checkpoints.load_generator(paths.GENERATOR)
     except (checkpoints.CheckpointError, FileNotFoundError) as exc:
         raise StageError(f"{exc}; rerun `advmix train-gan`") from None
-    if ds is not None and G.size != ds.images.shape[1]:
-        raise StageError(f"{paths.GENERATOR} makes {G.size} px images but the dataset has {ds.images.shape[1]} px")
-    return G, w_avg
+    return (G if ds is None else at_resolution(G, ds.images.shape[1], paths.GENERATOR)), w_avg
+
+
+def at_resolution(G, resolution: int, source):
+    """G with its images resized to the data's `resolution` (the classifier's); a generator may be larger than the
+    data (a public 256 or 1024 px one beside a 64 px classifier), not smaller."""
+    if G.size < resolution:
+        raise StageError(f"{source} makes {G.size} px images, fewer than data.resolution ({resolution} px); use a "
+                         f"generator of at least {resolution} px, or a lower data.resolution")
+    return G.render_at(resolution)
 
 
 def mixing_inputs(p, ds, split: str):
@@ -36,7 +43,7 @@ def mixing_inputs(p, ds, split: str):
 def split_latents(ds, split: str, G):
     """One split's W+ codes, checked against the split, the generator file and G's W+ shape."""
     from advmix import paths
-    from advmix.gan.invert import LatentsError, file_digest, load_latents
+    from advmix.gan.latents import LatentsError, file_digest, load_latents
 
     try:
         return load_latents(paths.latents_file(split), ds.split(split).manifest, G.n_latent, G.style_dim,

@@ -67,7 +67,7 @@ def run(p, mode: str, seed: int | None = None, progress: Progress = no_progress)
 
     from advmix import paths
     from advmix.files import atomic_folder, atomic_write_json
-    from advmix.gan.invert import LatentsError
+    from advmix.gan.latents import LatentsError
     from advmix.models import save_classifier
     from advmix.modes import MIXING_MODES, SELECTION_RULES
     from advmix.runtime import distributed

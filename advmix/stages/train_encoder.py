@@ -1,5 +1,5 @@
 """train-encoder: the encoder from an image to W+, learnt against the generator on its samples and then on the
-unlabelled pool (data/pool/). Writes models/encoder.pt and metrics/encoder.json; `extract` reads the encoder to
+unlabelled pool (data/pool/), or, with `extract.encoder: PATH`, a public pSp or e4e encoder loaded. Writes models/encoder.pt and metrics/encoder.json; `extract` reads the encoder to
 invert the labelled splits. Apart from extract so that a variant with another spurious attribute or rho, whose
 pool and generator are the same, keeps it.
 """
@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from advmix.stages import Progress, no_progress
+from advmix.stages import Progress, StageError, no_progress
 from advmix.stages.read_data import pool
 from advmix.stages.read_gan import generator
 from advmix.stages.read_probe import probe
@@ -24,6 +24,8 @@ class EncoderTrained:
         from advmix import paths
 
         m = self.metrics
+        if "public" in m:
+            return f"wrote {paths.ENCODER}: {m['type']} from {m['public']} ({m['parameters']:,} parameters)"
         return (f"wrote {paths.ENCODER}: latent loss {m['latent_loss']:.4f}, real loss {m['real_loss']:.4f} on "
                 f"{m['images']} pool images, {m['seconds']:.0f} s")
 
@@ -39,8 +41,10 @@ def run(p, progress: Progress = no_progress) -> EncoderTrained:
 
     ds = pool()
     G, w_avg = generator(ds)
-    probe_model = probe()
     e = p.extract
+    if e.encoder != "train":
+        return load_public(e.encoder, G)
+    probe_model = probe()
     torch.manual_seed(p.seed)
     t0 = time.time()
     with progress("train-encoder", e.encoder_steps + e.encoder_real_steps) as step:
@@ -52,5 +56,25 @@ def run(p, progress: Progress = no_progress) -> EncoderTrained:
                                                    "losses": losses})
     # CPU training is bitwise reproducible at the same thread count only: record it, as the other stages do
     metrics = losses | {"images": len(ds), "seconds": time.time() - t0, "torch_threads": torch.get_num_threads()}
+    atomic_write_json(paths.ENCODER_METRICS, metrics)
+    return EncoderTrained(metrics)
+
+
+def load_public(path: str, G) -> EncoderTrained:
+    """`extract.encoder: PATH`: the pSp/e4e encoder of PATH, checked against G and saved where extract reads it."""
+    import torch
+
+    from advmix import paths
+    from advmix.files import atomic_write_json
+    from advmix.gan import invert
+    from advmix.gan.checkpoints import CheckpointError
+    from advmix.gan.encoders import describe, public_encoder
+
+    try:
+        enc = public_encoder(path, G)
+    except CheckpointError as exc:  # EncoderError included: each names the file and what to do
+        raise StageError(f"extract.encoder: {exc}") from None
+    invert.save_encoder(paths.ENCODER, enc, extra={"public": str(path)})
+    metrics = {"public": str(path), **describe(enc.encoder), "images": 0, "torch_threads": torch.get_num_threads()}
     atomic_write_json(paths.ENCODER_METRICS, metrics)
     return EncoderTrained(metrics)

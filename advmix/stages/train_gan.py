@@ -9,6 +9,7 @@ from typing import Any
 
 from advmix.stages import Progress, StageError, no_progress
 from advmix.stages.read_data import pool
+from advmix.stages.read_gan import at_resolution
 from advmix.stages.read_probe import check_probe
 from advmix.stages.read_probe import probe as load_probe
 
@@ -46,9 +47,7 @@ def run(p, progress: Progress = no_progress) -> GanTrained | None:
             G, w_avg, _ = checkpoints.load_generator(p.gan.pretrained)
         except (checkpoints.CheckpointError, FileNotFoundError) as exc:
             raise StageError(str(exc)) from None
-        if G.size != train.images.shape[1]:
-            raise StageError(f"gan.pretrained: {p.gan.pretrained} makes {G.size} px images but data.resolution is "
-                             f"{train.images.shape[1]}")
+        at_resolution(G, train.images.shape[1], f"gan.pretrained: {p.gan.pretrained}")  # figures and metrics
         figures = {"iterations": 0, "seconds": 0.0, "images_per_s": 0.0, "pretrained": str(p.gan.pretrained)}
         checkpoints.save_generator(paths.GENERATOR, G, {}, w_avg)  # what every later stage reads
     else:
@@ -67,7 +66,7 @@ def run(p, progress: Progress = no_progress) -> GanTrained | None:
         G = run.G_ema
         checkpoints.save_generator(paths.GENERATOR, G, run.config, run.w_avg)
         figures = run.figures() | {"images": len(train)}
-    save_png(grid(sample_images(G, 64, p.seed), ncol=8, scale=max(1, 96 // G.size)), paths.GAN_SAMPLES)
+    save_png(grid(sample_images(G, 64, p.seed), ncol=8, scale=max(1, 96 // G.out_size)), paths.GAN_SAMPLES)
     save_png(mixing_grid(G, layer_groups(G.size)["coarse"], 6, p.seed), paths.GAN_MIXING)
     quality = quality_metrics(G, load_probe(), train, p.gan.eval_samples, p.seed)
     # CPU training is bitwise reproducible at the same thread count only: record it, as train and evaluate do
