@@ -17,13 +17,17 @@ Definitions follow the conventions of the spurious-correlation literature, so th
 
 from __future__ import annotations
 
-from dataclasses import replace
+import time
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from advmix.data.store import Dataset
+from advmix.inputs.classifier import load_classifier
 from advmix.params import EVAL_SPLITS
+from advmix.results import EvalResult
+from advmix.stages import StageError
 
 
 def predict(model, images: np.ndarray, batch: int, device) -> np.ndarray:
@@ -279,3 +283,62 @@ def worst_mixes(models: dict[str, Any], ds: Dataset, w: np.ndarray, G, layers: l
             model = model.to(device).eval()
             out[f"pred_{name}"] = model(x_adv[order.to(device)]).argmax(1).cpu().numpy()
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A run's result on disk: metrics/eval/<run>.json and its by_group.csv (the evaluate and dfr stages write them)
+
+
+@dataclass
+class Evaluated:
+    name: str  # <mode>-s<seed>
+    result: EvalResult  # what metrics/eval/<name>.json holds
+    seconds: float
+
+    def summary(self) -> str:
+        r, bal = self.result, self.result.splits.get("test_balanced")
+        return (f"{self.name}: test_balanced error {bal.error if bal else float('nan'):.4f}, worst group "
+                f"{bal.worst_group_acc if bal else float('nan'):.4f}, semantic robust acc {r.semantic_robust_acc}, "
+                f"mix change error {r.mix_change_error}, val robust acc (selection) {r.val_semantic_robust_acc}, "
+                f"{self.seconds:.0f} s")
+
+
+def run_clean(p, ds, mode: str, seed: int, device) -> Evaluated:
+    """The clean metrics alone (no attack): the measurement of a DFR refit, written like `run`'s."""
+
+    t0 = time.time()
+    model, payload = load_classifier(mode, seed, with_payload=True)
+    splits, by_group = clean_metrics(model, ds, p, device)
+    return write_result(p, ds, mode, seed, payload, {"splits": splits}, by_group, device, t0)
+
+
+def write_result(p, ds, mode: str, seed: int, payload: dict[str, Any], result: dict[str, Any], by_group: list,
+                 device, t0: float) -> Evaluated:
+    """Add the other selection rules' epochs, measured clean (the attacks are the default rule's alone), and what
+    the run read of the group labels; write metrics/eval/<run>.json and its by_group.csv."""
+    import pandas as pd
+    import torch
+    from pydantic import ValidationError
+
+    from advmix import paths
+    from advmix.files import atomic_write_bytes, atomic_write_json
+    from advmix.modes import SELECTION_RULES, group_labels_read
+    from advmix.results import describe, entry_key
+
+    epochs = payload.get("selected_epochs") or {}
+    selection: dict[str, Any] = {SELECTION_RULES[0]: {"epoch": epochs.get(SELECTION_RULES[0])}}
+    for rule in SELECTION_RULES[1:]:
+        if rule in epochs:  # classifiers written before the rule existed hold only the default's weights
+            splits, _ = clean_metrics(load_classifier(mode, seed, rule=rule), ds, p, device)
+            selection[rule] = {"epoch": epochs[rule], "splits": splits}
+    read = group_labels_read(mode)
+    try:  # the schema that the report reads: a NaN or a missing figure stops here, before any file is written
+        checked = EvalResult(mode=mode, seed=seed, uses_group_labels=read != "none", group_labels_read=read,
+                             selection=selection, torch_threads=torch.get_num_threads(), **result)
+    except ValidationError as exc:
+        raise StageError(f"{paths.eval_metrics(mode, seed)}: not written, the evaluation of {mode} seed {seed} gave "
+                         f"{describe(exc)} (a broken classifier or non-finite images)") from None
+    name = paths.run_name(mode, seed)
+    atomic_write_bytes(paths.eval_by_group(mode, seed), pd.DataFrame(by_group).to_csv(index=False).encode())
+    atomic_write_json(paths.eval_metrics(mode, seed), {entry_key(name): checked.to_json()})
+    return Evaluated(name, checked, time.time() - t0)

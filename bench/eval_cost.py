@@ -35,11 +35,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from advmix.data import load_dataset
     from advmix.evaluate import evaluate_classifier
     from advmix.gan import checkpoints
+    from advmix.inputs.gan import split_latents
     from advmix.mixing import resolve_layers
     from advmix.models import load_classifier
     from advmix.params import load_params
     from advmix.runtime import set_threads
-    from advmix.stages.read_gan import split_latents
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mode", default="advmix")

@@ -21,10 +21,10 @@ def main() -> None:
     import torch
 
     from advmix.gan.layers import pick_partners, read, swap_scores
+    from advmix.inputs.data import dataset
+    from advmix.inputs.gan import generator, split_latents
+    from advmix.inputs.probe import probe
     from advmix.params import load_params
-    from advmix.stages.read_data import dataset
-    from advmix.stages.read_gan import generator, split_latents
-    from advmix.stages.read_probe import probe
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", nargs="+", default=["1", "3", "1-2", "1-3", "2-4", "1-4", "2-5", "3-5", "1-5", "0-4"])

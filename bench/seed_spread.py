@@ -24,12 +24,12 @@ def main(argv: list[str] | None = None) -> dict:
     import yaml
 
     from advmix.evaluate import evaluate_classifier, val_selection
+    from advmix.inputs.data import dataset
+    from advmix.inputs.gan import mixing_inputs, split_latents
     from advmix.modes import MIXING_MODES
     from advmix.modes import NAMES as MODES
     from advmix.params import load_params
     from advmix.runtime import pick_device, set_threads
-    from advmix.stages.read_data import dataset
-    from advmix.stages.read_gan import mixing_inputs, split_latents
     from advmix.stages.train import fit
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -87,3 +87,10 @@ def test_only_prepare_runs_the_dataset_builders():
     builders = {f"advmix/data/{name}.py" for name in ("synthfaces", "colordigits", "celeba", "folder", "build")}
     runs_them = sorted(stage for stage, spec in STAGES.items() if builders & declared(spec["deps"]))
     assert runs_them == ["prepare"]
+
+
+def test_dfr_and_the_report_need_no_generator_code():
+    """A DFR refit reads the classifiers' features, the report reads metrics: neither runs StyleGAN2's code, so an
+    edit to the generator's modules reruns neither."""
+    for stage in ("dfr", "report"):
+        assert not [f for f in closure(LIBRARY / "stages" / f"{stage}.py") if f.startswith("advmix/gan/")], stage

@@ -16,10 +16,10 @@ from advmix.attacks import AttackConfig, Batch, LatentBank, advmix_attack, resid
 from advmix.gan.encoders import StyleEncoder, save_public_layout
 from advmix.gan.invert import build_encoder
 from advmix.gan.networks import Generator
+from advmix.inputs.gan import at_resolution
 from advmix.mixing import codes_per_pass, mix
 from advmix.models import build_model
 from advmix.stages import StageError
-from advmix.stages.read_gan import at_resolution
 
 torch.set_num_threads(1)
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from advmix.inputs.data import dataset
+from advmix.inputs.gan import generator, partner_bank, split_latents
+from advmix.inputs.probe import probe
 from advmix.stages import Progress, no_progress
-from advmix.stages.read_data import dataset
-from advmix.stages.read_gan import generator, partner_bank, split_latents
-from advmix.stages.read_probe import probe
 
 
 @dataclass

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from advmix.inputs.data import dataset
 from advmix.stages import StageError
-from advmix.stages.read_data import dataset
 
 
 @dataclass
@@ -33,11 +33,12 @@ class Refitted:
 def run(p, base: str, seed: int | None = None) -> Refitted:
     from advmix import paths
     from advmix.dfr import refit
+    from advmix.evaluate import run_clean
     from advmix.files import atomic_write_json
+    from advmix.inputs.classifier import load_classifier
     from advmix.models import save_classifier
     from advmix.modes import SELECTION_RULES, dfr_run
     from advmix.runtime import pick_device
-    from advmix.stages.evaluate import load_classifier, run_clean
 
     seed = p.seed if seed is None else seed
     if base not in p.train.modes:

@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from advmix.inputs.data import dataset, pool_partners
+from advmix.inputs.gan import generator
+from advmix.inputs.probe import probe
 from advmix.stages import Progress, StageError, no_progress
-from advmix.stages.read_data import dataset, pool_partners
-from advmix.stages.read_gan import generator
-from advmix.stages.read_probe import probe
 
 
 @dataclass

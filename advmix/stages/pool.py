@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from advmix.inputs.data import dataset
 from advmix.stages import Progress, StageError, no_progress
-from advmix.stages.read_data import dataset
 
 # what describes the labelled splits only: the pool must not change when they do
 LABELLED_ONLY_COLUMNS = ("group",)

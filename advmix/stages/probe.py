@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from advmix.inputs.data import pool
 from advmix.stages import Progress, no_progress
-from advmix.stages.read_data import pool
 
 
 @dataclass

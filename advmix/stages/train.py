@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from advmix.inputs.data import dataset
+from advmix.inputs.gan import mixing_inputs, partner_bank
 from advmix.params import EVAL_SPLITS
 from advmix.stages import Progress, StageError, no_progress
-from advmix.stages.read_data import dataset
-from advmix.stages.read_gan import mixing_inputs, partner_bank
 
 if TYPE_CHECKING:
     from advmix.train import ClassifierRun

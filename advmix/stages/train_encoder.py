@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from advmix.inputs.data import pool
+from advmix.inputs.gan import generator
+from advmix.inputs.probe import probe
 from advmix.stages import Progress, StageError, no_progress
-from advmix.stages.read_data import pool
-from advmix.stages.read_gan import generator
-from advmix.stages.read_probe import probe
 
 
 @dataclass

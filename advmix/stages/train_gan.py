@@ -7,11 +7,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from advmix.inputs.data import pool
+from advmix.inputs.gan import at_resolution
+from advmix.inputs.probe import check_probe
+from advmix.inputs.probe import probe as load_probe
 from advmix.stages import Progress, StageError, no_progress
-from advmix.stages.read_data import pool
-from advmix.stages.read_gan import at_resolution
-from advmix.stages.read_probe import check_probe
-from advmix.stages.read_probe import probe as load_probe
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from advmix.inputs.data import dataset
 from advmix.stages import StageError
-from advmix.stages.read_data import dataset
 
 
 @dataclass

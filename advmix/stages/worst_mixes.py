@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from advmix.stages.evaluate import load_classifier
-from advmix.stages.read_data import dataset
-from advmix.stages.read_gan import mixing_inputs
+from advmix.inputs.classifier import load_classifier
+from advmix.inputs.data import dataset
+from advmix.inputs.gan import mixing_inputs
 
 TARGET = "nominal"  # the classifier the mixes are searched against
 

@@ -60,8 +60,8 @@ def partner_bank(p, ds, G, own):
     import numpy as np
 
     from advmix import paths
+    from advmix.inputs.data import pool_partners
     from advmix.params import POOL
-    from advmix.stages.read_data import pool_partners
 
     if p.mixing.bank == "train":
         return own, ds.split("train").manifest["label"].to_numpy()
