@@ -271,7 +271,7 @@ class DFRParams(Section):
 
 
 class EvaluateParams(Section):
-    """Evaluation (advmix/evaluate.py): attacks stronger than in training, on a fixed subset of test_balanced."""
+    """Evaluation (advmix/metrics.py): attacks stronger than in training, on a fixed subset of test_balanced."""
 
     robust_images: int = Field(256, ge=1)  # test_balanced images attacked (a seeded, group-stratified subset)
     val_robust_images: int = Field(0, ge=0)  # val images for the selection figure (seeded, uniform); 0: none

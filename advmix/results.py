@@ -26,7 +26,7 @@ class _Strict(BaseModel):
 
 
 class SplitMetrics(_Strict):
-    """Clean metrics of one split (advmix.evaluate.split_metrics)."""
+    """Clean metrics of one split (advmix.metrics.split_metrics)."""
 
     acc: float
     error: float

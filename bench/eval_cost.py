@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from advmix import paths
     from advmix.data import load_dataset
-    from advmix.evaluate import evaluate_classifier
     from advmix.gan import checkpoints
     from advmix.inputs.gan import split_latents
+    from advmix.metrics import evaluate_classifier
     from advmix.mixing import resolve_layers
     from advmix.models import load_classifier
     from advmix.params import load_params

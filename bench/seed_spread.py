@@ -23,9 +23,9 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     import yaml
 
-    from advmix.evaluate import evaluate_classifier, val_selection
     from advmix.inputs.data import dataset
     from advmix.inputs.gan import mixing_inputs, split_latents
+    from advmix.metrics import evaluate_classifier, val_selection
     from advmix.modes import MIXING_MODES
     from advmix.modes import NAMES as MODES
     from advmix.params import load_params

@@ -239,7 +239,7 @@ def test_val_selection_reads_no_group_label_and_is_seeded(setup):
     import numpy as np
 
     from advmix.data.store import Dataset
-    from advmix.evaluate import robustness, uniform_subset, val_selection
+    from advmix.metrics import robustness, uniform_subset, val_selection
     from advmix.params import parse_params
 
     model, G, x, _, w = setup

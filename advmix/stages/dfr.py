@@ -33,9 +33,9 @@ class Refitted:
 def run(p, base: str, seed: int | None = None) -> Refitted:
     from advmix import paths
     from advmix.dfr import refit
-    from advmix.evaluate import run_clean
     from advmix.files import atomic_write_json
     from advmix.inputs.classifier import load_classifier
+    from advmix.metrics import run_clean
     from advmix.models import save_classifier
     from advmix.modes import SELECTION_RULES, dfr_run
     from advmix.runtime import pick_device

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 
-from advmix.evaluate import Evaluated, evaluate_classifier, write_result
 from advmix.inputs.classifier import load_classifier
 from advmix.inputs.data import dataset
 from advmix.inputs.gan import mixing_inputs, split_latents
+from advmix.metrics import Evaluated, evaluate_classifier, write_result
 
 
 def run(p, mode: str, seed: int | None = None) -> Evaluated:

@@ -30,8 +30,8 @@ def run(p) -> WorstMixes:
     import numpy as np
 
     from advmix import paths
-    from advmix.evaluate import worst_mixes
     from advmix.files import atomic_write_bytes
+    from advmix.metrics import worst_mixes
     from advmix.runtime import pick_device
 
     ds = dataset(p)
