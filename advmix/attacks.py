@@ -32,7 +32,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.transforms import AugMix, ColorJitter
 
+from advmix.images import from_uint8, to_tensor, to_uint8
 from advmix.mixing import codes_per_pass, mix, partner_key
 from advmix.models import eval_mode
 
@@ -218,8 +220,6 @@ def residual_of(G: nn.Module, batch: Batch) -> Tensor:
 def residuals(G: nn.Module, images, w: Tensor, chunk: int = 256) -> Tensor:
     """x - G(w) of every row of a split (uint8 N x H x W x 3 images, their codes), synthesised once in chunks of
     `chunk` codes; on w's device, float32."""
-    from advmix.images import to_tensor
-
     G = _frozen(G)
     chunk = min(chunk, codes_per_pass(G))
     out = [torch.empty(0, 3, G.out_size, G.out_size, device=w.device)]
@@ -328,9 +328,6 @@ def pgd_linf(model: nn.Module, batch: Batch, latents: LatentBank | None, G: nn.M
 def augmix(model: nn.Module, batch: Batch, latents: LatentBank | None, G: nn.Module | None, cfg: AttackConfig,
            rng: torch.Generator) -> tuple[Tensor, Tensor]:
     """AugMix (torchvision) on each image; its random draws are seeded from `rng`, the global RNG is left alone."""
-    from torchvision.transforms import AugMix
-
-    from advmix.images import from_uint8, to_uint8
 
     severity, width, depth = cfg.augmix
     aug = AugMix(severity=severity, mixture_width=width, chain_depth=depth)
@@ -344,8 +341,6 @@ def augmix(model: nn.Module, batch: Batch, latents: LatentBank | None, G: nn.Mod
 
 def _jitter(batch: Batch, strengths: tuple[float, float, float, float], rng: torch.Generator) -> tuple[Tensor, Tensor]:
     """ColorJitter (torchvision) on each image with its own draw; seeded from `rng`, the global RNG left alone."""
-    from torchvision.transforms import ColorJitter
-
     brightness, contrast, saturation, hue = strengths
     jitter = ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
     x01 = (batch.x.detach().float().cpu() + 1.0) / 2.0  # ColorJitter reads [0, 1] floats

@@ -21,9 +21,15 @@ import copy
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
+from torch import nn
 
 from advmix.data.store import Dataset
 from advmix.groups import worst_group_acc
+from advmix.images import to_tensor
+from advmix.models import eval_mode
 
 
 @dataclass
@@ -35,8 +41,6 @@ class Refit:
 
 def last_linear(model):
     """The classifier's last nn.Linear: the layer DFR refits."""
-    from torch import nn
-
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layer for DFR to refit")
@@ -45,10 +49,6 @@ def last_linear(model):
 
 def features(model, images: np.ndarray, batch: int, device) -> np.ndarray:
     """The inputs of the last linear layer for uint8 N x H x W x 3 images (float64, N x d)."""
-    import torch
-
-    from advmix.images import to_tensor
-    from advmix.models import eval_mode
 
     seen: list[np.ndarray] = []
     hook = last_linear(model).register_forward_hook(lambda m, args, out: seen.append(args[0].double().cpu().numpy()))
@@ -72,9 +72,6 @@ def fit_layer(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: int, 
               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(weight [n_classes, d], bias [n_classes]) averaged over `subsets` group-balanced fits of l1 logistic
     regression; a class a draw lacks gets no logit from that draw."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.multiclass import OneVsRestClassifier
-
     weight, bias = np.zeros((n_classes, x.shape[1])), np.zeros(n_classes)
     for _ in range(subsets):
         rows = balanced_draw(groups, rng)
@@ -109,8 +106,6 @@ def halves(groups: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np
 
 def refit(model, val: Dataset, strengths: list[float], subsets: int, seed: int, batch: int, device) -> Refit:
     """DFR of `model` on `val` (its labels and its `group` column); see the module docstring."""
-    import torch
-
     rng = np.random.default_rng(seed)
     y = val.manifest["label"].to_numpy().astype(np.int64)
     groups = val.manifest["group"].to_numpy().astype(np.int64)

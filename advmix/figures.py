@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from advmix.files import atomic_write_bytes
 from advmix.images import to_uint8
@@ -24,8 +25,6 @@ def grid(images, ncol: int, pad: int = 1, scale: int = 1) -> np.ndarray:
 
 
 def save_png(array: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     atomic_write_bytes(Path(path), buf.getvalue())

@@ -7,12 +7,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import torch
 
 
 class BrokenFileError(ValueError):
@@ -25,9 +28,6 @@ def read_torch(path: str | os.PathLike[str], what: str, fix: str) -> Any:
     A truncated or foreign file and a pickle that weights_only refuses (code it would have to run) end the same way;
     torch's own first line (e.g. "Unsupported global: GLOBAL posix.system") is kept. FileNotFoundError passes.
     """
-    import pickle
-
-    import torch
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -75,8 +75,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save, atomically (every checkpoint and training state goes through here)."""
-    import torch
-
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(Path(path), buf.getvalue())

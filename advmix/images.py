@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def from_uint8(x8):
@@ -13,8 +14,6 @@ def from_uint8(x8):
 
 def to_tensor(images: np.ndarray):
     """uint8 N x H x W x 3 -> float N x 3 x H x W in [-1, 1]."""
-    import torch
-
     return from_uint8(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
 
 

@@ -22,20 +22,27 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import torch
+from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference, true_positive_rate
+from pydantic import ValidationError
 
+from advmix import paths
+from advmix.attacks import AttackConfig, Batch, LatentBank, advmix_attack, pgd_linf, randmix, residual_of
 from advmix.data.store import Dataset
+from advmix.files import atomic_write_bytes, atomic_write_json
+from advmix.groups import group_accuracy
+from advmix.images import to_tensor, to_uint8
 from advmix.inputs.classifier import load_classifier
+from advmix.models import eval_mode
+from advmix.modes import SELECTION_RULES, group_labels_read
 from advmix.params import EVAL_SPLITS
-from advmix.results import EvalResult
+from advmix.results import EvalResult, describe, entry_key, epsilon_label
 from advmix.stages import StageError
 
 
 def predict(model, images: np.ndarray, batch: int, device) -> np.ndarray:
     """Class probabilities (float64, N x C) of uint8 N x H x W x 3 images."""
-    import torch
-
-    from advmix.images import to_tensor
-    from advmix.models import eval_mode
 
     out = []
     with eval_mode(model), torch.no_grad():
@@ -70,9 +77,6 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int) -> f
 
 def split_metrics(probs: np.ndarray, ds: Dataset, train_groups: np.ndarray, bins: int) -> tuple[dict, list[dict]]:
     """Metrics of one split from its predicted probabilities; also its by-group rows (for by_group.csv)."""
-    from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference, true_positive_rate
-
-    from advmix.groups import group_accuracy
 
     y = ds.manifest["label"].to_numpy().astype(int)
     pred = probs.argmax(1)
@@ -135,8 +139,6 @@ def attack_configs(p, layers: list[int] | None):
 
     The evaluation attack draws its partners uniformly (strata 0) whatever train.advmix.strata says: the attack
     every model is measured against must not change with one mode's training choice."""
-    from advmix.attacks import AttackConfig
-
     base = AttackConfig.from_params(p, layers or [])
     e = p.evaluate
     return base, replace(base, k=e.partners_k, strata=0, steps=e.steps, step_size=e.step_size)
@@ -149,11 +151,6 @@ def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | 
 
     `rows`: default, a seeded group-stratified subset of `evaluate.robust_images`. `pixel`: also PGD.
     """
-    import torch
-
-    from advmix.attacks import Batch, LatentBank, advmix_attack, pgd_linf, randmix, residual_of
-    from advmix.images import to_tensor
-    from advmix.results import epsilon_label
 
     e = p.evaluate
     if rows is None:
@@ -257,10 +254,6 @@ def worst_mixes(models: dict[str, Any], ds: Dataset, w: np.ndarray, G, layers: l
 
     For the report: which mixes fool nominal training, and whether AdvMix training holds on them.
     """
-    import torch
-
-    from advmix.attacks import Batch, LatentBank, advmix_attack
-    from advmix.images import to_tensor, to_uint8
 
     e = p.evaluate
     rows = stratified_subset(ds.manifest["group"].to_numpy(), min(e.robust_images, 128), p.seed)
@@ -316,14 +309,6 @@ def write_result(p, ds, mode: str, seed: int, payload: dict[str, Any], result: d
                  device, t0: float) -> Evaluated:
     """Add the other selection rules' epochs, measured clean (the attacks are the default rule's alone), and what
     the run read of the group labels; write metrics/eval/<run>.json and its by_group.csv."""
-    import pandas as pd
-    import torch
-    from pydantic import ValidationError
-
-    from advmix import paths
-    from advmix.files import atomic_write_bytes, atomic_write_json
-    from advmix.modes import SELECTION_RULES, group_labels_read
-    from advmix.results import describe, entry_key
 
     epochs = payload.get("selected_epochs") or {}
     selection: dict[str, Any] = {SELECTION_RULES[0]: {"epoch": epochs.get(SELECTION_RULES[0])}}

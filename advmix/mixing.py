@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
+
 from advmix.modes import LAYER_PRESETS, PARTNER_RULES
 
 
@@ -65,8 +67,6 @@ def mix(w_a, w_b, alpha, layers: list[int]):
     alpha is a scalar, one value per sample [N], or one per sample and layer [N, |layers|];
     the result is differentiable in alpha (AdvMix ascends it).
     """
-    import torch
-
     alpha = torch.as_tensor(alpha, dtype=w_a.dtype, device=w_a.device)
     if alpha.ndim == 1:
         alpha = alpha[:, None]
@@ -86,8 +86,6 @@ def codes_per_pass(G) -> int:
 
 def synthesize(G, ws, batch: int = 256):
     """G(ws) with fixed noise and no gradient, in chunks of `batch` codes (at most codes_per_pass)."""
-    import torch
-
     batch = min(batch, codes_per_pass(G))
     with torch.no_grad():
         if not len(ws):

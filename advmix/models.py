@@ -17,6 +17,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from advmix.files import BrokenFileError, atomic_torch_save, read_torch
 
 MODELS = ("smallcnn", "resnet18")
 FORMAT = "advmix-classifier"
@@ -48,8 +51,6 @@ class SmallCNN(nn.Module):
 
 def small_resnet18(n_classes: int, width: int = 64) -> nn.Module:
     """torchvision's ResNet-18 with a 3 x 3 stride-1 stem, no max-pool, and planes width, 2w, 4w, 8w."""
-    from torchvision.models.resnet import BasicBlock, ResNet
-
     net = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=n_classes)
     net.inplanes = width
     net.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
@@ -95,8 +96,6 @@ def save_classifier(path: str | os.PathLike[str], model: nn.Module, config: dict
 
     `rule_states`: the weights that other model-selection rules keep (advmix.train.SELECTION_RULES), by rule;
     `model` holds the default rule's."""
-    from advmix.files import atomic_torch_save
-
     model = getattr(model, "module", model)
     payload = {"format": FORMAT, "config": dict(config),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -111,8 +110,6 @@ def load_classifier(path: str | os.PathLike[str], device: str | torch.device = "
     """(model in eval mode on `device`, the whole payload without the weights); BrokenFileError for a broken file.
 
     `rule`: the weights of that model-selection rule (None: the default rule's)."""
-    from advmix.files import BrokenFileError, read_torch
-
     fix = "delete it and rerun `advmix train` for it"
     payload = read_torch(path, "classifier checkpoint", fix)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -6,10 +6,13 @@ wrong type fails before any work starts, with the dotted key that is wrong.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, field_validator, model_validator
+from ruamel.yaml import YAML
 
 from advmix.modes import LAYER_PRESETS, NAMES, PARTNER_RULES
 from advmix.paths import PARAMS, PROFILES
@@ -341,8 +344,6 @@ def load_params(path: str | Path = PARAMS, overrides: dict[str, Any] | None = No
 
 
 def _read_mapping(path: Path, what: str) -> dict[str, Any]:
-    import yaml
-
     if not path.is_file():
         raise ParamsError(f"{path}: {what} not found")
     try:
@@ -366,8 +367,6 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """`-S key=value` options (the CLI's, like `dvc exp run -S`) as {dotted key: YAML value}."""
-    import yaml
-
     parsed = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -411,14 +410,10 @@ def load_profile(name: str, overrides: dict[str, Any] | None = None, root: str |
 def render_params(p: Params, template: str | None = None) -> str:
     """params.yaml text holding every key of `p`. With `template` (a commented params file, the cpu profile), its
     layout and comments are kept and only the values change; keys it lacks are added at the end of their section."""
-    import io
-
-    import yaml
 
     values = p.to_dict()
     if template is None:
         return yaml.safe_dump(values, sort_keys=False)
-    from ruamel.yaml import YAML
 
     rt = YAML()
     rt.width = 4096

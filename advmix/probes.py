@@ -14,7 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
+from advmix.data.store import mirror_invariant
+from advmix.files import atomic_torch_save, read_torch
 from advmix.groups import worst_group_acc
 from advmix.images import to_tensor
 
@@ -38,9 +43,6 @@ def targets_of(ds: Dataset, heads: dict[str, int]) -> dict[str, np.ndarray]:
 
 
 def build_probe(resolution: int, heads: dict[str, int], width: int = 32):
-    import torch
-    from torch import nn
-
     class Probe(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -70,9 +72,6 @@ def build_probe(resolution: int, heads: dict[str, int], width: int = 32):
 
 def degrade(x, gen):
     """Random blur and noise, so the probe reads generated images as it reads real ones."""
-    import torch
-    import torch.nn.functional as F
-
     n = x.shape[0]
     k = torch.tensor([1.0, 2.0, 1.0])
     k = (k[:, None] * k[None, :] / 16).to(x)
@@ -85,10 +84,6 @@ def degrade(x, gen):
 def train_probe(train: Dataset, val: Dataset, epochs: int, batch: int, lr: float, width: int, seed: int,
                 progress=None):
     """Fit the probe; returns (probe, metrics with `val`'s accuracy per head and the label's worst-group accuracy)."""
-    import torch
-    import torch.nn.functional as F
-
-    from advmix.data.store import mirror_invariant
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -121,8 +116,6 @@ def train_probe(train: Dataset, val: Dataset, epochs: int, batch: int, lr: float
 
 def predict(model, images, batch: int = 256) -> dict[str, np.ndarray]:
     """Class probabilities per head for uint8 images (numpy) or a [-1, 1] tensor."""
-    import torch
-
     x = to_tensor(images) if isinstance(images, np.ndarray) else images
     outs: dict[str, list] = {}
     with torch.no_grad():
@@ -146,16 +139,12 @@ def evaluate_probe(model, ds: Dataset) -> dict[str, Any]:
 
 
 def save_probe(path: Path, model, resolution: int, width: int) -> None:
-    from advmix.files import atomic_torch_save
-
     atomic_torch_save({"format": "advmix-probe", "resolution": resolution, "width": width, "heads": model.heads_spec,
                        "state_dict": model.state_dict()}, path)
 
 
 def load_probe(path: Path):
     """The probe saved by save_probe; FileNotFoundError, or ValueError naming the file and what to do."""
-    from advmix.files import read_torch
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: probe not found (run `advmix probe`)")

@@ -5,10 +5,19 @@ no server start and leaves no log handler."""
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
+import sys
 from contextlib import chdir
 from pathlib import Path
 
+import click
+import networkx as nx
+from dvc.repo import Repo
+
 from advmix import paths
+from advmix.cli import app
+from advmix.stages.check_params import MissingSection, check_sections
 
 GUARD = "check-params"  # the stage every other one is downstream of (advmix/stages/check_params.py)
 VALIDATION_STAGES = frozenset({GUARD, "validate"})  # never retried; a failure stops the flow
@@ -29,8 +38,6 @@ class PipelineFailed(ProjectError):
 
 def check_project(root: str | Path) -> None:
     """Refuse, before any stage runs, a folder on which `dvc repro` would fail midway."""
-    from advmix.stages.check_params import MissingSection, check_sections
-
     root = Path(root)
     if not (root / paths.DVC_YAML).is_file():
         raise ProjectError(f"{root}: no dvc.yaml; run `advmix run` from the project folder")
@@ -45,9 +52,6 @@ def list_stages(root: str | Path = ".") -> list[str]:
 
     Among stages whose dependencies are done, a validation stage goes first (it gates everything that does not
     feed it), then dvc.yaml order."""
-    import networkx as nx
-    from dvc.repo import Repo
-
     with chdir(root), Repo(str(root)) as repo:  # DVC names stages relative to the working directory
         stages = list(repo.index.stages)
         rank = {stage: (not is_validation(stage.addressing), i) for i, stage in enumerate(stages)}
@@ -79,8 +83,6 @@ def is_validation(stage: str) -> bool:
 def stage_commands(root: str | Path = ".") -> list[tuple[str, str]]:
     """(stage, command) of every stage, in the order of `list_stages`, with the commands DVC resolves from dvc.yaml
     and params.yaml."""
-    from dvc.repo import Repo
-
     with chdir(root), Repo(str(root)) as repo:
         commands = {stage.addressing: stage.cmd for stage in repo.index.stages}
     return [(name, commands[name]) for name in list_stages(root)]
@@ -93,13 +95,7 @@ def repro_in_process(root: str | Path, stages: list[str] | None = None, echo=pri
     What `dvc repro` does, without a process per stage: each pays seconds of imports (torch, Great Expectations),
     which is most of the time on a tiny project (`advmix demo`, the tests). Stops at the first stage that fails,
     with PipelineFailed naming it."""
-    import shlex
-    import subprocess
-    import sys
 
-    import click
-
-    from advmix.cli import app
 
     ran = []
     with chdir(root):

@@ -19,6 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
+
 THREADS_ENV = "ADVMIX_THREADS"  # N: torch's intra-op threads, whatever else is running
 RUNTIME_DIR_ENV = "ADVMIX_RUNTIME_DIR"  # the registry's folder is $ADVMIX_RUNTIME_DIR/procs (tests, odd setups)
 DEBUG_ENV = "ADVMIX_DEBUG_THREADS"  # set: one line on stderr with the decision and its inputs
@@ -26,8 +29,6 @@ DEBUG_ENV = "ADVMIX_DEBUG_THREADS"  # set: one line on stderr with the decision 
 
 def pick_device(choice: str, key: str = "device"):
     """torch.device for `auto` | `cpu` | `cuda`; `key` names the param in the error."""
-    import torch
-
     if choice == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"{key} is 'cuda' but no CUDA device is available")
     return torch.device("cuda" if choice in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
@@ -35,9 +36,6 @@ def pick_device(choice: str, key: str = "device"):
 
 def distributed() -> tuple[int, int]:
     """(rank, world size) under torchrun, initialising the process group once; (0, 1) otherwise."""
-    import torch
-    import torch.distributed as dist
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
@@ -48,9 +46,6 @@ def distributed() -> tuple[int, int]:
 
 def average_grads(module, world: int) -> None:
     """All-reduce the gradients of `module` (one flat buffer) and divide by the world size."""
-    import torch
-    import torch.distributed as dist
-
     if world <= 1:
         return
     params = [p for p in module.parameters() if p.grad is not None]
@@ -67,7 +62,6 @@ def all_ranks(obj: Any, world: int) -> list:
     """`obj` from every rank, in rank order (e.g. RNG states for a resumable checkpoint)."""
     if world <= 1:
         return [obj]
-    import torch.distributed as dist
 
     everyone: list = [None] * world
     dist.all_gather_object(everyone, obj)
@@ -215,8 +209,6 @@ def set_threads() -> int:
     Decided once, when the stage starts: a stage that started alone keeps its threads when another starts later
     (the later one still takes only its share). Registers the process either way, so that others count it.
     """
-    import torch
-
     shares = sharing()
     forced, omp = os.environ.get(THREADS_ENV, "").strip(), os.environ.get("OMP_NUM_THREADS", "").strip()
     torchrun_default = omp == "1" and _env_int("LOCAL_WORLD_SIZE") > 1

@@ -13,8 +13,17 @@ fewer attacked images. The plot says which profile produced it.
 from __future__ import annotations
 
 import math
+import subprocess
 from pathlib import Path
 from typing import Any
+
+import dvc.api
+import matplotlib
+import matplotlib.pyplot as plt
+
+from advmix import paths
+from advmix.figures import save_figure
+from advmix.files import atomic_write_json
 
 RHOS = (0.8, 0.9, 0.95, 0.99)
 SWEEP_MODES = ("nominal", "advmix")
@@ -50,8 +59,6 @@ def command(queue_them: bool, plot_them: bool, rhos, small: bool, dataset: str, 
 
 def queue(rhos=RHOS, small: bool = False, echo=print) -> None:
     """Queue the experiments of `queue_commands`, echoing each command."""
-    import subprocess
-
     for cmd in queue_commands(rhos, small):
         echo(" ".join(cmd))
         if subprocess.run(cmd, check=False).returncode:
@@ -60,10 +67,6 @@ def queue(rhos=RHOS, small: bool = False, echo=print) -> None:
 
 def plot_experiments(dataset: str) -> str:
     """Draw reports/sweep.png and write reports/sweep.json from the finished experiments on `dataset`."""
-    import dvc.api
-
-    from advmix import paths
-    from advmix.files import atomic_write_json
 
     points = collect(dvc.api.exp_show(num=-1), dataset)
     if not points:
@@ -149,12 +152,8 @@ def by_rho(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def plot(points: list[dict[str, Any]], path: Path, title: str) -> None:
     """Relative error reduction against rho: one dot per seed, the reduction of the seed-mean errors as a line."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    from advmix.figures import save_figure
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.scatter([p["rho"] for p in points], [100 * p["reduction"] for p in points], s=18, alpha=0.6, label="one seed")

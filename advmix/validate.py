@@ -14,8 +14,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import great_expectations as gx
+import great_expectations.expectations as gxe
 import numpy as np
 import pandas as pd
+from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from advmix import paths
 from advmix.data.splits import agreement_of
@@ -141,8 +144,6 @@ def _named(expectation, name: str):
 
 
 def image_expectations(info: dict[str, Any], params: Params, columns: list[str]) -> list:
-    import great_expectations.expectations as gxe
-
     v = params.validate_
     attributes = info.get("attributes", {})
     required = ["id", "split", "label", "group", *attributes]
@@ -176,8 +177,6 @@ def image_expectations(info: dict[str, Any], params: Params, columns: list[str])
 
 
 def split_expectations(params: Params) -> list:
-    import great_expectations.expectations as gxe
-
     v = params.validate_
     return [
         _named(gxe.ExpectColumnPairValuesToBeEqual(column_A="n", column_B="expected_n"), "split_sizes"),
@@ -204,8 +203,6 @@ def _observed(result: dict[str, Any]) -> Any:
 def run_suites(ds: Dataset, params: Params) -> ValidationReport:
     """Run both suites through a Great Expectations ephemeral context."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)

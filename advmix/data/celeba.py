@@ -14,6 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from PIL import Image
+from torchvision.datasets import CelebA
+from torchvision.datasets.celeba import CSV
 
 from advmix.data.splits import draw_rows
 from advmix.data.store import Dataset, DatasetError
@@ -39,10 +43,6 @@ def locate(root: Path | None) -> tuple[Path, str]:
 
 def open_celeba(root: Path | None):
     """torchvision's CelebA over a local folder, with errors that name the file at fault."""
-    import torch
-    from torchvision.datasets import CelebA
-    from torchvision.datasets.celeba import CSV
-
     tv_root, base = locate(root)
     folder = tv_root / base
 
@@ -75,8 +75,6 @@ def open_celeba(root: Path | None):
 
 
 def _square_resize(img, resolution: int) -> np.ndarray:
-    from PIL import Image
-
     w, h = img.size
     side = min(w, h)
     left, top = (w - side) // 2, (h - side) // 2

@@ -11,6 +11,7 @@ from importlib import resources
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from advmix.data.splits import draw_cells, numbered, plan
 from advmix.data.store import Dataset, DatasetError
@@ -41,8 +42,6 @@ def load_digits_28() -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def build(params: DataParams, seed: int, progress=None) -> Dataset:
-    from PIL import Image
-
     # the pool has a stream of its own: it depends on seed, resolution, its size and the train split's handwriting
     # (so on data.sizes.train), never on rho
     labelled_rng, pool_rng = np.random.default_rng([seed, 3]), np.random.default_rng([seed, 6])

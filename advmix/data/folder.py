@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from advmix.data.celeba import PARTITION, _square_resize
 from advmix.data.splits import draw_rows
@@ -121,7 +122,6 @@ def build(params: DataParams, seed: int, progress=None) -> Dataset:
     chosen = draw_rows(label, spurious, partitions, part_of, params.sizes.as_dict(), params.rho, k,
                        np.random.default_rng([seed, 5]), shortage)
 
-    from PIL import Image
 
     files = frame[cfg.file].astype(str).to_numpy()
     images = np.empty((len(chosen), params.resolution, params.resolution, 3), dtype=np.uint8)

@@ -12,6 +12,7 @@ import colorsys
 
 import numpy as np
 import pandas as pd
+from PIL import Image, ImageDraw, ImageFilter
 
 from advmix.data.splits import draw_cells, numbered, plan
 from advmix.data.store import Dataset
@@ -94,8 +95,6 @@ def _mouth_curve(cx: float, y0: float, half_width: float, bend: float, k: int = 
 
 def render_face(row: pd.Series, rng: np.random.Generator, resolution: int, mouth: str = "medium") -> np.ndarray:
     """One face as uint8 H x W x 3. `rng` draws the per-image jitter (shape, pose, light strength)."""
-    from PIL import Image, ImageDraw, ImageFilter
-
     big = resolution * SUPERSAMPLE
 
     def px(v: float) -> float:

@@ -17,6 +17,7 @@ Every `torch.load` here uses `weights_only=True`; nothing is ever unpickled into
 from __future__ import annotations
 
 import _compat_pickle
+import argparse
 import collections
 import io
 import os
@@ -161,8 +162,6 @@ def load_generator(
 
 
 def _torch_load(path: Path) -> Any:
-    import argparse
-
     # rosinality's training checkpoints pickle an argparse.Namespace ("args"); it only holds attributes.
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):

@@ -34,8 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advmix.files import atomic_torch_save, read_torch
 from advmix.gan.encoders import PublicEncoder
+from advmix.images import to_tensor
 from advmix.mixing import synthesize
+from advmix.probes import predict
 
 ENCODER_FORMAT = "advmix-encoder"
 MIX_PROBABILITY = 0.9  # share of encoder training samples with two codes (rows differ), as in GAN training
@@ -94,8 +97,6 @@ def build_encoder(G, w_avg: Tensor, width: int = 32, seed: int = 0, n_stats: int
 
 def save_encoder(path: str | os.PathLike[str], enc: nn.Module, extra: dict[str, Any] | None = None) -> Path:
     """A plain dict of tensors + config (loadable with weights_only=True), written atomically."""
-    from advmix.files import atomic_torch_save
-
     payload = {"format": ENCODER_FORMAT, "config": dict(enc.config),
                "state_dict": {k: v.detach().cpu() for k, v in enc.state_dict().items()}, **(extra or {})}
     atomic_torch_save(payload, path)
@@ -107,7 +108,6 @@ def load_encoder(path: str | os.PathLike[str]) -> nn.Module:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: encoder not found (run `advmix train-encoder`)")
-    from advmix.files import read_torch
 
     blob = read_torch(path, "encoder checkpoint", "rerun `advmix train-encoder`")
     if not isinstance(blob, dict) or blob.get("format") != ENCODER_FORMAT:
@@ -275,8 +275,6 @@ def reconstruction_metrics(real: Tensor, rec: Tensor, probe: nn.Module | None = 
     label_agreement: the probe gives the same label for G(E(x)) as for x; <head>_agreement likewise for every
     nuisance attribute the probe reads. The reconstruction is clipped to [-1, 1], as an image would be.
     """
-    from advmix.probes import predict
-
     rec = rec.clamp(-1, 1)
     mse = (rec - real).square().flatten(1).mean(1)
     psnr = 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
@@ -306,8 +304,6 @@ def invert_splits(G, enc: Encoder, probe: nn.Module | None, splits: dict[str, np
                   progress: Progress = None) -> Inversion:
     """Invert every split with a trained encoder (`train_encoder`), then refine each code if `p.mode` asks.
     `p` is an ExtractParams."""
-    from advmix.images import to_tensor
-
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     real = {name: to_tensor(images) for name, images in splits.items()}

@@ -22,17 +22,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
-from advmix.mixing import layer_groups, mix, partner_key
+from advmix.mixing import layer_groups, mix, partner_key, resolve_layers, synthesize
+from advmix.probes import predict
 
 
 def read(G, probe, ws, batch: int = 256) -> dict[str, np.ndarray]:
     """Probe class indices per head for the images of W+ codes `ws`."""
-    import torch
-
-    from advmix.mixing import synthesize
-    from advmix.probes import predict
 
     with torch.no_grad():
         imgs = synthesize(G, ws, batch)
@@ -136,8 +136,6 @@ def analyze(G, probe, ws, spurious: str, layers_spec, partners_rule: str, max_la
     perturbation set. `bank` = (codes, classes): the partners of the search and of the perturbation set come from
     it (`mixing.bank: pool`); None: from ws itself.
     """
-    from advmix.mixing import resolve_layers
-
     rng = np.random.default_rng(seed)
     reading = read(G, probe, ws)
     labels = reading["label"] if labels is None else labels
@@ -223,10 +221,7 @@ def perturbation_on_bank(G, probe, ws, labels: np.ndarray, spurious: str, layers
 
 def heatmap(result: dict[str, Any]):
     """Rows: single layers and groups; columns: label change, then each attribute's transfer."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     rows = list(result["layers"])
     cols = list(result["layers"][rows[0]])

@@ -3,15 +3,14 @@ make it."""
 
 from __future__ import annotations
 
+from advmix import paths
+from advmix.models import load_classifier as load
 from advmix.stages import StageError
 
 
 def load_classifier(mode: str, seed: int, rule: str | None = None, with_payload: bool = False):
     """The trained classifier of a run (the weights that selection `rule` keeps; None: the default rule's), with
     its checkpoint's other entries if asked, or a StageError that says how to make it."""
-    from advmix import paths
-    from advmix.models import load_classifier as load
-
     path = paths.classifier(mode, seed)
     try:
         model, payload = load(path, rule=rule)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
+from advmix import paths
+from advmix.data import DatasetError, load_dataset
+from advmix.data.store import dataset_digest
+from advmix.params import POOL
 from advmix.stages import StageError
 
 
 def dataset(p, validated: bool = True):
     """The prepared dataset of `data.name`; with `validated`, only once `advmix validate` has passed on it (a stage
     run by hand would otherwise train on data that DVC's pipeline stops at)."""
-    import json
-
-    from advmix import paths
-    from advmix.data import DatasetError, load_dataset
-    from advmix.data.store import dataset_digest
 
     try:
         ds = load_dataset(paths.dataset_dir(p.data.name))
@@ -40,9 +41,6 @@ def dataset(p, validated: bool = True):
 def pool():
     """data/pool/, the unlabelled pool that `advmix pool` wrote from the validated dataset; its labels are read by
     the probe only (a measuring instrument), never by the generator or the encoder."""
-    from advmix import paths
-    from advmix.data import DatasetError, load_dataset
-
     if not paths.POOL_DIR.is_dir():
         raise StageError(f"{paths.POOL_DIR}: missing; run `advmix pool`, which writes it from the validated dataset")
     try:
@@ -54,8 +52,6 @@ def pool():
 def pool_partners(ds):
     """The pool images that `extract` inverts as mixing partners under `mixing.bank: pool`: the first pool rows of
     the prepared dataset, as many as the train split has."""
-    from advmix.params import POOL
-
     part = ds.split(POOL)
     return part.rows(slice(0, min(len(part), len(ds.split("train")))))
 

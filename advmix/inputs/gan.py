@@ -3,14 +3,21 @@ what to do."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
+
+from advmix import paths
+from advmix.gan import checkpoints
+from advmix.gan.latents import LatentsError, file_digest, load_latents
+from advmix.inputs.data import pool_partners
+from advmix.mixing import resolve_layers
+from advmix.params import POOL
 from advmix.stages import StageError
 
 
 def generator(ds=None):
     """(G, w_avg) of models/gan/generator.pt; with `ds`, rendering at the dataset's resolution (see at_resolution)."""
-    from advmix import paths
-    from advmix.gan import checkpoints
-
     try:
         G, w_avg, _ = checkpoints.load_generator(paths.GENERATOR)
     except (checkpoints.CheckpointError, FileNotFoundError) as exc:
@@ -29,9 +36,6 @@ def at_resolution(G, resolution: int, source):
 
 def mixing_inputs(p, ds, split: str):
     """The generator, the resolved mixing layers and one split's W+ codes."""
-    from advmix import paths
-    from advmix.mixing import resolve_layers
-
     G, _ = generator(ds)
     try:
         layers = resolve_layers(p.mixing.layers, G.size, paths.LAYERS_METRICS)
@@ -42,9 +46,6 @@ def mixing_inputs(p, ds, split: str):
 
 def split_latents(ds, split: str, G):
     """One split's W+ codes, checked against the split, the generator file and G's W+ shape."""
-    from advmix import paths
-    from advmix.gan.latents import LatentsError, file_digest, load_latents
-
     try:
         return load_latents(paths.latents_file(split), ds.split(split).manifest, G.n_latent, G.style_dim,
                             generator_sha1=file_digest(paths.GENERATOR))
@@ -55,13 +56,7 @@ def split_latents(ds, split: str, G):
 def partner_bank(p, ds, G, own):
     """(codes, classes) of the mixing partners: the train split's `own` codes and labels, or, under `mixing.bank:
     pool`, the inverted pool images with the classes the probe read from their images at extract (no pool label is read)."""
-    import json
 
-    import numpy as np
-
-    from advmix import paths
-    from advmix.inputs.data import pool_partners
-    from advmix.params import POOL
 
     if p.mixing.bank == "train":
         return own, ds.split("train").manifest["label"].to_numpy()

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from advmix import paths
+from advmix.files import read_torch
+from advmix.probes import load_probe
 from advmix.stages import StageError
 
 
 def check_probe() -> None:
     """That models/probe.pt exists and is a readable torch file (no weights built, no random draws): a stage calls
     this before long work that ends by reading the probe."""
-    from advmix import paths
-    from advmix.files import read_torch
-
     if not paths.PROBE.is_file():
         raise StageError(f"{paths.PROBE}: probe not found (run `advmix probe`)")
     try:  # a truncated or foreign file, named (torch's own error names no file)
@@ -21,9 +21,6 @@ def check_probe() -> None:
 
 def probe():
     """The attribute probe of `advmix probe` (models/probe.pt)."""
-    from advmix import paths
-    from advmix.probes import load_probe
-
     try:
         return load_probe(paths.PROBE)
     except (FileNotFoundError, ValueError) as exc:
