@@ -18,11 +18,11 @@ group label is read). `val_worst_group` keeps the epoch of best val worst-group 
 ties: it reads the group labels of val, as SubpopBench's "group labels known on val" setting and Group DRO's
 early stopping do. No group label is read in training except by groupdro.
 
-Checkpoint and resume: the whole training state (model, optimiser, scheduler, epoch, step within the epoch,
-the epoch's running sums, every RNG state, the history and the best weights so far) is written atomically at
-the end of every epoch and every `train.checkpoint_minutes` within one. A rerun with the same params and data
-continues from it, through the same batches, and on CPU ends with bitwise the same weights as a run that was
-never interrupted. The dvclive folder is rebuilt from the saved history on every start, so its metrics have
+Checkpoint and resume (advmix/resume.py): the whole training state (model, optimiser, scheduler, epoch, step
+within the epoch, the epoch's running sums, every RNG state, the history and the best weights so far) is written
+atomically at the end of every epoch and every `train.checkpoint_minutes` within one. A rerun with the same params
+and data continues from it, through the same batches, and on CPU ends with bitwise the same weights as a run that
+was never interrupted. The dvclive folder is rebuilt from the saved history on every start, so its metrics have
 one row per epoch with no gap and no duplicate. The state file is deleted when training completes.
 
 Under `torchrun` (WORLD_SIZE > 1) every rank takes its share of each global batch (`train.batch` is the global
@@ -34,8 +34,6 @@ passes run under bf16 autocast with channels_last activations.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable
@@ -45,14 +43,13 @@ from typing import Any
 
 import numpy as np
 
+from advmix import resume
 from advmix.data.store import Dataset
-from advmix.files import atomic_torch_save
 from advmix.gan.latents import LatentsError
 from advmix.groups import worst_group_acc
 from advmix.modes import GROUP_LABEL_MODES, MIXING_MODES, NAMES, SELECTION_RULES
-from advmix.runtime import all_ranks, distributed, pick_device
 
-STATE_VERSION = 3
+STATE_VERSION = 3  # the layout of the training state (advmix.resume)
 RESIDUAL_BANK_BYTES = 2 << 30  # the train split's residuals are kept on the device up to this size (float32)
 
 
@@ -66,17 +63,12 @@ def fingerprint(mode: str, p, attack_cfg, train: Dataset, val: Dataset, latents:
     """What a resumable state must match: mode, training params, attack, seed, and the data it sees."""
     keep = p.train.model_dump(mode="json", exclude={"modes", "seeds", "checkpoint_minutes", "device",
                                                        "eval_batch"})
-    h = hashlib.sha1(json.dumps([mode, keep, attack_cfg.__dict__ if mode != "nominal" else None, p.seed,
-                                 list(train.images.shape), list(val.images.shape)], sort_keys=True).encode())
-    h.update(hashlib.sha1(np.ascontiguousarray(train.images).tobytes()).digest())
-    h.update(train.manifest["label"].to_numpy().astype(np.int64).tobytes())
-    if latents is not None and mode in MIXING_MODES:
-        h.update(hashlib.sha1(np.ascontiguousarray(latents).tobytes()).digest())
-    if mode in GROUP_LABEL_MODES:
-        h.update(train.manifest["group"].to_numpy().astype(np.int64).tobytes())
-    if epoch_rows is not None:
-        h.update(np.ascontiguousarray(epoch_rows, dtype=np.int64).tobytes())
-    return h.hexdigest()
+    spec = [mode, keep, attack_cfg.__dict__ if mode != "nominal" else None, p.seed, list(val.images.shape)]
+    return resume.fingerprint(
+        spec, images=train.images, labels=train.manifest["label"].to_numpy().astype(np.int64),
+        latents=latents if mode in MIXING_MODES else None,
+        groups=train.manifest["group"].to_numpy().astype(np.int64) if mode in GROUP_LABEL_MODES else None,
+        epoch_rows=None if epoch_rows is None else np.asarray(epoch_rows, dtype=np.int64))
 
 
 def group_dro_loss(losses, groups, q, step_size: float, world: int = 1, adjustment=None):
@@ -245,25 +237,19 @@ class _Run:
         default_factory=lambda: {rule: {"epoch": -1, "state": None} for rule in SELECTION_RULES})
 
 
-def _resume(state_path: Path, fp: str, world: int, rank: int, model, opt, sched, rng, q) -> _Run:
-    """Load a state of the same run (fingerprint, version, world size) into the objects; else a fresh _Run."""
+def _restore_run(state_path: Path, fp: str, world: int, rank: int, model, opt, sched, rng, q) -> _Run:
+    """Load a state of the same run (advmix.resume.load_state) into the objects; else a fresh _Run."""
     import torch
 
-    from advmix.files import read_torch
-
-    run = _Run(sums=torch.zeros(5, dtype=torch.float64))
-    if not state_path.is_file():
-        return run
-    state = read_torch(state_path, "training state", "delete it to start this run over")
-    if not (isinstance(state, dict) and state.get("fingerprint") == fp and state.get("version") == STATE_VERSION
-            and state["world"] == world):
-        return run
+    state = resume.load_state(state_path, version=STATE_VERSION, fp=fp, world=world, what="training state",
+                              fix="delete it to start this run over")
+    if state is None:
+        return _Run(sums=torch.zeros(5, dtype=torch.float64))
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
     mine = state["ranks"][rank]
-    rng.set_state(mine["rng"])
-    torch.set_rng_state(mine["torch_rng"])
+    resume.restore_rngs(mine, rng)
     if q is not None:
         q.copy_(state["group_weights"])
     return _Run(sums=mine["sums"].clone(), epoch=int(state["epoch"]), step=int(state["step"]),
@@ -386,10 +372,7 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
             raise ValueError(f"mode {mode} needs the generator, the train latents and the mixing layers")
         if len(latents) != len(train):
             raise LatentsError(f"train latents have {len(latents)} rows but the train split has {len(train)}")
-    rank, world = distributed()
-    device = pick_device(t.device, "train.device")
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", rank % torch.cuda.device_count())
+    rank, world, device = resume.rank_and_device(t.device, "train.device")
     if t.batch % world:
         raise ValueError(f"train.batch {t.batch} must be a multiple of the number of ranks {world}")
     rows = torch.arange(len(train)) if epoch_rows is None else torch.from_numpy(np.asarray(epoch_rows, np.int64))
@@ -445,7 +428,7 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
 
     # ---- Resume a state of this very run (same fingerprint), or start at epoch 0.
     fp = fingerprint(mode, p, cfg, train, val, latents, epoch_rows)
-    run = _resume(state_path, fp, world, rank, model, opt, sched, rng, q)
+    run = _restore_run(state_path, fp, world, rank, model, opt, sched, rng, q)
     resumed_from = {"epoch": run.epoch, "step": run.step}
     start_epoch, start_step, elapsed = run.epoch, run.step, run.seconds
     live = _open_live(live_dir, run.history) if live_dir is not None and rank == 0 else None
@@ -456,24 +439,11 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
     last_save = time.time()
 
     def save(epoch: int, step: int) -> None:
-        mine = {"rng": rng.get_state(), "torch_rng": torch.get_rng_state(), "sums": run.sums.clone()}
-        ranks = all_ranks(mine, world)
-        if rank == 0:
-            atomic_torch_save({
-                "version": STATE_VERSION, "fingerprint": fp, "world": world, "mode": mode, "epoch": epoch,
-                "step": step, "seconds": time.time() - t0, "model": model.state_dict(), "opt": opt.state_dict(),
-                "sched": sched.state_dict(), "ranks": ranks, "history": run.history, "best": run.best,
-                "group_weights": None if q is None else q.detach().cpu().clone()}, state_path)
-
-    def checkpoint_due() -> bool:
-        due = time.time() - last_save > t.checkpoint_minutes * 60
-        if world > 1:
-            import torch.distributed as dist
-
-            flag = torch.tensor([float(due)], device=device if device.type == "cuda" else "cpu")
-            dist.broadcast(flag, 0)
-            due = bool(flag.item())
-        return due
+        resume.save_state(state_path, {
+            "mode": mode, "epoch": epoch, "step": step, "seconds": time.time() - t0, "model": model.state_dict(),
+            "opt": opt.state_dict(), "sched": sched.state_dict(), "history": run.history, "best": run.best,
+            "group_weights": None if q is None else q.detach().cpu().clone()},
+            resume.rank_part(rng, sums=run.sums.clone()), version=STATE_VERSION, fp=fp, rank=rank, world=world)
 
     for epoch in range(start_epoch, t.epochs):
         perm = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(p.seed * 1000 + epoch))]
@@ -506,7 +476,7 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
             done = epoch * steps_per_epoch + step + 1
             if progress is not None and rank == 0:
                 progress(done, total, {"epoch": epoch + 1, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
-            if step + 1 < steps_per_epoch and checkpoint_due():
+            if step + 1 < steps_per_epoch and resume.save_due(last_save, t.checkpoint_minutes, world, device):
                 save(epoch, step + 1)
                 last_save = time.time()
 

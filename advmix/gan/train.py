@@ -6,8 +6,8 @@ generator never learns the augmentation. Style mixing at a high probability is w
 layers that carry the label from the ones that carry nuisances: a mix of two latents at a random row must
 still look real, so each attribute settles in a contiguous range of W+ rows.
 
-The loop writes its whole state atomically every few minutes; a rerun with the same params and
-data continues from it. Under `torchrun` each rank draws its own batches and torch's
+The loop writes its whole state atomically every few minutes and at the end (advmix/resume.py); a rerun
+with the same params and data continues from it. Under `torchrun` each rank draws its own batches and torch's
 DistributedDataParallel averages the gradients of the generator and discriminator steps (bucketed
 all-reduce overlapped with the backward pass). The lazy R1 step is a double backward, which DDP's
 reducer does not support, so it runs on the bare discriminator and averages its gradients by hand.
@@ -16,8 +16,6 @@ One process runs the bare networks: its results are those of the loop without DD
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable
@@ -27,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from advmix.files import atomic_torch_save, read_torch
+from advmix import resume
 from advmix.params import GanParams
-from advmix.runtime import all_ranks, average_grads, distributed, pick_device
+from advmix.runtime import average_grads
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # the layout of the training state (advmix.resume)
 
 
 def generator_config(p: GanParams, resolution: int) -> dict[str, Any]:
@@ -67,10 +65,7 @@ class GanRun:
 def fingerprint(p: GanParams, images: np.ndarray, seed: int, mirror: bool = True) -> str:
     """What a resumable state must match: the training params, the seed and the data."""
     keep = p.model_dump(mode="json", exclude={"checkpoint_minutes", "eval_samples", "device", "pretrained"})
-    shape = list(images.shape) if mirror else [*images.shape, "no-mirror"]  # unchanged for faces
-    h = hashlib.sha1(json.dumps([keep, seed, shape], sort_keys=True).encode())
-    h.update(hashlib.sha1(images.tobytes()).digest())
-    return h.hexdigest()
+    return resume.fingerprint([keep, seed, mirror], images=images)
 
 
 def diff_augment(x, policy: list[str], gen):
@@ -136,10 +131,7 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
     from advmix.images import to_tensor
 
     # ---- Ranks and devices; networks and optimisers, seeded the same on every rank.
-    rank, world = distributed()
-    device = pick_device(p.device, "gan.device")
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", rank % torch.cuda.device_count())
+    rank, world, device = resume.rank_and_device(p.device, "gan.device")
     torch.manual_seed(seed * 1000)  # the same initial weights on every rank
     gen = torch.Generator().manual_seed(seed * 1000 + rank + 1)  # each rank its own batches and latents
     resolution = images.shape[1]
@@ -160,17 +152,16 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
     # ---- Resume a state of the same run (params, seed, data, world size), if there is one.
     fp = fingerprint(p, images, seed, mirror)
     start, elapsed = 0, 0.0
-    if state_path.is_file():
-        state = read_torch(state_path, "GAN training state", f"delete {state_path} to start over")
-        if state.get("fingerprint") == fp and state.get("version") == STATE_VERSION and state["world"] == world:
-            G.load_state_dict(state["G"])
-            D.load_state_dict(state["D"])
-            G_ema.load_state_dict(state["G_ema"])
-            g_opt.load_state_dict(state["g_opt"])
-            d_opt.load_state_dict(state["d_opt"])
-            gen.set_state(state["rng"][rank])
-            torch.set_rng_state(state["torch_rng"][rank])
-            start, elapsed = int(state["iteration"]), float(state["seconds"])
+    state = resume.load_state(state_path, version=STATE_VERSION, fp=fp, world=world, what="GAN training state",
+                              fix=f"delete {state_path} to start over")
+    if state is not None:
+        G.load_state_dict(state["G"])
+        D.load_state_dict(state["D"])
+        G_ema.load_state_dict(state["G_ema"])
+        g_opt.load_state_dict(state["g_opt"])
+        d_opt.load_state_dict(state["d_opt"])
+        resume.restore_rngs(state["ranks"][rank], gen)
+        start, elapsed = int(state["iteration"]), float(state["seconds"])
 
     # ---- What every iteration draws from: latents (style-mixed at p.style_mixing), real batches, D's inputs.
     reals = to_tensor(images)
@@ -260,15 +251,11 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
         done = it + 1
         if progress is not None and rank == 0:
             progress(done, stats)
-        if done == p.iterations or time.time() - last_save > p.checkpoint_minutes * 60:
-            # every rank's RNG states, so a resumed multi-process run continues each rank's stream
-            rngs = all_ranks((gen.get_state(), torch.get_rng_state()), world)
-            if rank == 0:
-                atomic_torch_save({
-                    "version": STATE_VERSION, "fingerprint": fp, "world": world, "iteration": done,
-                    "seconds": time.time() - t0, "G": G.state_dict(), "D": D.state_dict(),
-                    "G_ema": G_ema.state_dict(), "g_opt": g_opt.state_dict(), "d_opt": d_opt.state_dict(),
-                    "rng": [r[0] for r in rngs], "torch_rng": [r[1] for r in rngs]}, state_path)
+        if done == p.iterations or resume.save_due(last_save, p.checkpoint_minutes, world, device):
+            resume.save_state(state_path, {
+                "iteration": done, "seconds": time.time() - t0, "G": G.state_dict(), "D": D.state_dict(),
+                "G_ema": G_ema.state_dict(), "g_opt": g_opt.state_dict(), "d_opt": d_opt.state_dict()},
+                resume.rank_part(gen), version=STATE_VERSION, fp=fp, rank=rank, world=world)
             last_save = time.time()
 
     # ---- The EMA generator and its mean W.
