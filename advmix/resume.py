@@ -4,7 +4,6 @@ A trainer writes its whole state to one file, atomically, now and then; a rerun 
 of the very same run: the same layout (the trainer's STATE_VERSION), the same fingerprint (a hash of the inputs the
 trainer declares: params, seed, data) and the same number of ranks. The state holds, besides what the trainer puts
 in, every rank's own part (its RNG states), so a resumed multi-process run continues each rank's stream.
-Also here: the rank, world size and device of this process, which both trainers choose the same way.
 """
 
 from __future__ import annotations
@@ -19,17 +18,7 @@ import numpy as np
 import torch
 
 from advmix.files import atomic_torch_save, read_torch
-from advmix.runtime import all_ranks, distributed, pick_device
-
-
-def rank_and_device(choice: str, key: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device): `choice` is the device param (`auto` | `cpu` | `cuda`, named `key` in errors);
-    under torchrun on CUDA each rank takes its own GPU."""
-    rank, world = distributed()
-    device = pick_device(choice, key)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", rank % torch.cuda.device_count())
-    return rank, world, device
+from advmix.runtime import all_ranks
 
 
 def fingerprint(spec: Any, **arrays: np.ndarray | None) -> str:

@@ -233,3 +233,13 @@ def set_threads() -> int:
         inputs = ", ".join(f"{k} {v}" for k, v in shares.items())
         print(f"advmix: {torch.get_num_threads()} torch thread(s): {why} ({inputs})", file=sys.stderr)
     return torch.get_num_threads()
+
+
+def rank_and_device(choice: str, key: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device): `choice` is the device param (`auto` | `cpu` | `cuda`, named `key` in errors);
+    under torchrun on CUDA each rank takes its own GPU."""
+    rank, world = distributed()
+    device = pick_device(choice, key)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+    return rank, world, device

@@ -42,12 +42,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from dvclive import Live
 
 from advmix import resume
+from advmix.attacks import ATTACKS, AttackConfig, Batch, LatentBank, residuals
 from advmix.data.store import Dataset
 from advmix.gan.latents import LatentsError
 from advmix.groups import worst_group_acc
+from advmix.images import to_tensor
+from advmix.models import build_model, eval_mode
 from advmix.modes import GROUP_LABEL_MODES, MIXING_MODES, NAMES, SELECTION_RULES
+from advmix.runtime import rank_and_device
 
 STATE_VERSION = 3  # the layout of the training state (advmix.resume)
 RESIDUAL_BANK_BYTES = 2 << 30  # the train split's residuals are kept on the device up to this size (float32)
@@ -79,8 +87,6 @@ def group_dro_loss(losses, groups, q, step_size: float, world: int = 1, adjustme
     `adjustment`: C / sqrt(n_g) per group, added to the group losses that update q (the paper's generalisation
     adjustment: small groups, whose train loss underestimates their test loss, get more weight).
     """
-    import torch
-
     n_groups = len(q)
     sums = torch.zeros(n_groups, device=losses.device, dtype=losses.dtype).index_add(0, groups, losses)
     counts = torch.bincount(groups, minlength=n_groups).to(losses.dtype)
@@ -111,8 +117,6 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 def build_optimizer(model, p, mode: str):
-    import torch
-
     t = p.train
     decay = t.groupdro.weight_decay if mode == "groupdro" else t.weight_decay
     if t.optimizer == "adam":
@@ -136,19 +140,12 @@ def select_epoch(history: list[dict[str, float]], rule: str) -> int:
 
 
 def labels_of(ds: Dataset):
-    import torch
-
     return torch.from_numpy(np.array(ds.manifest["label"].to_numpy(), dtype=np.int64))
 
 
 def evaluate(model, ds: Dataset, batch: int, device, rank: int = 0, world: int = 1) -> dict[str, float]:
     """Loss, accuracy and error on a split (sharded over ranks, summed); worst-group accuracy when the split
     has a `group` column (read by the val_worst_group selection rule only)."""
-    import torch
-    import torch.nn.functional as F
-
-    from advmix.images import to_tensor
-    from advmix.models import eval_mode
 
     y_all = labels_of(ds)
     rows = torch.arange(rank, len(ds), world)
@@ -178,25 +175,18 @@ def evaluate(model, ds: Dataset, batch: int, device, rank: int = 0, world: int =
 
 
 def _amp(device):
-    import torch
-
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
 
 
 def _to_device(x, device):
-    import torch
-
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
 
 def _broadcast_buffers(model, world: int) -> None:
     """Rank 0's BatchNorm statistics on every rank (one flat broadcast)."""
-    import torch
-    import torch.distributed as dist
-
     if world <= 1:
         return
     bufs = [b for b in model.buffers() if b.is_floating_point()]
@@ -210,8 +200,6 @@ def _broadcast_buffers(model, world: int) -> None:
 
 def _open_live(live_dir: Path, history: list[dict[str, float]]):
     """A fresh dvclive folder holding one row per completed epoch of `history` (step = epoch index)."""
-    from dvclive import Live
-
     live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None)  # plain Live() would rewrite dvc.yaml
     for record in history:
         _log_epoch(live, record)
@@ -239,8 +227,6 @@ class _Run:
 
 def _restore_run(state_path: Path, fp: str, world: int, rank: int, model, opt, sched, rng, q) -> _Run:
     """Load a state of the same run (advmix.resume.load_state) into the objects; else a fresh _Run."""
-    import torch
-
     state = resume.load_state(state_path, version=STATE_VERSION, fp=fp, world=world, what="training state",
                               fix="delete it to start this run over")
     if state is None:
@@ -260,9 +246,6 @@ def _attacked(x, y, idx, model, attack, bank, own, residual, G, cfg, rng, clean_
     """The batch with a random share `1 - clean_ratio` replaced by the attack's version; (x, rows replaced).
     `own`: the W+ code of every train row; `residual`: x - G(w) of every train row (None: the attack synthesises
     it). When `own` is the bank itself, an example is never its own partner."""
-    import torch
-
-    from advmix.attacks import Batch
 
     n_adv = 0 if attack is None else round((1.0 - clean_ratio) * len(idx))
     if not n_adv:
@@ -282,8 +265,6 @@ def _attacked(x, y, idx, model, attack, bank, own, residual, G, cfg, rng, clean_
 
 def _add_step(sums, loss, logits, y, sel) -> None:
     """One step's loss and accuracy into the epoch's running sums (see _Run.sums)."""
-    import torch
-
     with torch.no_grad():
         ok = (logits.argmax(1) == y).cpu()
         sums[0] += loss.item() * len(y)
@@ -355,12 +336,6 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
     step (rank 0 only); an exception raised from it stops training like a kill would. The training state lives
     at `state_path`; the dvclive folder at `live_dir` (rank 0 only; None: no logging).
     """
-    import torch
-    import torch.nn.functional as F
-
-    from advmix.attacks import ATTACKS, AttackConfig, LatentBank, residuals
-    from advmix.images import to_tensor
-    from advmix.models import build_model
 
     # ---- Check the inputs; devices, ranks and the length of the run.
     if mode not in NAMES:
@@ -372,7 +347,7 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
             raise ValueError(f"mode {mode} needs the generator, the train latents and the mixing layers")
         if len(latents) != len(train):
             raise LatentsError(f"train latents have {len(latents)} rows but the train split has {len(train)}")
-    rank, world, device = resume.rank_and_device(t.device, "train.device")
+    rank, world, device = rank_and_device(t.device, "train.device")
     if t.batch % world:
         raise ValueError(f"train.batch {t.batch} must be a multiple of the number of ranks {world}")
     rows = torch.arange(len(train)) if epoch_rows is None else torch.from_numpy(np.asarray(epoch_rows, np.int64))
@@ -523,10 +498,6 @@ def jtt_epoch_rows(wrong: np.ndarray, upweight: int) -> np.ndarray:
 
 def train_errors(model, ds: Dataset, batch: int, device) -> np.ndarray:
     """True where `model` misclassifies a row of `ds`."""
-    import torch
-
-    from advmix.images import to_tensor
-    from advmix.models import eval_mode
 
     y = labels_of(ds)
     wrong = []
@@ -541,9 +512,6 @@ def train_jtt(train: Dataset, val: Dataset, p, state_path: Path, live_dir: Path 
               progress: Callable[[int, int, dict[str, float]], None] | None = None) -> ClassifierRun:
     """JTT: an identification run (nominal, `train.jtt.epochs_first` epochs, its last weights), then the final
     run on train with the identification run's errors upsampled. No group label is read. Each run resumes."""
-    import torch
-
-    from advmix.models import build_model
 
     j = p.train.jtt
     first_p = p.model_copy(update={"train": p.train.model_copy(update={"epochs": j.epochs_first})})

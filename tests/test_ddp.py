@@ -72,7 +72,7 @@ def test_gan_ddp_gloo_two_ranks(gloo):
     for rank in (0, 1):
         assert (gloo / f"gan-rank{rank}.txt").read_text() == "world 2 ok"
     state = torch.load(gloo / "gan-state.pt", weights_only=True)
-    assert state["world"] == 2 and state["iteration"] == 3 and len(state["rng"]) == 2
+    assert state["world"] == 2 and state["iteration"] == 3 and len(state["ranks"]) == 2
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ One process runs the bare networks: its results are those of the loop without DD
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -24,10 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from advmix import resume
+from advmix.figures import grid
+from advmix.gan.networks import Discriminator, Generator, SynthesisFromZ
+from advmix.images import to_tensor, to_uint8
 from advmix.params import GanParams
-from advmix.runtime import average_grads
+from advmix.probes import predict, targets_of
+from advmix.runtime import average_grads, rank_and_device
 
 STATE_VERSION = 2  # the layout of the training state (advmix.resume)
 
@@ -70,9 +77,6 @@ def fingerprint(p: GanParams, images: np.ndarray, seed: int, mirror: bool = True
 
 def diff_augment(x, policy: list[str], gen):
     """Differentiable augmentations applied identically in kind (not in draw) to reals and fakes."""
-    import torch
-    import torch.nn.functional as F
-
     n, _, h, w = x.shape
     dev = x.device
 
@@ -105,8 +109,6 @@ def diff_augment(x, policy: list[str], gen):
 
 def _shift(padded, dy, dx, h: int, w: int):
     """Crop an h x w window at offset (dy, dx) per sample from a padded batch (differentiable)."""
-    import torch
-
     n, c = padded.shape[:2]
     rows = (torch.arange(h, device=padded.device)[None, :] + dy[:, None])  # n x h
     cols = (torch.arange(w, device=padded.device)[None, :] + dx[:, None])  # n x w
@@ -122,16 +124,10 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
     `progress(done, stats)` is called after every iteration. The training state is saved to
     `state_path` every `p.checkpoint_minutes` and at the end; a matching state there is resumed.
     """
-    import copy
 
-    import torch
-    import torch.nn.functional as F
-
-    from advmix.gan.networks import Discriminator, Generator, SynthesisFromZ
-    from advmix.images import to_tensor
 
     # ---- Ranks and devices; networks and optimisers, seeded the same on every rank.
-    rank, world, device = resume.rank_and_device(p.device, "gan.device")
+    rank, world, device = rank_and_device(p.device, "gan.device")
     torch.manual_seed(seed * 1000)  # the same initial weights on every rank
     gen = torch.Generator().manual_seed(seed * 1000 + rank + 1)  # each rank its own batches and latents
     resolution = images.shape[1]
@@ -269,8 +265,6 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
 
 def sample_images(G, n: int, seed: int, noise_mode: str = "const", batch: int = 256):
     """n samples of G at truncation 1, deterministic in `seed`."""
-    import torch
-
     gen = torch.Generator().manual_seed(seed)
     out = []
     with torch.no_grad():
@@ -296,10 +290,6 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def quality_metrics(G, probe, real, n: int, seed: int) -> dict[str, Any]:
     """Download-free quality: Fréchet distance in the probe's feature space, attribute distributions."""
-    import torch
-
-    from advmix.images import to_tensor
-    from advmix.probes import predict, targets_of
 
     fake = sample_images(G, n, seed)
     real_x = to_tensor(real.images[:n])
@@ -329,10 +319,6 @@ def mixing_grid(G, keep: list[int], n: int, seed: int) -> np.ndarray:
     The top row shows the donors, the left column the sources; cell (i, j) is source i with the
     layers not in `keep` taken from donor j.
     """
-    import torch
-
-    from advmix.figures import grid
-    from advmix.images import to_uint8
 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
