@@ -94,7 +94,7 @@ def save_classifier(path: str | os.PathLike[str], model: nn.Module, config: dict
                     extra: dict[str, Any] | None = None, rule_states: dict[str, dict] | None = None) -> Path:
     """Write weights + build_model kwargs (+ plain-data extras) atomically; loadable with weights_only=True.
 
-    `rule_states`: the weights that other model-selection rules keep (advmix.train.SELECTION_RULES), by rule;
+    `rule_states`: the weights that other model-selection rules keep (advmix.classifier_training.SELECTION_RULES), by rule;
     `model` holds the default rule's."""
     model = getattr(model, "module", model)
     payload = {"format": FORMAT, "config": dict(config),

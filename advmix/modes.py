@@ -30,7 +30,7 @@ REGISTRY: tuple[Mode, ...] = (
 NAMES: tuple[str, ...] = tuple(m.name for m in REGISTRY)
 MIXING_MODES: tuple[str, ...] = tuple(m.name for m in REGISTRY if m.mixing)
 GROUP_LABEL_MODES: tuple[str, ...] = tuple(m.name for m in REGISTRY if m.group_labels)
-# model selection (advmix/train.py): label_free keeps the epoch of best val accuracy (no group label read), the
+# model selection (advmix/classifier_training.py): label_free keeps the epoch of best val accuracy (no group label read), the
 # default, which evaluate attacks; val_worst_group the epoch of best val worst-group accuracy (val's group labels)
 SELECTION_RULES: tuple[str, ...] = ("label_free", "val_worst_group")
 # mixing.partners (advmix/mixing.py): who may donate the nuisance rows of a mix; the paper's rule is anyone

@@ -219,7 +219,7 @@ Mode = Literal[NAMES]  # advmix/modes.py
 
 
 class TrainParams(Section):
-    """Classifier training for every mode (owned by advmix/train.py)."""
+    """Classifier training for every mode (owned by advmix/classifier_training.py)."""
 
     modes: list[Mode] = [m for m in NAMES if m != "augmix"]  # every mode but AugMix, the weakest baseline
     seeds: list[NonNegativeInt] = [0, 1, 2, 3, 4]  # one train and one evaluate stage per (mode, seed); upstream: `seed`

@@ -1,4 +1,4 @@
-"""Checkpoint and resume, shared by the two trainers (advmix/train.py's classifier, advmix/gan/train.py's GAN).
+"""Checkpoint and resume, shared by the two trainers (advmix/classifier_training.py's classifier, advmix/gan/training.py's GAN).
 
 A trainer writes its whole state to one file, atomically, now and then; a rerun resumes that state only when it is
 of the very same run: the same layout (the trainer's STATE_VERSION), the same fingerprint (a hash of the inputs the

@@ -86,7 +86,7 @@ def random_setup(params_path: str):
 
     from advmix.data.build import build_dataset
     from advmix.gan.networks import Generator
-    from advmix.gan.train import generator_config
+    from advmix.gan.training import generator_config
     from advmix.models import build_model
     from advmix.params import load_params
 

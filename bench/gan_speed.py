@@ -20,7 +20,7 @@ import numpy as np
 def main(argv: list[str] | None = None) -> list[dict]:
     import torch
 
-    from advmix.gan.train import train_gan
+    from advmix.gan.training import train_gan
     from advmix.params import GanParams
     from advmix.runtime import pick_device
 

@@ -2,7 +2,7 @@
 
     python bench/train_cost.py --resolution 32 --batch 64 --n-batches 20
 
-Runs advmix.train.train_classifier for `--epochs` epochs of n_batches batches per mode, on random images with
+Runs advmix.classifier_training.train_classifier for `--epochs` epochs of n_batches batches per mode, on random images with
 random W+ codes and a randomly initialised generator of the default (CPU-sized) config unless --generator names a
 checkpoint, and times the steps of the last epoch (its first step, which follows the validation, is not timed); a
 mode's seconds per batch and each floor pass are medians, so one hiccup of a shared machine moves neither much.
@@ -37,12 +37,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import pandas as pd
     import torch
 
+    from advmix.classifier_training import train_classifier
     from advmix.data.store import Dataset
     from advmix.gan.networks import Generator
     from advmix.mixing import layer_groups
     from advmix.params import parse_params
     from advmix.runtime import pick_device
-    from advmix.train import train_classifier
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--resolution", type=int, default=32)

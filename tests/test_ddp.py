@@ -24,9 +24,9 @@ def gloo(tmp_path_factory):
         from pathlib import Path
         from advmix.data.build import build_dataset
         from advmix.gan.networks import Generator
-        from advmix.gan.train import train_gan
+        from advmix.gan.training import train_gan
         from advmix.params import GanParams, parse_params
-        from advmix.train import train_classifier
+        from advmix.classifier_training import train_classifier
         tmp = Path({str(tmp)!r})
 
         def flat(state):

@@ -79,7 +79,7 @@ def test_the_closure_follows_function_level_imports(tmp_path):
     """A reader imported inside a function still counts (the stages import heavy code lazily)."""
     assert "advmix/probes.py" in closure(LIBRARY / "stages" / "probe.py")
     assert "advmix/gan/invert.py" not in closure(LIBRARY / "stages" / "probe.py")
-    assert "advmix/train.py" in closure(LIBRARY / "stages" / "train.py")
+    assert "advmix/classifier_training.py" in closure(LIBRARY / "stages" / "train.py")
 
 
 def test_only_prepare_runs_the_dataset_builders():

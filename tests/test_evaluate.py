@@ -8,10 +8,10 @@ import pytest
 import torch
 from fairlearn.metrics import MetricFrame, demographic_parity_difference, equalized_odds_difference, false_negative_rate
 
+from advmix.classifier_training import group_dro_loss
 from advmix.data.store import Dataset
 from advmix.groups import group_of
 from advmix.metrics import expected_calibration_error, split_metrics, stratified_subset
-from advmix.train import group_dro_loss
 
 INFO = {"n_classes": 2, "classes": ["not_smiling", "smiling"], "spurious": "skin_dark",
         "attributes": {"skin_dark": [0, 1]}}

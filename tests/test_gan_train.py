@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from advmix.gan.train import diff_augment, fingerprint, frechet_distance, train_gan
+from advmix.gan.training import diff_augment, fingerprint, frechet_distance, train_gan
 from advmix.params import GanParams
 
 TINY = {"style_dim": 32, "n_mlp": 2, "channel_base": 256, "channel_max": 32, "batch": 4, "r1_every": 2,
@@ -57,7 +57,7 @@ def test_mirror_false_turns_the_flip_augmentation_off(tmp_path):
 
 
 def test_a_non_finite_gan_loss_stops_training_naming_the_iteration(tmp_path):
-    from advmix.gan.train import GanDivergedError
+    from advmix.gan.training import GanDivergedError
 
     bad = GanParams(iterations=50, lr=1e30, **TINY)
     with pytest.raises(GanDivergedError, match=r"train-gan: \w+ is (nan|inf|-inf) at iteration \d+; likely"):

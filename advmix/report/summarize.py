@@ -21,7 +21,7 @@ from advmix.report.collect import Inputs, Run, mode_rank
 from advmix.results import SPLIT_KEYS, Metric, metrics_of
 from advmix.stats import paired_bootstrap
 
-RULE_TEXT = {  # what each selection rule keeps and which labels it reads (advmix/train.py)
+RULE_TEXT = {  # what each selection rule keeps and which labels it reads (advmix/classifier_training.py)
     "label_free": "the epoch of best val accuracy; reads no group label (the default: the attacks measure it)",
     "val_worst_group": "the epoch of best val worst-group accuracy, val accuracy breaking ties; reads the group "
                        "labels of val (a DFR refit: of the base's epoch by that rule)",

@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from advmix.inputs.data import dataset
 from advmix.inputs.gan import mixing_inputs, partner_bank
-from advmix.params import EVAL_SPLITS
 from advmix.stages import Progress, StageError, no_progress
 
 if TYPE_CHECKING:
-    from advmix.train import ClassifierRun
+    from advmix.classifier_training import ClassifierRun
 
 
 @dataclass
@@ -30,9 +29,8 @@ class Trained:
 
     def summary(self) -> str:
         m, nan = self.metrics, float("nan")
-        return (f"{self.path}: best epoch {m['best_epoch'] + 1}/{m['epochs']}, val acc {m['val_acc']:.4f}, "
-                f"test_balanced acc {m.get('test_balanced_acc', nan):.4f} (worst group "
-                f"{m.get('test_balanced_worst_group_acc', nan):.4f}), {self.seconds:.0f} s")
+        return (f"{self.path}: best epoch {m['best_epoch'] + 1}/{m['epochs']}, val acc {m['val_acc']:.4f} (worst "
+                f"group {m.get('val_worst_group_acc', nan):.4f}), train acc {m['train_acc']:.4f}, {self.seconds:.0f} s")
 
 
 def require_a_commit() -> None:
@@ -51,9 +49,9 @@ def require_a_commit() -> None:
 
 
 def fit(mode: str, train, val, p, state: Path, live_dir: Path | None, **kwargs) -> ClassifierRun:
-    """One mode's training loop: JTT trains twice (advmix.train.train_jtt), every other mode once
+    """One mode's training loop: JTT trains twice (advmix.classifier_training.train_jtt), every other mode once
     (train_classifier, which takes G, latents and layers for the mixing modes)."""
-    from advmix.train import train_classifier, train_jtt
+    from advmix.classifier_training import train_classifier, train_jtt
 
     if mode == "jtt":
         return train_jtt(train, val, p, state, live_dir, progress=kwargs.get("progress"))
@@ -66,12 +64,12 @@ def run(p, mode: str, seed: int | None = None, progress: Progress = no_progress)
     import torch
 
     from advmix import paths
+    from advmix.classifier_training import score_split
     from advmix.files import atomic_folder, atomic_write_json
     from advmix.gan.latents import LatentsError
     from advmix.models import save_classifier
     from advmix.modes import MIXING_MODES, SELECTION_RULES
     from advmix.runtime import distributed
-    from advmix.train import evaluate
 
     seed = p.seed if seed is None else seed
     p = p.model_copy(update={"seed": seed})
@@ -103,7 +101,7 @@ def run(p, mode: str, seed: int | None = None, progress: Progress = no_progress)
     if run.rank != 0:
         return None
 
-    # ---- the kept epoch: saved, then measured on every labelled split ----
+    # ---- the kept epoch: saved, then measured on the splits training read (train, val) ----
     model = run.model
     path = paths.classifier(mode, seed)
     default_rule, *other_rules = SELECTION_RULES
@@ -117,10 +115,8 @@ def run(p, mode: str, seed: int | None = None, progress: Progress = no_progress)
     out = {"best_epoch": run.best_epoch, "selected_epochs": run.best_epochs, "epochs": run.epochs, "seconds": round(run.seconds, 2),
            "images_per_s": round(run.images_per_s, 2), "resumed_from_epoch": run.resumed_from["epoch"],
            "torch_threads": torch.get_num_threads()}  # CPU results are bitwise reproducible at the same count
-    for split in EVAL_SPLITS:
-        part = ds.split(split)
-        if len(part):
-            for key, value in evaluate(model, part, p.train.eval_batch, device).items():
-                out[f"{split}_{key}"] = value
+    for split, part in (("train", train), ("val", val)):  # the test splits are measured by `advmix evaluate` alone
+        for key, value in score_split(model, part, p.train.eval_batch, device).items():
+            out[f"{split}_{key}"] = value
     atomic_write_json(paths.train_metrics(mode, seed), {f"train_{mode}_s{seed}": out})
     return Trained(path, out, time.time() - t0)

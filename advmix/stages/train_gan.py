@@ -37,7 +37,7 @@ def run(p, progress: Progress = no_progress) -> GanTrained | None:
     from advmix.figures import grid, save_png
     from advmix.files import BrokenFileError, atomic_write_json
     from advmix.gan import checkpoints
-    from advmix.gan.train import GanDivergedError, mixing_grid, quality_metrics, sample_images, train_gan
+    from advmix.gan.training import GanDivergedError, mixing_grid, quality_metrics, sample_images, train_gan
     from advmix.mixing import layer_groups
 
     train = pool()

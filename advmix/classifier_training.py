@@ -143,7 +143,7 @@ def labels_of(ds: Dataset):
     return torch.from_numpy(np.array(ds.manifest["label"].to_numpy(), dtype=np.int64))
 
 
-def evaluate(model, ds: Dataset, batch: int, device, rank: int = 0, world: int = 1) -> dict[str, float]:
+def score_split(model, ds: Dataset, batch: int, device, rank: int = 0, world: int = 1) -> dict[str, float]:
     """Loss, accuracy and error on a split (sharded over ranks, summed); worst-group accuracy when the split
     has a `group` column (read by the val_worst_group selection rule only)."""
 
@@ -456,7 +456,7 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
                 last_save = time.time()
 
         # ---- End of epoch: totals over ranks, validation, model selection, the state, then the log.
-        record = _epoch_record(epoch, run.sums, evaluate(model, val, t.eval_batch, device, rank, world), sched, world)
+        record = _epoch_record(epoch, run.sums, score_split(model, val, t.eval_batch, device, rank, world), sched, world)
         run.history.append(record)
         for rule in SELECTION_RULES:
             if select_epoch(run.history, rule) == epoch:
