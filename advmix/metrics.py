@@ -145,11 +145,13 @@ def attack_configs(p, layers: list[int] | None):
 
 
 def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | None, p, device, *,
-               rows: np.ndarray | None = None, pixel: bool = True) -> dict[str, Any]:
+               rows: np.ndarray | None = None, pixel: bool = True,
+               partners: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Semantic (AdvMix) and pixel (PGD) robust accuracy and mix change error on `rows` of `ds`: EvalResult's
     fields of the same names (advmix/results.py).
 
     `rows`: default, a seeded group-stratified subset of `evaluate.robust_images`. `pixel`: also PGD.
+    `partners`: (codes, classes) to draw the mixing partners from; None: the split's own codes `w`.
     """
 
     e = p.evaluate
@@ -159,9 +161,14 @@ def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | 
     y_all = torch.from_numpy(ds.manifest["label"].to_numpy().astype(np.int64))
     base, strong = attack_configs(p, layers)
     rng = torch.Generator().manual_seed(p.seed * 1000 + 31)
-    bank = None
+    bank = own = None
     if G is not None and w is not None and layers:
-        bank = LatentBank(torch.from_numpy(w), y_all).to(device)
+        if partners is None:
+            bank = LatentBank(torch.from_numpy(w), y_all).to(device)
+            own = bank.w
+        else:
+            bank = LatentBank(torch.from_numpy(partners[0]), partners[1]).to(device)
+            own = torch.from_numpy(w).to(device)
         G = G.to(device).eval().requires_grad_(False)
     counts = {"clean": 0, "semantic": 0, "changed": 0, "mixes": 0} | {f"linf_{eps}": 0 for eps in epsilons}
     model = model.to(device).eval()
@@ -175,7 +182,8 @@ def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | 
             clean_pred = model(x).argmax(1)
         clean_ok = clean_pred == y
         counts["clean"] += int(clean_ok.sum())
-        batch = Batch(x, y, w=None if bank is None else bank.w[idx.to(bank.w.device)], index=idx)
+        batch = Batch(x, y, w=None if own is None else own[idx.to(own.device)],
+                      index=idx if partners is None else None)  # in its own bank: not its own partner
         if bank is not None:
             if base.residual:  # once for the chunk's 1 + random_mixes attacks (the same synthesis each would do)
                 batch.residual = residual_of(G, batch)
@@ -200,15 +208,18 @@ def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | 
     return out
 
 
-def val_selection(model, val: Dataset, w: np.ndarray, G, layers: list[int], p, device) -> dict[str, Any]:
+def val_selection(model, val: Dataset, w: np.ndarray, G, layers: list[int], p, device,
+                  partners: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """The label-free figure for choosing hyperparameters: AdvMix-robust accuracy on val at evaluation strength.
 
     Val carries the training correlation, so its clean accuracy cannot see a shortcut (every AdvMix setting
     measured scored 0.99-1.0); an attack that swaps the nuisance rows can. No group label is read: the images
-    are a seeded uniform subset and the partners are val's own codes (under `mixing.partners`).
+    are a seeded uniform subset and the partners are val's own codes (under `mixing.partners`), or `partners`:
+    under `mixing.bank: pool` the pool partners training draws from, since at rho 0.99 a same-label partner from
+    val itself almost never differs in the nuisance.
     """
     rows = uniform_subset(len(val), p.evaluate.val_robust_images, p.seed)
-    r = robustness(model, val, w, G, layers, p, device, rows=rows, pixel=False)
+    r = robustness(model, val, w, G, layers, p, device, rows=rows, pixel=False, partners=partners)
     return {"val_robust_images": len(rows), "val_semantic_robust_acc": r["semantic_robust_acc"],
             "val_mix_change_error": r["mix_change_error"]}
 
@@ -229,10 +240,12 @@ def clean_metrics(model, ds: Dataset, p, device) -> tuple[dict[str, dict], list[
 
 
 def evaluate_classifier(model, ds: Dataset, p, device, *, G=None, latents: np.ndarray | None = None,
-                        layers: list[int] | None = None, val_latents: np.ndarray | None = None
+                        layers: list[int] | None = None, val_latents: np.ndarray | None = None,
+                        val_partners: tuple[np.ndarray, np.ndarray] | None = None
                         ) -> tuple[dict[str, Any], list[dict]]:
     """Every metric of one classifier. `ds` holds all splits; `latents`: W+ codes of test_balanced (row order),
-    `val_latents` those of val (for the selection figure, `val_selection`).
+    `val_latents` those of val and `val_partners` its partner bank, if not val itself (for the selection figure,
+    `val_selection`).
 
     Returns the metrics ({"splits": {split: {...}}, robust figures}) and the by-group rows of every split.
     """
@@ -244,7 +257,7 @@ def evaluate_classifier(model, ds: Dataset, p, device, *, G=None, latents: np.nd
         result |= robustness(model, balanced, latents, G, layers, p, device)
     val = ds.split("val")
     if G is not None and val_latents is not None and layers and len(val) and p.evaluate.val_robust_images:
-        result |= val_selection(model, val, val_latents, G, layers, p, device)
+        result |= val_selection(model, val, val_latents, G, layers, p, device, val_partners)
     return result, by_group
 
 

@@ -186,3 +186,5 @@ def test_pool_partners_leave_the_labelled_codes_and_feed_the_analysis_and_traini
     assert len(pool) == len(own["train"]) == len(classes) and set(classes) <= {0, 1}
     assert json.loads((tmp_path / "metrics" / "layers.json").read_text())["partner_bank"] == "pool"
     assert "advmix" in json.loads((tmp_path / "metrics" / "summary.json").read_text())["modes"]
+    val_figure = json.loads((tmp_path / "metrics" / "eval" / "advmix-s0.json").read_text())
+    assert 0 <= next(iter(val_figure.values()))["val_semantic_robust_acc"] <= 1  # partners from the pool, as trained
