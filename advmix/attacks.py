@@ -37,31 +37,32 @@ from torchvision.transforms import AugMix, ColorJitter
 from advmix.images import from_uint8, to_tensor, to_uint8
 from advmix.mixing import codes_per_pass, mix, partner_key
 from advmix.models import eval_mode
+from advmix.params import TrainParams
 
 
 @dataclass(frozen=True)
 class AttackConfig:
-    """Everything an attack needs besides the model, the batch, the bank and G."""
+    """Everything an attack needs besides the model, the batch, the bank and G. No defaults of its own: the values
+    come from params.yaml (`from_params`), whose keys advmix/params.py documents."""
 
-    layers: tuple[int, ...] = ()  # W+ indices that may move (mixing.layers, resolved)
-    partners: str = "any"  # mixing.partners
-    residual: bool = False  # train.residual
-    k: int = 4  # AdvMix: partners tried per example
-    strata: int = 0  # AdvMix: partners drawn one per k-means stratum of the pool (0: uniform)
-    steps: int = 5  # AdvMix: signed-gradient steps on alpha
-    step_size: float = 0.25  # AdvMix: alpha step
-    epsilon: float = 8 / 255  # PGD: l-inf radius in [0, 1] pixel units
-    pgd_steps: int = 5
-    pgd_step_size: float = 2 / 255  # in [0, 1] pixel units
-    augmix: tuple[int, int, int] = (3, 3, -1)  # AugMix severity, width, depth
-    colorjitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
-    huejitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.5)
+    layers: tuple[int, ...]  # W+ indices that may move (mixing.layers, resolved)
+    partners: str  # mixing.partners: any | same_label
+    residual: bool  # train.residual: add x - G(w_x) back to every mix
+    k: int  # train.advmix.partners_k: AdvMix's partners tried per example
+    strata: int  # train.advmix.strata: partners drawn one per k-means stratum of the bank (0: uniform)
+    steps: int  # train.advmix.steps: signed-gradient steps on alpha
+    step_size: float  # train.advmix.step_size: the alpha step
+    epsilon: float  # train.linf.epsilon: PGD's l-inf radius in [0, 1] pixel units
+    pgd_steps: int  # train.linf.steps
+    pgd_step_size: float  # train.linf.step_size, in [0, 1] pixel units
+    augmix: tuple[int, int, int]  # train.augmix: severity, width, depth
+    colorjitter: tuple[float, float, float, float]  # train.colorjitter: brightness, contrast, saturation, hue
+    huejitter: tuple[float, float, float, float]  # train.huejitter: the same, at full hue
 
     @classmethod
-    def from_params(cls, p, layers: Sequence[int]) -> AttackConfig:
-        """From a Params object (mixing.partners, train.*) and the resolved mixing layers."""
-        t = p.train
-        return cls(layers=tuple(int(i) for i in layers), partners=p.mixing.partners, residual=t.residual,
+    def from_params(cls, t: TrainParams, partners: str, layers: Sequence[int]) -> AttackConfig:
+        """From train.* (`t`), mixing.partners and the resolved mixing layers."""
+        return cls(layers=tuple(int(i) for i in layers), partners=partners, residual=t.residual,
                    k=t.advmix.partners_k, strata=t.advmix.strata, steps=t.advmix.steps, step_size=t.advmix.step_size,
                    epsilon=t.linf.epsilon, pgd_steps=t.linf.steps, pgd_step_size=t.linf.step_size,
                    augmix=(t.augmix.severity, t.augmix.width, t.augmix.depth),

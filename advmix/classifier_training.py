@@ -55,23 +55,33 @@ from advmix.groups import worst_group_acc
 from advmix.images import to_tensor
 from advmix.models import build_model, eval_mode
 from advmix.modes import GROUP_LABEL_MODES, MIXING_MODES, NAMES, SELECTION_RULES
+from advmix.params import TrainParams
 from advmix.runtime import rank_and_device
 
 STATE_VERSION = 3  # the layout of the training state (advmix.resume)
 RESIDUAL_BANK_BYTES = 2 << 30  # the train split's residuals are kept on the device up to this size (float32)
 
 
-def model_config(p, n_classes: int, resolution: int) -> dict[str, Any]:
-    return {"model": p.train.model, "n_classes": int(n_classes), "resolution": int(resolution),
-            "width": p.train.width}
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything train_classifier reads besides the data, built by the train stage. Each knob is documented once:
+    train.* in TrainParams (advmix/params.py), the attacks' in AttackConfig (advmix/attacks.py)."""
+
+    train: TrainParams  # train.*: model, optimiser, schedule, epochs, batch, each mode's knobs, device, checkpoints
+    attack: AttackConfig  # the resolved mixing layers, the partner rule and every attack's strength
+    seed: int  # the classifier's: initial weights, batch order, attack draws
 
 
-def fingerprint(mode: str, p, attack_cfg, train: Dataset, val: Dataset, latents: np.ndarray | None,
+def model_config(t: TrainParams, n_classes: int, resolution: int) -> dict[str, Any]:
+    return {"model": t.model, "n_classes": int(n_classes), "resolution": int(resolution), "width": t.width}
+
+
+def fingerprint(mode: str, cfg: TrainConfig, train: Dataset, val: Dataset, latents: np.ndarray | None,
                 epoch_rows: np.ndarray | None = None) -> str:
     """What a resumable state must match: mode, training params, attack, seed, and the data it sees."""
-    keep = p.train.model_dump(mode="json", exclude={"modes", "seeds", "checkpoint_minutes", "device",
-                                                       "eval_batch"})
-    spec = [mode, keep, attack_cfg.__dict__ if mode != "nominal" else None, p.seed, list(val.images.shape)]
+    keep = cfg.train.model_dump(mode="json", exclude={"modes", "seeds", "checkpoint_minutes", "device",
+                                                         "eval_batch"})
+    spec = [mode, keep, cfg.attack.__dict__ if mode != "nominal" else None, cfg.seed, list(val.images.shape)]
     return resume.fingerprint(
         spec, images=train.images, labels=train.manifest["label"].to_numpy().astype(np.int64),
         latents=latents if mode in MIXING_MODES else None,
@@ -116,8 +126,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def build_optimizer(model, p, mode: str):
-    t = p.train
+def build_optimizer(model, t: TrainParams, mode: str):
     decay = t.groupdro.weight_decay if mode == "groupdro" else t.weight_decay
     if t.optimizer == "adam":
         return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=decay)
@@ -322,8 +331,8 @@ class ClassifierRun:
         return self.history[self.best_epoch]["val/acc"] if self.history else -1.0
 
 
-def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Path, live_dir: Path | None, *,
-                     G=None, latents: np.ndarray | None = None, layers: list[int] | None = None,
+def train_classifier(mode: str, train: Dataset, val: Dataset, c: TrainConfig, state_path: Path,
+                     live_dir: Path | None, *, G=None, latents: np.ndarray | None = None,
                      partners: tuple[np.ndarray, np.ndarray] | None = None, epoch_rows: np.ndarray | None = None,
                      progress: Callable[[int, int, dict[str, float]], None] | None = None) -> ClassifierRun:
     """Train the classifier of one mode: the model of the label-free rule's epoch, the weights of every selection
@@ -331,7 +340,7 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
 
     `latents`: W+ codes of the train split, row i = train image i (randmix/advmix). `partners`: (codes, classes) of
     the partner bank under `mixing.bank: pool`; None: the train codes are the partners. `G`: the frozen generator
-    (randmix/advmix). `layers`: resolved mixing layers. `epoch_rows`: the train rows that make one epoch, repeats
+    (randmix/advmix), mixing the rows `c.attack.layers`. `epoch_rows`: the train rows that make one epoch, repeats
     allowed (JTT's upsampled set); None: every row once. `progress(done, total, stats)` is called after every
     step (rank 0 only); an exception raised from it stops training like a kill would. The training state lives
     at `state_path`; the dvclive folder at `live_dir` (rank 0 only; None: no logging).
@@ -340,10 +349,9 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
     # ---- Check the inputs; devices, ranks and the length of the run.
     if mode not in NAMES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {NAMES}")
-    t = p.train
-    cfg = AttackConfig.from_params(p, layers or [])
+    t, cfg = c.train, c.attack
     if mode in MIXING_MODES:
-        if G is None or latents is None or not layers:
+        if G is None or latents is None or not cfg.layers:
             raise ValueError(f"mode {mode} needs the generator, the train latents and the mixing layers")
         if len(latents) != len(train):
             raise LatentsError(f"train latents have {len(latents)} rows but the train split has {len(train)}")
@@ -358,8 +366,8 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
 
     # ---- Model, optimiser, schedule and the attack's RNG (seeded the same on every rank).
     n_classes = int(train.info.get("n_classes", int(labels_of(train).max()) + 1))
-    config = model_config(p, n_classes, train.images.shape[1])
-    torch.manual_seed(p.seed)  # the same initial weights on every rank
+    config = model_config(t, n_classes, train.images.shape[1])
+    torch.manual_seed(c.seed)  # the same initial weights on every rank
     model = build_model(config["model"], n_classes, config["resolution"], config["width"]).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -368,19 +376,19 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
     # every step (_broadcast_buffers), so every rank evaluates and saves the same model
     forward = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    opt = build_optimizer(model, p, mode)
+    opt = build_optimizer(model, t, mode)
     warmup = round(t.warmup_epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, t.schedule))
-    rng = torch.Generator().manual_seed(p.seed * 1000 + 17 + rank)  # attack draws, per rank
+    rng = torch.Generator().manual_seed(c.seed * 1000 + 17 + rank)  # attack draws, per rank
 
     # ---- What the mode reads beyond images and labels: the generator and codes, or the group labels.
     bank = own = residual = None
     if mode in MIXING_MODES:
         if partners is None:  # the train split's own codes are the partners
-            bank = LatentBank(torch.from_numpy(latents), labels_of(train), seed=p.seed).to(device)
+            bank = LatentBank(torch.from_numpy(latents), labels_of(train), seed=c.seed).to(device)
             own = bank.w
         else:
-            bank = LatentBank(torch.from_numpy(partners[0]), partners[1], seed=p.seed).to(device)
+            bank = LatentBank(torch.from_numpy(partners[0]), partners[1], seed=c.seed).to(device)
             own = torch.from_numpy(latents).to(device)
         G = G.to(device).eval().requires_grad_(False)
         if device.type == "cuda":
@@ -402,7 +410,7 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
             adjustment = (t.groupdro.adjustment / sizes.sqrt()).to(device)
 
     # ---- Resume a state of this very run (same fingerprint), or start at epoch 0.
-    fp = fingerprint(mode, p, cfg, train, val, latents, epoch_rows)
+    fp = fingerprint(mode, c, train, val, latents, epoch_rows)
     run = _restore_run(state_path, fp, world, rank, model, opt, sched, rng, q)
     resumed_from = {"epoch": run.epoch, "step": run.step}
     start_epoch, start_step, elapsed = run.epoch, run.step, run.seconds
@@ -421,7 +429,7 @@ def train_classifier(mode: str, train: Dataset, val: Dataset, p, state_path: Pat
             resume.rank_part(rng, sums=run.sums.clone()), version=STATE_VERSION, fp=fp, rank=rank, world=world)
 
     for epoch in range(start_epoch, t.epochs):
-        perm = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(p.seed * 1000 + epoch))]
+        perm = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(c.seed * 1000 + epoch))]
         model.train()
         for step in range(start_step if epoch == start_epoch else 0, steps_per_epoch):
             # ---- One step: this rank's share of the batch, part of it replaced by the mode's attack.
@@ -508,19 +516,19 @@ def train_errors(model, ds: Dataset, batch: int, device) -> np.ndarray:
     return np.concatenate(wrong) if wrong else np.zeros(0, dtype=bool)
 
 
-def train_jtt(train: Dataset, val: Dataset, p, state_path: Path, live_dir: Path | None, *,
+def train_jtt(train: Dataset, val: Dataset, c: TrainConfig, state_path: Path, live_dir: Path | None, *,
               progress: Callable[[int, int, dict[str, float]], None] | None = None) -> ClassifierRun:
     """JTT: an identification run (nominal, `train.jtt.epochs_first` epochs, its last weights), then the final
     run on train with the identification run's errors upsampled. No group label is read. Each run resumes."""
 
-    j = p.train.jtt
-    first_p = p.model_copy(update={"train": p.train.model_copy(update={"epochs": j.epochs_first})})
+    j = c.train.jtt
+    first_c = replace(c, train=c.train.model_copy(update={"epochs": j.epochs_first}))
     first_state = state_path.with_name(state_path.stem + "-identification" + state_path.suffix)
-    first = train_classifier("nominal", train, val, first_p, first_state, None)
-    c = first.config
-    model = build_model(c["model"], c["n_classes"], c["resolution"], c["width"])
+    first = train_classifier("nominal", train, val, first_c, first_state, None)
+    m = first.config
+    model = build_model(m["model"], m["n_classes"], m["resolution"], m["width"])
     model.load_state_dict(first.last_state)
-    wrong = train_errors(model, train, p.train.eval_batch, torch.device(first.device))
-    run = train_classifier("jtt", train, val, p, state_path, live_dir, epoch_rows=jtt_epoch_rows(wrong, j.upweight),
+    wrong = train_errors(model, train, c.train.eval_batch, torch.device(first.device))
+    run = train_classifier("jtt", train, val, c, state_path, live_dir, epoch_rows=jtt_epoch_rows(wrong, j.upweight),
                            progress=progress)
     return replace(run, jtt_errors=int(wrong.sum()), jtt_first_seconds=first.seconds)

@@ -139,7 +139,7 @@ def attack_configs(p, layers: list[int] | None):
 
     The evaluation attack draws its partners uniformly (strata 0) whatever train.advmix.strata says: the attack
     every model is measured against must not change with one mode's training choice."""
-    base = AttackConfig.from_params(p, layers or [])
+    base = AttackConfig.from_params(p.train, p.mixing.partners, layers or [])
     e = p.evaluate
     return base, replace(base, k=e.partners_k, strata=0, steps=e.steps, step_size=e.step_size)
 

@@ -35,8 +35,7 @@ def measure(size: int, classifier: int, gan: dict, batch: int, repeats: int, dev
     labels = torch.arange(64) % 2
     x = torch.rand(batch, 3, classifier, classifier, device=device) * 2 - 1
     rows = torch.arange(batch)
-    cfg = AttackConfig(layers=tuple(range(2, 6)), partners="any", residual=p.train.residual,
-                       k=p.train.advmix.partners_k, steps=p.train.advmix.steps, step_size=p.train.advmix.step_size)
+    cfg = AttackConfig.from_params(p.train, "any", range(2, 6))  # the default K, S, step and residual
     one = Batch(x, labels[rows].to(device), bank[rows], rows)
     advmix_attack(model, one, LatentBank(bank, labels), G, cfg, torch.Generator().manual_seed(0))  # warm-up
     if device.type == "cuda":

@@ -3,7 +3,7 @@
     python bench/seed_spread.py --modes nominal advmix --seeds 0 1 2 3 4 5 --device cuda
 
 Uses the committed pipeline's outputs (data/, data/latents/, models/gan/generator.pt, metrics/layers.json) and
-params.yaml (plus -S overrides), writes nothing to the project, and prints per-seed test_balanced error,
+params.yaml (plus -S overrides; under mixing.bank: pool, the pool partners extract inverted), writes nothing to the project, and prints per-seed test_balanced error,
 worst-group and robust accuracies, then mean and std per mode. For how much the seed moves a comparison:
 on a GPU, six seeds of nominal and AdvMix take about three minutes.
 """
@@ -24,13 +24,13 @@ def main(argv: list[str] | None = None) -> dict:
     import yaml
 
     from advmix.inputs.data import dataset
-    from advmix.inputs.gan import mixing_inputs, split_latents
+    from advmix.inputs.gan import mixing_inputs, partner_bank, split_latents
     from advmix.metrics import evaluate_classifier, val_selection
     from advmix.modes import MIXING_MODES
     from advmix.modes import NAMES as MODES
-    from advmix.params import load_params
+    from advmix.params import POOL, load_params
     from advmix.runtime import pick_device, set_threads
-    from advmix.stages.train import fit
+    from advmix.stages.train import fit, train_config
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modes", nargs="+", default=["nominal", "advmix"], choices=MODES)
@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
     train, val = ds.split("train"), ds.split("val")
     G, layers, w_train = mixing_inputs(p, ds, "train")
     w_balanced, w_val = split_latents(ds, "test_balanced", G), split_latents(ds, "val", G)
+    # under mixing.bank: pool, training and the val figure draw their partners from the pool (as the stages do)
+    partners = partner_bank(p, ds, G, w_train) if p.mixing.bank == POOL else None
+    val_partners = partner_bank(p, ds, G, w_val) if p.mixing.bank == POOL else None
     device = pick_device(args.device)
     rows = []
     for seed in args.seeds:
@@ -61,16 +64,17 @@ def main(argv: list[str] | None = None) -> dict:
             mixing = mode in MIXING_MODES
             t0 = time.time()
             with tempfile.TemporaryDirectory() as tmp:  # the classifier's seed; the attacks keep params' seed
-                run = fit(mode, train, val, p.model_copy(update={"seed": seed}), Path(tmp) / "state.pt", None,
-                          G=G if mixing else None, latents=w_train if mixing else None,
-                          layers=layers if mixing else None)
+                config = train_config(p.model_copy(update={"seed": seed}), layers if mixing else None)
+                run = fit(mode, train, val, config, Path(tmp) / "state.pt", None, G=G if mixing else None,
+                          latents=w_train if mixing else None, partners=partners if mixing else None)
             t1 = time.time()
             if args.val_only:
-                result = {} if args.no_attack else val_selection(run.model, val, w_val, G, layers, p, device)
+                result = {} if args.no_attack else val_selection(run.model, val, w_val, G, layers, p, device,
+                                                                 val_partners)
                 bal = {"error": float("nan"), "worst_group_acc": float("nan")}
             else:
                 result, _ = evaluate_classifier(run.model, ds, p, device, G=G, latents=w_balanced, layers=layers,
-                                                val_latents=w_val)
+                                                val_latents=w_val, val_partners=val_partners)
                 bal = result["splits"]["test_balanced"]
             rows.append({"mode": mode, "seed": seed, "error": bal["error"], "worst_group_acc": bal["worst_group_acc"],
                          "semantic_robust_acc": result.get("semantic_robust_acc"),

@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import pandas as pd
     import torch
 
-    from advmix.classifier_training import train_classifier
+    from advmix.attacks import AttackConfig
+    from advmix.classifier_training import TrainConfig, train_classifier
     from advmix.data.store import Dataset
     from advmix.gan.networks import Generator
     from advmix.mixing import layer_groups
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 stamps.append(time.perf_counter())
 
         with tempfile.TemporaryDirectory() as tmp:
-            train_classifier(mode, train, val, p, Path(tmp) / "state.pt", None, G=G, latents=latents, layers=layers,
+            config = TrainConfig(p.train, AttackConfig.from_params(p.train, p.mixing.partners, layers), p.seed)
+            train_classifier(mode, train, val, config, Path(tmp) / "state.pt", None, G=G, latents=latents,
                              progress=stamp)
         timed = np.diff(stamps) if len(stamps) > 1 else np.array([float("nan")])
         rows.append({"mode": mode, "s_per_batch": float(np.median(timed)), "batches_timed": len(timed)})

@@ -94,3 +94,12 @@ def pytest_collection_modifyitems(items):
     each file's tests kept together and in order."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: (-FILE_SECONDS.get(item.path.name, 0), item.path not in slow_files))
+
+
+def attack_config(**fields):
+    """An AttackConfig with the default params' values (the attacks keep no defaults of their own), `fields` set."""
+    from dataclasses import replace
+
+    from advmix.attacks import AttackConfig
+
+    return replace(AttackConfig.from_params(parse_params({}).train, "any", ()), **fields)

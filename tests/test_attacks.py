@@ -3,10 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_params
+from conftest import attack_config, tiny_params
 
 from advmix.attacks import (
-    AttackConfig,
     Batch,
     LatentBank,
     advmix_attack,
@@ -54,7 +53,7 @@ def mean_loss(model, x, y):
 def test_advmix_beats_randmix_beats_clean(setup, residual):
     model, G, x, y, w = setup
     bank = LatentBank(w, y)
-    cfg = AttackConfig(layers=LAYERS, partners="any", residual=residual, k=4, steps=5, step_size=0.25)
+    cfg = attack_config(layers=LAYERS, partners="any", residual=residual, k=4, steps=5, step_size=0.25)
     batch = Batch(x, y, w, torch.arange(len(x)))
     clean = mean_loss(model, x, y)
     model.train()
@@ -71,7 +70,7 @@ def test_advmix_beats_randmix_beats_clean(setup, residual):
 
 def test_residual_of_an_identity_mix_is_the_image(setup):
     model, G, x, y, w = setup
-    cfg = AttackConfig(layers=LAYERS, residual=True, k=2, steps=2)
+    cfg = attack_config(layers=LAYERS, residual=True, k=2, steps=2, step_size=0.25)
     # every example and every partner share one code: every mix is the identity, so x_tilde = x
     code = w[:1].expand(4, -1, -1).clone()
     out, _ = advmix_attack(model, Batch(x[:4], y[:4], code), LatentBank(code, y[:4]), G, cfg,
@@ -89,7 +88,7 @@ def test_one_batched_pass_for_the_hard_mixes(setup, monkeypatch):
         return real(ws, noise_mode=noise_mode)
 
     monkeypatch.setattr(G, "synthesis", counting)
-    cfg = AttackConfig(layers=LAYERS, k=4, steps=3)
+    cfg = attack_config(layers=LAYERS, k=4, steps=3, residual=False, step_size=0.25)
     advmix_attack(model, Batch(x[:8], y[:8], w[:8], torch.arange(8)), LatentBank(w, y), G, cfg,
                   torch.Generator().manual_seed(0))
     assert sizes == [8 * 4] + [8] * (3 + 1)  # all hard mixes at once, then one pass per step and the last
@@ -108,7 +107,7 @@ def test_a_supplied_residual_saves_its_synthesis_and_gives_the_same_mixes(setup,
     sizes = []
     real = G.synthesis
     monkeypatch.setattr(G, "synthesis", lambda ws, noise_mode="const": sizes.append(len(ws)) or real(ws, noise_mode))
-    cfg = AttackConfig(layers=LAYERS, residual=True, k=4, steps=2)
+    cfg = attack_config(layers=LAYERS, residual=True, k=4, steps=2, step_size=0.25)
     outs = {}
     for name, res in (("synthesised", None), ("supplied", own)):
         sizes.clear()
@@ -126,7 +125,7 @@ def test_advmix_only_moves_alpha_within_bounds_and_keeps_batchnorm_stats(setup):
     model, G, x, y, w = setup
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
-    cfg = AttackConfig(layers=LAYERS, k=2, steps=2)
+    cfg = attack_config(layers=LAYERS, k=2, steps=2, residual=False, step_size=0.25)
     a, _ = advmix_attack(model, Batch(x[:6], y[:6], w[:6], torch.arange(6)), LatentBank(w, y), G, cfg,
                          torch.Generator().manual_seed(3))
     b, _ = advmix_attack(model, Batch(x[:6], y[:6], w[:6], torch.arange(6)), LatentBank(w, y), G, cfg,
@@ -139,7 +138,7 @@ def test_advmix_only_moves_alpha_within_bounds_and_keeps_batchnorm_stats(setup):
 
 def test_pgd_raises_the_loss_inside_the_ball(setup):
     model, _, x, y, _ = setup
-    cfg = AttackConfig(epsilon=8 / 255, pgd_steps=5, pgd_step_size=2 / 255)
+    cfg = attack_config(epsilon=8 / 255, pgd_steps=5, pgd_step_size=2 / 255)
     model.train()
     x_adv, y_adv = pgd_linf(model, Batch(x, y), None, None, cfg, torch.Generator().manual_seed(0))
     assert model.training and torch.equal(y_adv, y)
@@ -183,7 +182,7 @@ def test_advmix_same_label_mixes_only_same_label_codes(setup):
 
     G.synthesis = spy
     try:
-        cfg = AttackConfig(layers=LAYERS, partners="same_label", k=4, steps=1)
+        cfg = attack_config(layers=LAYERS, partners="same_label", k=4, steps=1, residual=False, step_size=0.25)
         advmix_attack(model, Batch(x, y, w, torch.arange(len(y))), LatentBank(w, y), G, cfg,
                       torch.Generator().manual_seed(0))
     finally:
@@ -263,7 +262,7 @@ def test_colorjitter_is_seeded_per_image_and_full_hue_reaches_further(setup):
     """The control of a colour nuisance: the same seed gives the same images, another seed others; every image
     gets its own draw; labels stay; the full-hue strength moves colours further than the common one."""
     model, _, x, y, _ = setup
-    batch, cfg = Batch(x, y), AttackConfig()
+    batch, cfg = Batch(x, y), attack_config()
     a, ya = colorjitter(model, batch, None, None, cfg, torch.Generator().manual_seed(3))
     b, _ = colorjitter(model, batch, None, None, cfg, torch.Generator().manual_seed(3))
     c, _ = colorjitter(model, batch, None, None, cfg, torch.Generator().manual_seed(4))

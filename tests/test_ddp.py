@@ -26,7 +26,8 @@ def gloo(tmp_path_factory):
         from advmix.gan.networks import Generator
         from advmix.gan.training import train_gan
         from advmix.params import GanParams, parse_params
-        from advmix.classifier_training import train_classifier
+        from advmix.attacks import AttackConfig
+        from advmix.classifier_training import TrainConfig, train_classifier
         tmp = Path({str(tmp)!r})
 
         def flat(state):
@@ -53,8 +54,9 @@ def gloo(tmp_path_factory):
         torch.manual_seed(0)
         G = Generator(**{TINY_G!r})
         lat = np.random.default_rng(0).normal(size=(40, G.n_latent, G.style_dim)).astype(np.float32)
-        run = train_classifier("advmix", ds.split("train"), ds.split("val"), p, tmp / "train-state.pt",
-                               tmp / "live", G=G, latents=lat, layers=[2, 3, 4, 5])
+        config = TrainConfig(p.train, AttackConfig.from_params(p.train, "any", [2, 3, 4, 5]), p.seed)
+        run = train_classifier("advmix", ds.split("train"), ds.split("val"), config, tmp / "train-state.pt",
+                               tmp / "live", G=G, latents=lat)
         assert same_on_every_rank(flat(run.last_state), run.world), "classifier ranks diverged"
         (tmp / f"train-rank{{run.rank}}.txt").write_text(f"world {{run.world}} steps {{run.steps_per_epoch}} ok")
         dist.destroy_process_group()

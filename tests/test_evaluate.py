@@ -118,16 +118,18 @@ def test_group_dro_adjustment_gives_a_small_group_more_weight():
 
 
 def test_augmix_changes_images_reproducibly_and_leaves_the_global_rng(one_thread):
-    from advmix.attacks import AttackConfig, Batch, augmix
+    from conftest import attack_config
+
+    from advmix.attacks import Batch, augmix
 
     x = torch.rand(6, 3, 16, 16) * 2 - 1
     batch = Batch(x, torch.zeros(6, dtype=torch.long))
     torch.manual_seed(5)
     before = torch.get_rng_state()
-    a, y = augmix(None, batch, None, None, AttackConfig(), torch.Generator().manual_seed(1))
+    a, y = augmix(None, batch, None, None, attack_config(), torch.Generator().manual_seed(1))
     assert torch.equal(torch.get_rng_state(), before)
-    b, _ = augmix(None, batch, None, None, AttackConfig(), torch.Generator().manual_seed(1))
-    c, _ = augmix(None, batch, None, None, AttackConfig(), torch.Generator().manual_seed(2))
+    b, _ = augmix(None, batch, None, None, attack_config(), torch.Generator().manual_seed(1))
+    c, _ = augmix(None, batch, None, None, attack_config(), torch.Generator().manual_seed(2))
     assert torch.equal(a, b) and not torch.equal(a, c) and torch.equal(y, batch.y)
     assert a.shape == x.shape and a.min() >= -1 and a.max() <= 1
     per_image = (a - x).abs().flatten(1).mean(1)

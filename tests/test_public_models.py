@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_UPSTREAM
+from conftest import TINY_UPSTREAM, attack_config
 from test_pipeline import make_project, repro_in_process
 
-from advmix.attacks import AttackConfig, Batch, LatentBank, advmix_attack, residuals
+from advmix.attacks import Batch, LatentBank, advmix_attack, residuals
 from advmix.gan.encoders import StyleEncoder, save_public_layout
 from advmix.gan.invert import build_encoder
 from advmix.gan.networks import Generator
@@ -53,7 +53,7 @@ def test_a_larger_generator_renders_at_the_data_resolution_and_alpha_still_gets_
     x = torch.rand(6, 3, 16, 16) * 2 - 1
     y = torch.tensor([0, 1] * 3)
     w = G.make_ws(torch.randn(6, 32))
-    cfg = AttackConfig(layers=(2, 3, 4, 5), partners="any", residual=True, k=2, steps=1, step_size=0.5)
+    cfg = attack_config(layers=(2, 3, 4, 5), partners="any", residual=True, k=2, steps=1, step_size=0.5)
     out, _ = advmix_attack(model, Batch(x, y, w, torch.arange(6)), LatentBank(w, y), G, cfg, torch.Generator())
     assert out.shape == x.shape
     images = ((x + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
@@ -68,7 +68,7 @@ def test_attacks_synthesise_a_large_generator_in_parts_with_the_same_result():
     x, y = torch.rand(10, 3, 64, 64) * 2 - 1, torch.tensor([0, 1] * 5)
     w = G.make_ws(torch.randn(10, 32))
     model = build_model("smallcnn", 2, 64, 8).eval()
-    cfg = AttackConfig(layers=(2, 3, 4, 5), partners="any", residual=True, k=3, steps=2, step_size=0.5)
+    cfg = attack_config(layers=(2, 3, 4, 5), partners="any", residual=True, k=3, steps=2, step_size=0.5)
 
     def attack():
         return advmix_attack(model, Batch(x, y, w, torch.arange(10)), LatentBank(w, y), G, cfg,

@@ -14,12 +14,13 @@ import torch
 from conftest import TINY_SIZES, save_validated, tiny_params
 from typer.testing import CliRunner
 
-from advmix.classifier_training import lr_factor, train_classifier
+from advmix.classifier_training import TrainConfig, lr_factor, train_classifier
 from advmix.data.build import build_dataset
 from advmix.gan.checkpoints import save_generator
 from advmix.gan.networks import Generator
 from advmix.models import build_model, load_classifier
 from advmix.params import parse_params
+from advmix.stages.train import train_config
 
 torch.set_num_threads(1)
 TINY_G = {"size": 16, "style_dim": 32, "n_mlp": 2, "channel_base": 256, "channel_max": 32}
@@ -43,6 +44,11 @@ def tiny_run():
     return p, ds.split("train"), ds.split("val"), G, latents
 
 
+def config(p) -> TrainConfig:
+    """What the train stage builds from params (mixing.layers as given)."""
+    return train_config(p, p.mixing.layers)
+
+
 def tsv_rows(path: Path) -> list[dict]:
     with open(path) as f:
         return list(csv.DictReader(f, delimiter="\t"))
@@ -50,8 +56,8 @@ def tsv_rows(path: Path) -> list[dict]:
 
 def test_resume_after_a_kill_mid_epoch_is_bitwise_identical(tiny_run, tmp_path):
     p, train, val, G, latents = tiny_run
-    kw = {"G": G, "latents": latents, "layers": [2, 3, 4, 5]}
-    full = train_classifier("advmix", train, val, p, tmp_path / "a" / "state.pt", tmp_path / "a", **kw)
+    kw = {"G": G, "latents": latents}
+    full = train_classifier("advmix", train, val, config(p), tmp_path / "a" / "state.pt", tmp_path / "a", **kw)
     assert full.steps_per_epoch == 5 and not (tmp_path / "a" / "state.pt").exists(), "state removed when done"
 
     def kill(done, total, stats):
@@ -60,10 +66,10 @@ def test_resume_after_a_kill_mid_epoch_is_bitwise_identical(tiny_run, tmp_path):
 
     state = tmp_path / "b" / "state.pt"
     with pytest.raises(Kill):
-        train_classifier("advmix", train, val, p, state, tmp_path / "b", progress=kill, **kw)
+        train_classifier("advmix", train, val, config(p), state, tmp_path / "b", progress=kill, **kw)
     saved = torch.load(state, weights_only=True)
     assert (saved["epoch"], saved["step"], len(saved["history"])) == (1, 1, 1)
-    resumed = train_classifier("advmix", train, val, p, state, tmp_path / "b", **kw)
+    resumed = train_classifier("advmix", train, val, config(p), state, tmp_path / "b", **kw)
     assert resumed.resumed_from == {"epoch": 1, "step": 1}
     for name, value in full.last_state.items():
         assert torch.equal(value, resumed.last_state[name]), name
@@ -88,9 +94,9 @@ def test_a_state_from_other_params_is_not_resumed(tiny_run, tmp_path):
             raise Kill
 
     with pytest.raises(Kill):
-        train_classifier("nominal", train, val, p, tmp_path / "state.pt", None, progress=kill)
+        train_classifier("nominal", train, val, config(p), tmp_path / "state.pt", None, progress=kill)
     other = p.model_copy(update={"train": p.train.model_copy(update={"lr": 1e-3})})
-    run = train_classifier("nominal", train, val, other, tmp_path / "state.pt", None)
+    run = train_classifier("nominal", train, val, config(other), tmp_path / "state.pt", None)
     assert run.resumed_from == {"epoch": 0, "step": 0}
 
 
@@ -99,13 +105,13 @@ def test_a_non_finite_loss_stops_training_naming_the_step(tiny_run, tmp_path):
     bad = latents.copy()
     bad[:] = np.nan  # codes that bypassed load_latents' check: every mix is NaN
     with pytest.raises(ValueError, match=r"train advmix: the loss is nan at epoch 1, step 1; likely non-finite"):
-        train_classifier("advmix", train, val, p, tmp_path / "state.pt", None, G=G, latents=bad, layers=[2, 3, 4, 5])
+        train_classifier("advmix", train, val, config(p), tmp_path / "state.pt", None, G=G, latents=bad)
 
 
 def test_model_selection_keeps_the_best_val_epoch(tiny_run, tmp_path):
     p, train, val, _, _ = tiny_run
     q = p.model_copy(update={"train": p.train.model_copy(update={"epochs": 4, "lr": 0.05, "schedule": "constant"})})
-    run = train_classifier("linf", train, val, q, tmp_path / "state.pt", None)
+    run = train_classifier("linf", train, val, config(q), tmp_path / "state.pt", None)
     accs = [h["val/acc"] for h in run.history]
     assert run.best_epoch == int(np.argmax(accs)) and run.best_val_acc == max(accs)
     assert all("train/adv_acc" in h for h in run.history)
@@ -116,7 +122,7 @@ def test_each_selection_rule_keeps_the_epoch_it_names_and_its_weights(tiny_run, 
 
     p, train, val, _, _ = tiny_run
     q = p.model_copy(update={"train": p.train.model_copy(update={"epochs": 5, "lr": 0.05, "schedule": "constant"})})
-    run = train_classifier("nominal", train, val, q, tmp_path / "state.pt", None)
+    run = train_classifier("nominal", train, val, config(q), tmp_path / "state.pt", None)
     hist = run.history
     by_acc = max(range(len(hist)), key=lambda i: (hist[i]["val/acc"], -i))
     by_wg = max(range(len(hist)), key=lambda i: (hist[i]["val/worst_group_acc"], hist[i]["val/acc"], -i))

@@ -18,7 +18,7 @@ from advmix.inputs.gan import mixing_inputs, partner_bank
 from advmix.stages import Progress, StageError, no_progress
 
 if TYPE_CHECKING:
-    from advmix.classifier_training import ClassifierRun
+    from advmix.classifier_training import ClassifierRun, TrainConfig
 
 
 @dataclass
@@ -48,14 +48,22 @@ def require_a_commit() -> None:
                          "run `git add -A && git commit -m start` once, then rerun")
 
 
-def fit(mode: str, train, val, p, state: Path, live_dir: Path | None, **kwargs) -> ClassifierRun:
+def train_config(p, layers: list[int] | None) -> TrainConfig:
+    """What the trainer reads of params: train.*, the attacks (mixing.partners, the resolved `layers`), the seed."""
+    from advmix.attacks import AttackConfig
+    from advmix.classifier_training import TrainConfig
+
+    return TrainConfig(p.train, AttackConfig.from_params(p.train, p.mixing.partners, layers or []), p.seed)
+
+
+def fit(mode: str, train, val, config: TrainConfig, state: Path, live_dir: Path | None, **kwargs) -> ClassifierRun:
     """One mode's training loop: JTT trains twice (advmix.classifier_training.train_jtt), every other mode once
-    (train_classifier, which takes G, latents and layers for the mixing modes)."""
+    (train_classifier, which takes G and latents for the mixing modes)."""
     from advmix.classifier_training import train_classifier, train_jtt
 
     if mode == "jtt":
-        return train_jtt(train, val, p, state, live_dir, progress=kwargs.get("progress"))
-    return train_classifier(mode, train, val, p, state, live_dir, **kwargs)
+        return train_jtt(train, val, config, state, live_dir, progress=kwargs.get("progress"))
+    return train_classifier(mode, train, val, config, state, live_dir, **kwargs)
 
 
 def run(p, mode: str, seed: int | None = None, progress: Progress = no_progress) -> Trained | None:
@@ -83,6 +91,7 @@ def run(p, mode: str, seed: int | None = None, progress: Progress = no_progress)
         G, layers, latents = mixing_inputs(p, ds, "train")
         if p.mixing.bank != "train":
             partners = partner_bank(p, ds, G, latents)
+    config = train_config(p, layers)
     state = paths.train_state(mode, seed)
     state.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -94,8 +103,8 @@ def run(p, mode: str, seed: int | None = None, progress: Progress = no_progress)
                 step(completed=done, of=total, info=f"epoch {s['epoch']} loss {s['loss']:.3f}")
 
             with live as live_dir:
-                run = fit(mode, train, val, p, state, live_dir, G=G, latents=latents, layers=layers,
-                          partners=partners, progress=on_step)
+                run = fit(mode, train, val, config, state, live_dir, G=G, latents=latents, partners=partners,
+                          progress=on_step)
         except (LatentsError, ValueError) as exc:
             raise StageError(str(exc)) from None
     if run.rank != 0:
