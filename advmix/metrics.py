@@ -36,9 +36,20 @@ from advmix.images import to_tensor, to_uint8
 from advmix.inputs.classifier import load_classifier
 from advmix.models import eval_mode
 from advmix.modes import SELECTION_RULES, group_labels_read
-from advmix.params import EVAL_SPLITS
+from advmix.params import EVAL_SPLITS, EvaluateParams, TrainParams
 from advmix.results import EvalResult, describe, entry_key, epsilon_label
 from advmix.stages import StageError
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What the evaluation reads of params.yaml besides the mixing layers, built by the stage that evaluates (each
+    key is documented in advmix/params.py)."""
+
+    evaluate: EvaluateParams  # evaluate.*: the robust subsets, the attack's strength, PGD's epsilons, ECE bins
+    train: TrainParams  # train.*: the training perturbation set (random mixes; PGD's base) and eval_batch
+    partners: str  # mixing.partners: any | same_label
+    seed: int  # the attacks' draws and the robust subsets: the same for every classifier
 
 
 def predict(model, images: np.ndarray, batch: int, device) -> np.ndarray:
@@ -134,17 +145,17 @@ def uniform_subset(n_rows: int, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 11]).permutation(n_rows)[:n])
 
 
-def attack_configs(p, layers: list[int] | None):
+def attack_configs(cfg: EvalConfig, layers: list[int] | None):
     """The training perturbation set (random mixes) and AdvMix at evaluation strength (more partners and steps).
 
     The evaluation attack draws its partners uniformly (strata 0) whatever train.advmix.strata says: the attack
     every model is measured against must not change with one mode's training choice."""
-    base = AttackConfig.from_params(p.train, p.mixing.partners, layers or [])
-    e = p.evaluate
+    base = AttackConfig.from_params(cfg.train, cfg.partners, layers or [])
+    e = cfg.evaluate
     return base, replace(base, k=e.partners_k, strata=0, steps=e.steps, step_size=e.step_size)
 
 
-def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | None, p, device, *,
+def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | None, cfg: EvalConfig, device, *,
                rows: np.ndarray | None = None, pixel: bool = True,
                partners: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Semantic (AdvMix) and pixel (PGD) robust accuracy and mix change error on `rows` of `ds`: EvalResult's
@@ -154,13 +165,13 @@ def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | 
     `partners`: (codes, classes) to draw the mixing partners from; None: the split's own codes `w`.
     """
 
-    e = p.evaluate
+    e = cfg.evaluate
     if rows is None:
-        rows = stratified_subset(ds.manifest["group"].to_numpy(), e.robust_images, p.seed)
+        rows = stratified_subset(ds.manifest["group"].to_numpy(), e.robust_images, cfg.seed)
     epsilons = e.linf_epsilons if pixel else []
     y_all = torch.from_numpy(ds.manifest["label"].to_numpy().astype(np.int64))
-    base, strong = attack_configs(p, layers)
-    rng = torch.Generator().manual_seed(p.seed * 1000 + 31)
+    base, strong = attack_configs(cfg, layers)
+    rng = torch.Generator().manual_seed(cfg.seed * 1000 + 31)
     bank = own = None
     if G is not None and w is not None and layers:
         if partners is None:
@@ -172,7 +183,7 @@ def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | 
         G = G.to(device).eval().requires_grad_(False)
     counts = {"clean": 0, "semantic": 0, "changed": 0, "mixes": 0} | {f"linf_{eps}": 0 for eps in epsilons}
     model = model.to(device).eval()
-    for chunk in np.array_split(rows, max(1, len(rows) // p.train.eval_batch + 1)):
+    for chunk in np.array_split(rows, max(1, len(rows) // cfg.train.eval_batch + 1)):
         if not len(chunk):
             continue
         idx = torch.from_numpy(chunk)
@@ -195,8 +206,8 @@ def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | 
                     counts["changed"] += int((model(x_mix).argmax(1) != clean_pred).sum())
                     counts["mixes"] += len(chunk)
         for eps in epsilons:
-            cfg = replace(base, epsilon=eps, pgd_steps=e.linf_steps, pgd_step_size=eps / 4)
-            x_adv, _ = pgd_linf(model, batch, None, None, cfg, rng)
+            pgd = replace(base, epsilon=eps, pgd_steps=e.linf_steps, pgd_step_size=eps / 4)
+            x_adv, _ = pgd_linf(model, batch, None, None, pgd, rng)
             with torch.no_grad():
                 counts[f"linf_{eps}"] += int((clean_ok & (model(x_adv).argmax(1) == y)).sum())
     n = len(rows)
@@ -208,7 +219,7 @@ def robustness(model, ds: Dataset, w: np.ndarray | None, G, layers: list[int] | 
     return out
 
 
-def val_selection(model, val: Dataset, w: np.ndarray, G, layers: list[int], p, device,
+def val_selection(model, val: Dataset, w: np.ndarray, G, layers: list[int], cfg: EvalConfig, device,
                   partners: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """The label-free figure for choosing hyperparameters: AdvMix-robust accuracy on val at evaluation strength.
 
@@ -218,13 +229,13 @@ def val_selection(model, val: Dataset, w: np.ndarray, G, layers: list[int], p, d
     under `mixing.bank: pool` the pool partners training draws from, since at rho 0.99 a same-label partner from
     val itself almost never differs in the nuisance.
     """
-    rows = uniform_subset(len(val), p.evaluate.val_robust_images, p.seed)
-    r = robustness(model, val, w, G, layers, p, device, rows=rows, pixel=False, partners=partners)
+    rows = uniform_subset(len(val), cfg.evaluate.val_robust_images, cfg.seed)
+    r = robustness(model, val, w, G, layers, cfg, device, rows=rows, pixel=False, partners=partners)
     return {"val_robust_images": len(rows), "val_semantic_robust_acc": r["semantic_robust_acc"],
             "val_mix_change_error": r["mix_change_error"]}
 
 
-def clean_metrics(model, ds: Dataset, p, device) -> tuple[dict[str, dict], list[dict]]:
+def clean_metrics(model, ds: Dataset, cfg: EvalConfig, device) -> tuple[dict[str, dict], list[dict]]:
     """split_metrics of every labelled split `ds` holds, and their by-group rows."""
     model = model.to(device).eval()
     train_groups = ds.split("train").manifest["group"].to_numpy().astype(int)
@@ -233,13 +244,13 @@ def clean_metrics(model, ds: Dataset, p, device) -> tuple[dict[str, dict], list[
     for split in EVAL_SPLITS:
         part = ds.split(split)
         if len(part):
-            probs = predict(model, part.images, p.train.eval_batch, device)
-            splits[split], rows = split_metrics(probs, part, train_groups, p.evaluate.ece_bins)
+            probs = predict(model, part.images, cfg.train.eval_batch, device)
+            splits[split], rows = split_metrics(probs, part, train_groups, cfg.evaluate.ece_bins)
             by_group += [{"split": split} | r for r in rows]
     return splits, by_group
 
 
-def evaluate_classifier(model, ds: Dataset, p, device, *, G=None, latents: np.ndarray | None = None,
+def evaluate_classifier(model, ds: Dataset, cfg: EvalConfig, device, *, G=None, latents: np.ndarray | None = None,
                         layers: list[int] | None = None, val_latents: np.ndarray | None = None,
                         val_partners: tuple[np.ndarray, np.ndarray] | None = None
                         ) -> tuple[dict[str, Any], list[dict]]:
@@ -250,35 +261,35 @@ def evaluate_classifier(model, ds: Dataset, p, device, *, G=None, latents: np.nd
     Returns the metrics ({"splits": {split: {...}}, robust figures}) and the by-group rows of every split.
     """
     model = model.to(device).eval()  # a loaded classifier is on the CPU
-    splits, by_group = clean_metrics(model, ds, p, device)
+    splits, by_group = clean_metrics(model, ds, cfg, device)
     result: dict[str, Any] = {"splits": splits}
     balanced = ds.split("test_balanced")
     if len(balanced):
-        result |= robustness(model, balanced, latents, G, layers, p, device)
+        result |= robustness(model, balanced, latents, G, layers, cfg, device)
     val = ds.split("val")
-    if G is not None and val_latents is not None and layers and len(val) and p.evaluate.val_robust_images:
-        result |= val_selection(model, val, val_latents, G, layers, p, device, val_partners)
+    if G is not None and val_latents is not None and layers and len(val) and cfg.evaluate.val_robust_images:
+        result |= val_selection(model, val, val_latents, G, layers, cfg, device, val_partners)
     return result, by_group
 
 
-def worst_mixes(models: dict[str, Any], ds: Dataset, w: np.ndarray, G, layers: list[int], p, device
+def worst_mixes(models: dict[str, Any], ds: Dataset, w: np.ndarray, G, layers: list[int], cfg: EvalConfig, device
                 ) -> dict[str, np.ndarray]:
     """The AdvMix mixes of `ds` that hurt the first model most, with every model's prediction on them.
 
     For the report: which mixes fool nominal training, and whether AdvMix training holds on them.
     """
 
-    e = p.evaluate
-    rows = stratified_subset(ds.manifest["group"].to_numpy(), min(e.robust_images, 128), p.seed)
+    e = cfg.evaluate
+    rows = stratified_subset(ds.manifest["group"].to_numpy(), min(e.robust_images, 128), cfg.seed)
     y = torch.from_numpy(ds.manifest["label"].to_numpy().astype(np.int64))
-    cfg = attack_configs(p, layers)[1]
+    strong = attack_configs(cfg, layers)[1]
     bank = LatentBank(torch.from_numpy(w), y).to(device)
     G = G.to(device).eval().requires_grad_(False)
     first = next(iter(models.values())).to(device).eval()
     idx = torch.from_numpy(rows)
     x = to_tensor(ds.images[rows]).to(device)
     batch = Batch(x, y[idx].to(device), w=bank.w[idx.to(device)], index=idx)
-    x_adv, _ = advmix_attack(first, batch, bank, G, cfg, torch.Generator().manual_seed(p.seed * 1000 + 37))
+    x_adv, _ = advmix_attack(first, batch, bank, G, strong, torch.Generator().manual_seed(cfg.seed * 1000 + 37))
     with torch.no_grad():
         loss = torch.nn.functional.cross_entropy(first(x_adv).float(), batch.y, reduction="none")
         order = torch.argsort(loss, descending=True)[: e.worst_mixes].cpu()
@@ -309,16 +320,16 @@ class Evaluated:
                 f"{self.seconds:.0f} s")
 
 
-def run_clean(p, ds, mode: str, seed: int, device) -> Evaluated:
+def run_clean(cfg: EvalConfig, ds, mode: str, seed: int, device) -> Evaluated:
     """The clean metrics alone (no attack): the measurement of a DFR refit, written like `run`'s."""
 
     t0 = time.time()
     model, payload = load_classifier(mode, seed, with_payload=True)
-    splits, by_group = clean_metrics(model, ds, p, device)
-    return write_result(p, ds, mode, seed, payload, {"splits": splits}, by_group, device, t0)
+    splits, by_group = clean_metrics(model, ds, cfg, device)
+    return write_result(cfg, ds, mode, seed, payload, {"splits": splits}, by_group, device, t0)
 
 
-def write_result(p, ds, mode: str, seed: int, payload: dict[str, Any], result: dict[str, Any], by_group: list,
+def write_result(cfg: EvalConfig, ds, mode: str, seed: int, payload: dict[str, Any], result: dict[str, Any], by_group: list,
                  device, t0: float) -> Evaluated:
     """Add the other selection rules' epochs, measured clean (the attacks are the default rule's alone), and what
     the run read of the group labels; write metrics/eval/<run>.json and its by_group.csv."""
@@ -327,7 +338,7 @@ def write_result(p, ds, mode: str, seed: int, payload: dict[str, Any], result: d
     selection: dict[str, Any] = {SELECTION_RULES[0]: {"epoch": epochs.get(SELECTION_RULES[0])}}
     for rule in SELECTION_RULES[1:]:
         if rule in epochs:  # classifiers written before the rule existed hold only the default's weights
-            splits, _ = clean_metrics(load_classifier(mode, seed, rule=rule), ds, p, device)
+            splits, _ = clean_metrics(load_classifier(mode, seed, rule=rule), ds, cfg, device)
             selection[rule] = {"epoch": epochs[rule], "splits": splits}
     read = group_labels_read(mode)
     try:  # the schema that the report reads: a NaN or a missing figure stops here, before any file is written

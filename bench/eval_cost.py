@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from advmix.data import load_dataset
     from advmix.gan import checkpoints
     from advmix.inputs.gan import split_latents
-    from advmix.metrics import evaluate_classifier
+    from advmix.metrics import EvalConfig, evaluate_classifier
     from advmix.mixing import resolve_layers
     from advmix.models import load_classifier
     from advmix.params import load_params
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in args.variants:
         p = load_params(args.params, VARIANTS[name])
         t0 = time.perf_counter()
-        result, _ = evaluate_classifier(model, ds, p, torch.device("cpu"), G=G, latents=codes["test_balanced"],
+        cfg = EvalConfig(p.evaluate, p.train, p.mixing.partners, p.seed)
+        result, _ = evaluate_classifier(model, ds, cfg, torch.device("cpu"), G=G, latents=codes["test_balanced"],
                                         layers=layers, val_latents=codes["val"])
         seconds = time.perf_counter() - t0
         bal = result["splits"]["test_balanced"]

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from advmix.inputs.data import dataset
     from advmix.inputs.gan import mixing_inputs, partner_bank, split_latents
-    from advmix.metrics import evaluate_classifier, val_selection
+    from advmix.metrics import EvalConfig, evaluate_classifier, val_selection
     from advmix.modes import MIXING_MODES
     from advmix.modes import NAMES as MODES
     from advmix.params import POOL, load_params
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     partners = partner_bank(p, ds, G, w_train) if p.mixing.bank == POOL else None
     val_partners = partner_bank(p, ds, G, w_val) if p.mixing.bank == POOL else None
     device = pick_device(args.device)
+    cfg = EvalConfig(p.evaluate, p.train, p.mixing.partners, p.seed)
     rows = []
     for seed in args.seeds:
         for mode in args.modes:
@@ -69,11 +70,11 @@ def main(argv: list[str] | None = None) -> dict:
                           latents=w_train if mixing else None, partners=partners if mixing else None)
             t1 = time.time()
             if args.val_only:
-                result = {} if args.no_attack else val_selection(run.model, val, w_val, G, layers, p, device,
+                result = {} if args.no_attack else val_selection(run.model, val, w_val, G, layers, cfg, device,
                                                                  val_partners)
                 bal = {"error": float("nan"), "worst_group_acc": float("nan")}
             else:
-                result, _ = evaluate_classifier(run.model, ds, p, device, G=G, latents=w_balanced, layers=layers,
+                result, _ = evaluate_classifier(run.model, ds, cfg, device, G=G, latents=w_balanced, layers=layers,
                                                 val_latents=w_val, val_partners=val_partners)
                 bal = result["splits"]["test_balanced"]
             rows.append({"mode": mode, "seed": seed, "error": bal["error"], "worst_group_acc": bal["worst_group_acc"],

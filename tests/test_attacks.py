@@ -238,7 +238,7 @@ def test_val_selection_reads_no_group_label_and_is_seeded(setup):
     import numpy as np
 
     from advmix.data.store import Dataset
-    from advmix.metrics import robustness, uniform_subset, val_selection
+    from advmix.metrics import EvalConfig, robustness, uniform_subset, val_selection
     from advmix.params import parse_params
 
     model, G, x, _, w = setup
@@ -247,12 +247,13 @@ def test_val_selection_reads_no_group_label_and_is_seeded(setup):
     images = ((x.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     val = Dataset(images, build_dataset(tiny_params(resolution=16)).split("train").manifest.drop(columns="group"),
                   {"n_classes": 2})
-    first = val_selection(model, val, w.numpy(), G, list(LAYERS), p, torch.device("cpu"))
-    assert first == val_selection(model, val, w.numpy(), G, list(LAYERS), p, torch.device("cpu"))
+    cfg = EvalConfig(p.evaluate, p.train, p.mixing.partners, p.seed)
+    first = val_selection(model, val, w.numpy(), G, list(LAYERS), cfg, torch.device("cpu"))
+    assert first == val_selection(model, val, w.numpy(), G, list(LAYERS), cfg, torch.device("cpu"))
     assert first["val_robust_images"] == 24
     rows = uniform_subset(len(val), 24, p.seed)
     assert len(set(rows.tolist())) == 24 and (np.diff(rows) > 0).all()
-    clean = robustness(model, val, w.numpy(), G, list(LAYERS), p, torch.device("cpu"), rows=rows, pixel=False)
+    clean = robustness(model, val, w.numpy(), G, list(LAYERS), cfg, torch.device("cpu"), rows=rows, pixel=False)
     assert "pgd_robust_acc" not in clean
     # the fitted model is right on its training faces; swapping the nuisance rows of a random G breaks many
     assert clean["robust_clean_acc"] > 0.9 and first["val_semantic_robust_acc"] < clean["robust_clean_acc"] - 0.2

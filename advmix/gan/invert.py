@@ -38,6 +38,7 @@ from advmix.files import atomic_torch_save, read_torch
 from advmix.gan.encoders import PublicEncoder
 from advmix.images import to_tensor
 from advmix.mixing import synthesize
+from advmix.params import ExtractParams
 from advmix.probes import predict
 
 ENCODER_FORMAT = "advmix-encoder"
@@ -300,10 +301,10 @@ class Inversion:
     reconstructions: dict[str, tuple[Tensor, Tensor]]  # split -> (encoder-only, refined) images, for the figure
 
 
-def invert_splits(G, enc: Encoder, probe: nn.Module | None, splits: dict[str, np.ndarray], p, seed: int,
-                  progress: Progress = None) -> Inversion:
-    """Invert every split with a trained encoder (`train_encoder`), then refine each code if `p.mode` asks.
-    `p` is an ExtractParams."""
+def invert_splits(G, enc: nn.Module, probe: nn.Module | None, splits: dict[str, np.ndarray], p: ExtractParams,
+                  seed: int, progress: Progress = None) -> Inversion:
+    """Invert every split with the encoder of `train-encoder` (advmix's own or a public one), then refine each code
+    if `p.mode` (extract.*) asks."""
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     real = {name: to_tensor(images) for name, images in splits.items()}

@@ -35,7 +35,7 @@ def run(p, base: str, seed: int | None = None) -> Refitted:
     from advmix.dfr import refit
     from advmix.files import atomic_write_json
     from advmix.inputs.classifier import load_classifier
-    from advmix.metrics import run_clean
+    from advmix.metrics import EvalConfig, run_clean
     from advmix.models import save_classifier
     from advmix.modes import SELECTION_RULES, dfr_run
     from advmix.runtime import pick_device
@@ -68,5 +68,5 @@ def run(p, base: str, seed: int | None = None) -> Refitted:
         rule: {"strength": f.strength, "half_worst_group_acc": f.half_worst_group_acc[f.strength],
                "by_strength": {str(c): s for c, s in f.half_worst_group_acc.items()}} for rule, f in fits.items()}}
     atomic_write_json(paths.train_metrics(name, seed), {f"train_{name}_s{seed}": metrics})
-    run_clean(p, ds, name, seed, device)  # its metrics/eval file: DFR is measured clean, without attacks
+    run_clean(EvalConfig(p.evaluate, p.train, p.mixing.partners, p.seed), ds, name, seed, device)  # its metrics/eval file: DFR is measured clean, without attacks
     return Refitted(path, metrics, time.time() - t0)

@@ -11,7 +11,7 @@ import time
 from advmix.inputs.classifier import load_classifier
 from advmix.inputs.data import dataset
 from advmix.inputs.gan import mixing_inputs, partner_bank, split_latents
-from advmix.metrics import Evaluated, evaluate_classifier, write_result
+from advmix.metrics import EvalConfig, Evaluated, evaluate_classifier, write_result
 from advmix.params import POOL
 
 
@@ -31,6 +31,7 @@ def run(p, mode: str, seed: int | None = None) -> Evaluated:
             if p.mixing.bank == POOL and p.evaluate.val_robust_images:  # the selection figure mixes as training
                 val_partners = partner_bank(p, ds, G, val_latents)
     t0 = time.time()
-    result, by_group = evaluate_classifier(model, ds, p, device, G=G, latents=latents, layers=layers,
+    cfg = EvalConfig(p.evaluate, p.train, p.mixing.partners, p.seed)
+    result, by_group = evaluate_classifier(model, ds, cfg, device, G=G, latents=latents, layers=layers,
                                            val_latents=val_latents, val_partners=val_partners)
-    return write_result(p, ds, mode, seed, payload, result, by_group, device, t0)
+    return write_result(cfg, ds, mode, seed, payload, result, by_group, device, t0)

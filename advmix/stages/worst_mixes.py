@@ -31,14 +31,15 @@ def run(p) -> WorstMixes:
 
     from advmix import paths
     from advmix.files import atomic_write_bytes
-    from advmix.metrics import worst_mixes
+    from advmix.metrics import EvalConfig, worst_mixes
     from advmix.runtime import pick_device
 
     ds = dataset(p)
     seed = p.train.seeds[0]
     G, layers, latents = mixing_inputs(p, ds, "test_balanced")
     model = load_classifier(TARGET, seed)
-    arrays = worst_mixes({TARGET: model}, ds.split("test_balanced"), latents, G, layers, p,
+    cfg = EvalConfig(p.evaluate, p.train, p.mixing.partners, p.seed)
+    arrays = worst_mixes({TARGET: model}, ds.split("test_balanced"), latents, G, layers, cfg,
                          pick_device(p.train.device, "train.device"))
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
