@@ -139,8 +139,6 @@ class ExtractParams(Section):
     """Inversion into W+ (owned by advmix/gan/invert.py). Two stages read it: train-encoder (encoder, encoder_steps,
     encoder_real_steps, batch, lr, width, feature_weight) and extract, which inverts the labelled splits (mode,
     refine_steps, refine_lr, refine_batch, feature_weight, latent_weight).
-
-    Defaults fit all 5,000 images at 32 px on 2 CPU cores in about 7-8 minutes, encoder training included.
     """
 
     encoder: str = "train"  # train: learn one against the generator | PATH: a pSp or e4e checkpoint (.pt), loaded
@@ -233,7 +231,7 @@ class TrainParams(Section):
     schedule: Literal["cosine", "constant"] = "cosine"  # after a linear warmup
     warmup_epochs: float = Field(1.0, ge=0)
     clean_ratio: float = Field(0.5, ge=0, le=1)  # share of each batch kept clean; the rest is replaced (not nominal)
-    residual: bool = True  # randmix/advmix: add back what inversion lost, x - G(E(x))
+    residual: bool = True  # randmix/advmix: add back what inversion lost, x - G(w_x)
     nominal: NoKnobs = NoKnobs()
     randmix: NoKnobs = NoKnobs()
     advmix: AdvMixParams = AdvMixParams()
