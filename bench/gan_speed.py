@@ -20,7 +20,7 @@ import numpy as np
 def main(argv: list[str] | None = None) -> list[dict]:
     import torch
 
-    from advmix.gan.training import train_gan
+    from advmix.gan.training import GanConfig, train_gan
     from advmix.params import GanParams
     from advmix.runtime import pick_device
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             p = GanParams(iterations=args.iterations, batch=args.batch, device=args.device, **extra)
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.time()
-                run = train_gan(data, p, seed=0, state_path=Path(tmp) / "state.pt")
+                run = train_gan(data, GanConfig(p, 0, True), state_path=Path(tmp) / "state.pt")
                 wall = time.time() - t0
             rows.append({"device": str(pick_device(args.device)), "resolution": res, "config": name,
                          "iterations": args.iterations, "images_per_s": round(run.images_per_s, 1),

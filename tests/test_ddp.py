@@ -24,7 +24,7 @@ def gloo(tmp_path_factory):
         from pathlib import Path
         from advmix.data.build import build_dataset
         from advmix.gan.networks import Generator
-        from advmix.gan.training import train_gan
+        from advmix.gan.training import GanConfig, train_gan
         from advmix.params import GanParams, parse_params
         from advmix.attacks import AttackConfig
         from advmix.classifier_training import TrainConfig, train_classifier
@@ -41,9 +41,9 @@ def gloo(tmp_path_factory):
         # the GAN; then the same world size again, from scratch: DDP's all-reduce keeps the run deterministic
         data = np.random.default_rng(0).integers(0, 255, (24, 16, 16, 3), dtype=np.uint8)
         p = GanParams(iterations=3, checkpoint_minutes=1e-6, **{TINY_GAN!r})
-        run = train_gan(data, p, seed=0, state_path=tmp / "gan-state.pt")
+        run = train_gan(data, GanConfig(p, 0, True), state_path=tmp / "gan-state.pt")
         assert same_on_every_rank(flat(run.G_ema.state_dict()), run.world), "GAN ranks diverged"
-        again = train_gan(data, p, seed=0, state_path=tmp / "gan-again.pt")
+        again = train_gan(data, GanConfig(p, 0, True), state_path=tmp / "gan-again.pt")
         assert torch.equal(flat(run.G_ema.state_dict()), flat(again.G_ema.state_dict())), "GAN not deterministic"
         (tmp / f"gan-rank{{run.rank}}.txt").write_text(f"world {{run.world}} ok")  # a file per rank: stdout interleaves
 

@@ -69,10 +69,20 @@ class GanRun:
                 "resumed_from": self.resumed_from}
 
 
-def fingerprint(p: GanParams, images: np.ndarray, seed: int, mirror: bool = True) -> str:
+@dataclass(frozen=True)
+class GanConfig:
+    """Everything train_gan reads besides the images, built by the train-gan stage. The knobs are gan.*, each
+    documented once in GanParams (advmix/params.py)."""
+
+    gan: GanParams  # gan.*: architecture, optimiser, regularisation, batch, iterations, augmentation, device
+    seed: int  # initial weights, batches, latents and noise
+    mirror: bool  # whether a mirrored image is still a real one (the dataset's); False turns gan.augment's flip off
+
+
+def fingerprint(cfg: GanConfig, images: np.ndarray) -> str:
     """What a resumable state must match: the training params, the seed and the data."""
-    keep = p.model_dump(mode="json", exclude={"checkpoint_minutes", "eval_samples", "device", "pretrained"})
-    return resume.fingerprint([keep, seed, mirror], images=images)
+    keep = cfg.gan.model_dump(mode="json", exclude={"checkpoint_minutes", "eval_samples", "device", "pretrained"})
+    return resume.fingerprint([keep, cfg.seed, cfg.mirror], images=images)
 
 
 def diff_augment(x, policy: list[str], gen):
@@ -116,23 +126,22 @@ def _shift(padded, dy, dx, h: int, w: int):
     return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
 
-def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
-              progress: Callable[[int, dict], None] | None = None, mirror: bool = True) -> GanRun:
+def train_gan(images: np.ndarray, cfg: GanConfig, state_path: Path,
+              progress: Callable[[int, dict], None] | None = None) -> GanRun:
     """Train on uint8 N x H x W x 3 images.
 
-    `mirror`: whether a mirrored image is still a real one; False turns gan.augment's flip off (digits).
     `progress(done, stats)` is called after every iteration. The training state is saved to
-    `state_path` every `p.checkpoint_minutes` and at the end; a matching state there is resumed.
+    `state_path` every `gan.checkpoint_minutes` and at the end; a matching state there is resumed.
     """
 
-
+    p, seed, mirror = cfg.gan, cfg.seed, cfg.mirror
     # ---- Ranks and devices; networks and optimisers, seeded the same on every rank.
     rank, world, device = rank_and_device(p.device, "gan.device")
     torch.manual_seed(seed * 1000)  # the same initial weights on every rank
     gen = torch.Generator().manual_seed(seed * 1000 + rank + 1)  # each rank its own batches and latents
     resolution = images.shape[1]
-    cfg = generator_config(p, resolution)
-    G = Generator(**cfg).to(device)
+    arch = generator_config(p, resolution)
+    G = Generator(**arch).to(device)
     D = Discriminator(resolution, channel_base=p.channel_base, channel_max=p.channel_max).to(device)
     if world > 1:
         torch.manual_seed(seed * 1000 + rank)  # and its own noise inputs
@@ -146,7 +155,7 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
     d_opt = torch.optim.Adam(D.parameters(), lr=p.lr * c, betas=(0.0, 0.99**c))
 
     # ---- Resume a state of the same run (params, seed, data, world size), if there is one.
-    fp = fingerprint(p, images, seed, mirror)
+    fp = fingerprint(cfg, images)
     start, elapsed = 0, 0.0
     state = resume.load_state(state_path, version=STATE_VERSION, fp=fp, world=world, what="GAN training state",
                               fix=f"delete {state_path} to start over")
@@ -258,7 +267,7 @@ def train_gan(images: np.ndarray, p: GanParams, seed: int, state_path: Path,
     G_ema = G_ema.cpu().float()
     w_avg = G_ema.mean_latent(4096, torch.Generator().manual_seed(seed))
     seconds = time.time() - t0
-    return GanRun(G_ema=G_ema, w_avg=w_avg, config=cfg, iterations=p.iterations, seconds=seconds,
+    return GanRun(G_ema=G_ema, w_avg=w_avg, config=arch, iterations=p.iterations, seconds=seconds,
                   images_per_s=(p.iterations - start) * p.batch * world / max(1e-9, seconds - elapsed),
                   resumed_from=start, rank=rank, world=world, last=stats)
 

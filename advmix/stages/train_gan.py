@@ -37,7 +37,7 @@ def run(p, progress: Progress = no_progress) -> GanTrained | None:
     from advmix.figures import grid, save_png
     from advmix.files import BrokenFileError, atomic_write_json
     from advmix.gan import checkpoints
-    from advmix.gan.training import GanDivergedError, mixing_grid, quality_metrics, sample_images, train_gan
+    from advmix.gan.training import GanConfig, GanDivergedError, mixing_grid, quality_metrics, sample_images, train_gan
     from advmix.mixing import layer_groups
 
     train = pool()
@@ -56,9 +56,9 @@ def run(p, progress: Progress = no_progress) -> GanTrained | None:
             folder.mkdir(parents=True, exist_ok=True)
         with progress("train-gan", p.gan.iterations) as step:
             try:
-                run = train_gan(train.images, p.gan, p.seed, paths.GAN_STATE, progress=lambda done, stats: step(
-                    completed=done, info=" ".join(f"{k} {v:.3f}" for k, v in stats.items())),
-                    mirror=mirror_invariant(train.info))
+                config = GanConfig(p.gan, p.seed, mirror_invariant(train.info))
+                run = train_gan(train.images, config, paths.GAN_STATE, progress=lambda done, stats: step(
+                    completed=done, info=" ".join(f"{k} {v:.3f}" for k, v in stats.items())))
             except (BrokenFileError, GanDivergedError) as exc:  # a truncated state or a NaN loss: named, with what to do
                 raise StageError(str(exc)) from None
         if run.rank != 0:
