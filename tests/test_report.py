@@ -14,6 +14,7 @@ from advmix.figures import save_png
 from advmix.params import parse_params
 from advmix.report import page
 from advmix.report.render import markdown
+from advmix.stages.report import plan_of
 
 SPLITS = ("val", "test_iid", "test_balanced", "test_flipped")
 GROUPS = ("not_smiling/not_skin_dark", "not_smiling/skin_dark", "smiling/not_skin_dark", "smiling/skin_dark")
@@ -53,10 +54,10 @@ def write_by_group(root, mode, seed, wga):
 
 
 def plan(modes=("nominal", "advmix", "linf"), seeds=(0, 1), bases=(), **mixing):
-    """Params planning exactly `modes` x `seeds` and DFR on `bases`."""
-    return parse_params({"data": {"name": "synthfaces", "rho": 0.9},
+    """The report's plan of params planning exactly `modes` x `seeds` and DFR on `bases`."""
+    return plan_of(parse_params({"data": {"name": "synthfaces", "rho": 0.9},
                          "train": {"modes": list(modes), "seeds": list(seeds)}, "dfr": {"bases": list(bases)},
-                         "mixing": mixing})
+                         "mixing": mixing}))
 
 
 def write_inputs(root, modes=("nominal", "advmix", "linf"), by_group=True, extras=True):
@@ -378,7 +379,7 @@ def test_readme_and_docs_results_quote_the_committed_metrics():
 
     root = Path(__file__).parents[1]
     p = load_params(root / "params.yaml")
-    runs = report.read_runs(root, report.plan_of(p).runs)
+    runs = report.read_runs(root, plan_of(p).runs)
     summary = json.loads((root / "metrics" / "summary.json").read_text())
     for doc, blocks in (("README.md", page.headline_section(summary)),
                         ("docs/results.md", page.results_section(summary, runs))):

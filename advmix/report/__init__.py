@@ -29,7 +29,7 @@ from advmix.paths import (
     WORST_MIXES,
 )
 from advmix.report import plots
-from advmix.report.collect import STAGE_FIGURES, Inputs, ReportError, collect, plan_of, read_json, read_runs
+from advmix.report.collect import STAGE_FIGURES, Inputs, Plan, ReportError, collect, read_json, read_runs
 from advmix.report.page import (
     VARIANTS_BEGIN,
     headline_section,
@@ -46,13 +46,14 @@ __all__ = ["ReportError", "build_report", "rewrite_docs"]
 SUMMARY_FOREST = SUMMARY_DIR / "forest.png"
 
 
-def build_report(p, root: Path = Path("."), allow_missing: bool = False) -> dict[str, Any]:
+def build_report(plan: Plan, root: Path = Path("."), allow_missing: bool = False) -> dict[str, Any]:
     """Read every input, then render everything in memory, then write: a failed render leaves the old outputs.
 
-    Every run that train.modes and dfr.bases x train.seeds plan must have its eval file; `allow_missing` makes a
+    `plan` (advmix.stages.report.plan_of): every run that train.modes and dfr.bases x train.seeds plan must have
+    its eval file; `allow_missing` makes a
     partial report instead, which says so at its top and in summary.json (`missing_runs`)."""
     root = Path(root)
-    inputs = collect(root, plan_of(p), allow_missing)
+    inputs = collect(root, plan, allow_missing)
     summary = summarize(inputs)
     with atomic_folder(root / SUMMARY_DIR) as folder:
         blocks = page_blocks(summary, inputs, images(summary, inputs, folder))
@@ -104,13 +105,13 @@ def experiment_summaries(root: Path) -> dict[str, dict]:
     return found
 
 
-def rewrite_docs(p, docs: list[Path], root: Path = Path(".")) -> None:
+def rewrite_docs(plan: Plan, docs: list[Path], root: Path = Path(".")) -> None:
     """The generated sections of README.md (the headline) and of docs/results.md (the results), from
     metrics/summary.json and the planned runs' eval files; every file is checked before any is written."""
     summary = read_json(root / SUMMARY_METRICS)
     if summary is None:
         raise FileNotFoundError(f"{root / SUMMARY_METRICS}: missing; run `advmix report` first")
-    runs = read_runs(root, plan_of(p).runs)
+    runs = read_runs(root, plan.runs)
     texts = {}
     for doc in docs:
         section = headline_section(summary) if doc.name == "README.md" else results_section(summary, runs)

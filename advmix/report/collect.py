@@ -133,31 +133,6 @@ UPSTREAM_STAGES = ("prepare", "validate", "pool", "probe", "train-gan", "train-e
                    "worst-mixes")
 
 
-# Below either size a run shows that every stage works, not an effect (profiles/quick.yaml, the tests' projects)
-SMOKE_TRAIN_IMAGES, SMOKE_GAN_ITERATIONS = 1000, 500
-
-
-def smoke_reason(p) -> str | None:
-    """Why the params make a smoke run, or None."""
-    reasons = []
-    if p.data.sizes.train < SMOKE_TRAIN_IMAGES:
-        reasons.append(f"{p.data.sizes.train} train images")
-    if p.gan.pretrained is None and p.gan.iterations < SMOKE_GAN_ITERATIONS:
-        reasons.append(f"a GAN of {p.gan.iterations} iterations")
-    return ", ".join(reasons) or None
-
-
-def plan_of(p) -> Plan:
-    """The report's plan from loaded params (so `-S` overrides reach it)."""
-    modes, seeds, bases = list(p.train.modes), list(p.train.seeds), list(p.dfr.bases)
-    runs = frozenset((r, s) for r in [*modes, *map(dfr_run, bases)] for s in seeds)
-    stages = {*UPSTREAM_STAGES, *(f"{kind}@{m}-{s}" for kind in ("train", "evaluate") for m in modes for s in seeds),
-              *(f"dfr@{b}-{s}" for b in bases for s in seeds)}
-    text = yaml.safe_dump(p.to_dict(), sort_keys=False)
-    return Plan(p.data.name, float(p.data.rho), runs, frozenset(stages), p.mixing.max_label_change,
-                p.mixing.min_transfer, text, smoke_reason(p))
-
-
 def collect(root: Path, plan: Plan, allow_missing: bool = False) -> Inputs:
     """Read and check the inputs; the planned eval files are required (unless `allow_missing`), the rest noted."""
     root = Path(root)
