@@ -52,8 +52,9 @@ def run(p, progress: Progress = no_progress) -> EncoderTrained:
                                            real_steps=e.encoder_real_steps, batch=e.batch, lr=e.lr,
                                            feature_weight=e.feature_weight, width=e.width, seed=p.seed,
                                            mirror=mirror_invariant(ds.info), progress=step)
-    invert.save_encoder(paths.ENCODER, enc, extra={"seed": p.seed, "params": e.model_dump(mode="json"),
-                                                   "losses": losses})
+    # the knobs that made these weights (extract.encoder is `train` here; extract's own knobs do not shape them)
+    knobs = e.model_dump(mode="json", exclude={"encoder"})
+    invert.save_encoder(paths.ENCODER, enc, extra={"seed": p.seed, "params": knobs, "losses": losses})
     # CPU training is bitwise reproducible at the same thread count only: record it, as the other stages do
     metrics = losses | {"images": len(ds), "seconds": time.time() - t0, "torch_threads": torch.get_num_threads()}
     atomic_write_json(paths.ENCODER_METRICS, metrics)
