@@ -96,7 +96,6 @@ def repro_in_process(root: str | Path, stages: list[str] | None = None, echo=pri
     which is most of the time on a tiny project (`advmix demo`, the tests). Stops at the first stage that fails,
     with PipelineFailed naming it."""
 
-
     ran = []
     with chdir(root):
         for name, cmd in stage_commands("."):

@@ -154,7 +154,6 @@ def plot(points: list[dict[str, Any]], path: Path, title: str) -> None:
     """Relative error reduction against rho: one dot per seed, the reduction of the seed-mean errors as a line."""
     matplotlib.use("Agg")
 
-
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.scatter([p["rho"] for p in points], [100 * p["reduction"] for p in points], s=18, alpha=0.6, label="one seed")
     line = by_rho(points)

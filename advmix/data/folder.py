@@ -122,7 +122,6 @@ def build(params: DataParams, seed: int, progress=None) -> Dataset:
     chosen = draw_rows(label, spurious, partitions, part_of, params.sizes.as_dict(), params.rho, k,
                        np.random.default_rng([seed, 5]), shortage)
 
-
     files = frame[cfg.file].astype(str).to_numpy()
     images = np.empty((len(chosen), params.resolution, params.resolution, 3), dtype=np.uint8)
     for row, (_, i) in enumerate(chosen):

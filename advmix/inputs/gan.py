@@ -57,7 +57,6 @@ def partner_bank(p, ds, G, own):
     """(codes, classes) of the mixing partners: the train split's `own` codes and labels, or, under `mixing.bank:
     pool`, the inverted pool images with the classes the probe read from their images at extract (no pool label is read)."""
 
-
     if p.mixing.bank == "train":
         return own, ds.split("train").manifest["label"].to_numpy()
     part = pool_partners(ds)
