@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from advmix.inputs.data import dataset
 from advmix.inputs.gan import mixing_inputs, partner_bank
-from advmix.params import EVAL_SPLITS
 from advmix.stages import Progress, StageError, no_progress
 
 if TYPE_CHECKING:
@@ -111,7 +110,7 @@ def run(p, mode: str, seed: int | None = None, progress: Progress = no_progress)
     if run.rank != 0:
         return None
 
-    # ---- the kept epoch: saved, then measured on every labelled split ----
+    # ---- the kept epoch: saved, then measured on the splits training read (train, val) ----
     model = run.model
     path = paths.classifier(mode, seed)
     default_rule, *other_rules = SELECTION_RULES
@@ -125,12 +124,8 @@ def run(p, mode: str, seed: int | None = None, progress: Progress = no_progress)
     out = {"best_epoch": run.best_epoch, "selected_epochs": run.best_epochs, "epochs": run.epochs, "seconds": round(run.seconds, 2),
            "images_per_s": round(run.images_per_s, 2), "resumed_from_epoch": run.resumed_from["epoch"],
            "torch_threads": torch.get_num_threads()}  # CPU results are bitwise reproducible at the same count
-    # every labelled split, the test splits included: `advmix evaluate` measures those again, with more figures;
-    # dropping them here changes metrics/train, so it waits for a full rerun of the pipeline
-    for split in EVAL_SPLITS:
-        part = ds.split(split)
-        if len(part):
-            for key, value in score_split(model, part, p.train.eval_batch, device).items():
-                out[f"{split}_{key}"] = value
+    for split, part in (("train", train), ("val", val)):  # the test splits are measured by `advmix evaluate` alone
+        for key, value in score_split(model, part, p.train.eval_batch, device).items():
+            out[f"{split}_{key}"] = value
     atomic_write_json(paths.train_metrics(mode, seed), {f"train_{mode}_s{seed}": out})
     return Trained(path, out, time.time() - t0)
