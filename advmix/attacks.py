@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torchvision.transforms import AugMix, ColorJitter
 
 from advmix.images import from_uint8, to_tensor, to_uint8
-from advmix.mixing import codes_per_pass, mix, partner_key
+from advmix.mixing import codes_per_pass, mix, partner_key, synthesize
 from advmix.models import eval_mode
 from advmix.params import TrainParams
 
@@ -215,7 +215,7 @@ def residual_of(G: nn.Module, batch: Batch) -> Tensor:
     if batch.residual is not None:
         return batch.residual.float()
     with torch.no_grad():
-        return batch.x.float() - _synthesize(G, batch.w).float()
+        return batch.x.float() - synthesize(G, batch.w, len(batch.w)).float()
 
 
 def residuals(G: nn.Module, images, w: Tensor, chunk: int = 256) -> Tensor:
@@ -235,11 +235,6 @@ def _parts(G: nn.Module, n: int) -> list[slice]:
     """Slices of n codes, each one generator pass (codes_per_pass), so that a large generator fits in memory."""
     per = codes_per_pass(G)
     return [slice(lo, lo + per) for lo in range(0, n, per)]
-
-
-def _synthesize(G: nn.Module, ws: Tensor) -> Tensor:
-    """G(ws) with fixed noise, one pass per part."""
-    return torch.cat([G.synthesis(ws[part], noise_mode="const") for part in _parts(G, len(ws))])
 
 
 def _losses(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -268,7 +263,7 @@ def advmix_attack(model: nn.Module, batch: Batch, latents: LatentBank, G: nn.Mod
             cand = latents.partners(y, k, cfg.partners, rng, batch.index, cfg.strata, layers).to(latents.w.device)
             w_p = latents.w[cand].to(w_x.device, w_x.dtype)  # [N, K, L, D]
             ws = mix(w_x.repeat_interleave(k, 0), w_p.flatten(0, 1), 1.0, layers)
-            imgs = _compose(_synthesize(G, ws), None if residual is None else residual.repeat_interleave(k, 0))
+            imgs = _compose(synthesize(G, ws, len(ws)), None if residual is None else residual.repeat_interleave(k, 0))
             loss = _losses(model, imgs, y.repeat_interleave(k, 0)).view(n, k)
             worst = loss.argmax(1)
             w_b = w_p[rows, worst]
@@ -305,7 +300,7 @@ def randmix(model: nn.Module, batch: Batch, latents: LatentBank, G: nn.Module, c
         cand = latents.partners(y, 1, cfg.partners, rng, batch.index)[:, 0].to(latents.w.device)
         alpha = torch.rand(len(y), len(cfg.layers), generator=rng).to(x.device, w_x.dtype)
         ws = mix(w_x, latents.w[cand].to(w_x.device, w_x.dtype), alpha, list(cfg.layers))
-        out = _compose(_synthesize(G, ws), residual)
+        out = _compose(synthesize(G, ws, len(ws)), residual)
     return out, y
 
 
