@@ -4,6 +4,11 @@ the probe (advmix/gan/layers.py's swap_scores).
 
     python bench/partner_rules.py                       # every attribute the probe reads, 2,048 faces
     python bench/partner_rules.py --sets 1-4 2-5 --faces 1024
+    python bench/partner_rules.py --sets 0-1 0,1,3,5 0,1,3 1,3,5 --as-trained
+
+`--as-trained` also reads each mix as training builds it, G(w_mix) + (x - G(w_x)) (`train.residual`), and
+without the residual, and judges both against the probe's reading of the real images: how much of the nuisance a
+training mix moves on the real face, not in the generator's own image.
 
 In the default's train split only skin tone is correlated with the label; every other attribute (glasses, hair,
 make-up) is independent of it, as it is in the pool, so this measures what `mixing.bank: pool` offers for them.
@@ -20,7 +25,11 @@ import numpy as np
 def main() -> None:
     import torch
 
+    from advmix.attacks import residuals
     from advmix.gan.layers import pick_partners, read, swap_scores
+    from advmix.images import to_tensor
+    from advmix.mixing import mix, synthesize
+    from advmix.probes import predict
     from advmix.inputs.data import dataset
     from advmix.inputs.gan import generator, split_latents
     from advmix.inputs.probe import probe
@@ -29,6 +38,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", nargs="+", default=["1", "3", "1-2", "1-3", "2-4", "1-4", "2-5", "3-5", "1-5", "0-4"])
     ap.add_argument("--faces", type=int, default=2048)
+    ap.add_argument("--as-trained", action="store_true",
+                    help="also read the mixes with and without the residual, against the real images' reading")
     args = ap.parse_args()
 
     p = load_params()
@@ -40,17 +51,44 @@ def main() -> None:
     ws, labels = torch.from_numpy(bank[rows]), ds.split("train").manifest["label"].to_numpy()[rows]
     reading = read(G, reader, ws)
     heads = [h for h in reading if h != "label"]
+    if args.as_trained:
+        images = ds.split("train").images[rows]
+        real = {k: v.argmax(1) for k, v in predict(reader, images).items()}
+        residual = residuals(G, images, ws)
+
+    def as_trained(partners, layers, with_residual: bool) -> dict[str, float]:
+        """swap_scores' figures for the mixes training makes, judged against the real images' reading."""
+        with torch.no_grad():
+            img = synthesize(G, mix(ws, ws[partners], 1.0, layers))
+        img = (img + residual if with_residual else img).clamp(-1, 1)
+        mixed = {k: v.argmax(1) for k, v in predict(reader, img).items()}
+        out = {"label_change": float(np.mean(mixed["label"] != real["label"]))}
+        for h in heads:
+            differs = real[h] != real[h][partners]
+            out[f"{h}_transfer"] = float((mixed[h][differs] == real[h][partners][differs]).mean())
+        return out
+
     print(f"{len(ws)} inverted train faces; the probe agrees with their label on {(reading['label'] == labels).mean():.3f}")
-    print("| partners | rows | label change | " + " | ".join(f"{h} transfer" for h in heads) + " |")
-    print("|---" * (3 + len(heads)) + "|")
+    if args.as_trained:
+        print(f"the probe on the real faces agrees with its reading of their inversions: "
+              + ", ".join(f"{h} {(real[h] == reading[h]).mean():.3f}" for h in reading))
+    print("| partners | rows | read | label change | " + " | ".join(f"{h} transfer" for h in heads) + " |")
+    print("|---" * (4 + len(heads)) + "|")
     for rule in ("any", "same_label"):
         partners = pick_partners(labels, rule, np.random.default_rng(p.seed + 1))
         for name in args.sets:
-            lo, _, hi = name.partition("-")
-            layers = list(range(int(lo), int(hi or lo) + 1))
-            s = swap_scores(G, reader, ws, reading, partners, layers)
-            print(f"| {rule} | {name} | {s['label_change']:.3f} | "
-                  + " | ".join(f"{s[h + '_transfer']:.3f}" for h in heads) + " |", flush=True)
+            if "," in name:
+                layers = [int(i) for i in name.split(",")]
+            else:
+                lo, _, hi = name.partition("-")
+                layers = list(range(int(lo), int(hi or lo) + 1))
+            rows_out = {"generated": swap_scores(G, reader, ws, reading, partners, layers)}
+            if args.as_trained:
+                rows_out["real + residual"] = as_trained(partners, layers, True)
+                rows_out["real, no residual"] = as_trained(partners, layers, False)
+            for how, s in rows_out.items():
+                print(f"| {rule} | {name} | {how} | {s['label_change']:.3f} | "
+                      + " | ".join(f"{s[h + '_transfer']:.3f}" for h in heads) + " |", flush=True)
 
 
 if __name__ == "__main__":
