@@ -64,6 +64,7 @@ GAN_SAMPLES = GAN_REPORTS / "samples.png"
 GAN_MIXING = GAN_REPORTS / "mixing.png"  # style mixing: coarse rows of one sample into another
 GAN_METRICS = METRICS / "gan.json"
 LAYERS_METRICS = METRICS / "layers.json"
+LAYERS_AS_TRAINED = METRICS / "layers_as_trained.json"  # the perturbation set on the mixes training makes
 LAYERS_FIGURE = REPORTS / "layers.png"
 LATENTS_DIR = DATA / "latents"
 TRAIN_RESULTS = RESULTS / "train"

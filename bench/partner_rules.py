@@ -25,15 +25,12 @@ import numpy as np
 def main() -> None:
     import torch
 
-    from advmix.attacks import residuals
-    from advmix.gan.layers import pick_partners, read, swap_scores
-    from advmix.images import to_tensor
-    from advmix.mixing import mix, synthesize
-    from advmix.probes import predict
+    from advmix.gan.layers import as_trained, pick_partners, read, swap_scores
     from advmix.inputs.data import dataset
     from advmix.inputs.gan import generator, split_latents
     from advmix.inputs.probe import probe
     from advmix.params import load_params
+    from advmix.probes import predict
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", nargs="+", default=["1", "3", "1-2", "1-3", "2-4", "1-4", "2-5", "3-5", "1-5", "0-4"])
@@ -54,23 +51,15 @@ def main() -> None:
     if args.as_trained:
         images = ds.split("train").images[rows]
         real = {k: v.argmax(1) for k, v in predict(reader, images).items()}
-        residual = residuals(G, images, ws)
 
-    def as_trained(partners, layers, with_residual: bool) -> dict[str, float]:
-        """swap_scores' figures for the mixes training makes, judged against the real images' reading."""
-        with torch.no_grad():
-            img = synthesize(G, mix(ws, ws[partners], 1.0, layers))
-        img = (img + residual if with_residual else img).clamp(-1, 1)
-        mixed = {k: v.argmax(1) for k, v in predict(reader, img).items()}
-        out = {"label_change": float(np.mean(mixed["label"] != real["label"]))}
-        for h in heads:
-            differs = real[h] != real[h][partners]
-            out[f"{h}_transfer"] = float((mixed[h][differs] == real[h][partners][differs]).mean())
-        return out
+    def composed(rule: str, layers: list[int], residual: bool) -> dict[str, float]:
+        """advmix.gan.layers.as_trained (the same partners: it draws them from the same seed), in swap_scores' keys."""
+        out = as_trained(G, reader, ws, images, labels, heads[0], layers, rule, p.seed + 1, residual)
+        return {"label_change": out["label_change"], **{f"{h}_transfer": v for h, v in out["transfers"].items()}}
 
     print(f"{len(ws)} inverted train faces; the probe agrees with their label on {(reading['label'] == labels).mean():.3f}")
     if args.as_trained:
-        print(f"the probe on the real faces agrees with its reading of their inversions: "
+        print("the probe on the real faces agrees with its reading of their inversions: "
               + ", ".join(f"{h} {(real[h] == reading[h]).mean():.3f}" for h in reading))
     print("| partners | rows | read | label change | " + " | ".join(f"{h} transfer" for h in heads) + " |")
     print("|---" * (4 + len(heads)) + "|")
@@ -84,8 +73,8 @@ def main() -> None:
                 layers = list(range(int(lo), int(hi or lo) + 1))
             rows_out = {"generated": swap_scores(G, reader, ws, reading, partners, layers)}
             if args.as_trained:
-                rows_out["real + residual"] = as_trained(partners, layers, True)
-                rows_out["real, no residual"] = as_trained(partners, layers, False)
+                rows_out["real + residual"] = composed(rule, layers, True)
+                rows_out["real, no residual"] = composed(rule, layers, False)
             for how, s in rows_out.items():
                 print(f"| {rule} | {name} | {how} | {s['label_change']:.3f} | "
                       + " | ".join(f"{s[h + '_transfer']:.3f}" for h in heads) + " |", flush=True)

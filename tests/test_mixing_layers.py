@@ -141,3 +141,57 @@ def test_partners_from_another_bank_share_the_class_under_same_label():
     assert (bank_labels[got] == labels).all()
     anyone = pick_partners(labels, "any", np.random.default_rng(0), bank_labels)
     assert ((0 <= anyone) & (anyone < len(bank_labels))).all()
+
+
+class MeanReader(torch.nn.Module):
+    """A hand-set reader: 'label' is whether red outweighs blue, 'skin_dark' whether the image is brighter than
+    `cut`. Deterministic and varied on a random generator's images, where a random probe reads one class."""
+
+    def __init__(self, cut: float, tint: float):
+        super().__init__()
+        self.cut, self.tint = cut, tint
+
+    def forward(self, x):
+        bright = x.mean((1, 2, 3)) - self.cut
+        red = (x[:, 0] - x[:, 2]).mean((1, 2)) - self.tint
+        return {"label": torch.stack([-red, red], 1), "skin_dark": torch.stack([-bright, bright], 1)}
+
+
+def test_as_trained_composes_the_mixes_as_training_does(small):
+    """With the residual and no swapped row a training mix is the real image itself: nothing moves. Without the
+    residual and every row swapped it is the partner's reconstruction, whose reading is the partner's real one
+    when the real images are the generator's own (quantised to uint8). The pairs are the rule's draw, as perturbation_on_bank's."""
+    from advmix.gan.layers import as_trained
+    from advmix.images import to_uint8
+    from advmix.mixing import synthesize
+
+    G, _, ws = small
+    with torch.no_grad():
+        x = synthesize(G, ws)
+    reader = MeanReader(float(x.mean((1, 2, 3)).median()), float((x[:, 0] - x[:, 2]).mean((1, 2)).median()))
+    images, labels = to_uint8(x), np.zeros(len(ws), dtype=int)
+    kept = as_trained(G, reader, ws, images, labels, "skin_dark", [], "any", 0, residual=True)
+    assert kept["residual"] is True and kept["n"] == len(ws) and kept["pairs_differing_in_spurious"] > 0
+    assert kept["label_change"] == 0.0 and kept["spurious_transfer"] == 0.0
+    swapped = as_trained(G, reader, ws, images, labels, "skin_dark", list(range(G.n_latent)), "any", 0,
+                         residual=False)
+    assert swapped["spurious_transfer"] >= 0.9
+    # the pairs are the rule's draw from the seed, as perturbation_on_bank draws them
+    from advmix.probes import predict
+
+    dark = predict(reader, images)["skin_dark"].argmax(1)
+    partners = pick_partners(labels, "any", np.random.default_rng(0))
+    assert swapped["pairs_differing_in_spurious"] == int((dark != dark[partners]).sum())
+
+
+def test_a_set_that_misses_the_bar_as_trained_is_warned_with_its_cause():
+    from advmix.stages.analyze_layers import as_trained_warning
+
+    bar = {"met": True, "max_label_change": 0.1, "min_transfer": 0.7}
+    trained = {"residual": True, "layers": [0, 1, 3, 5], "spurious": "glasses", "label_change": 0.005,
+               "spurious_transfer": 0.523, "other_residual": {"label_change": 0.006, "spurious_transfer": 0.805}}
+    line = as_trained_warning(trained, bar)
+    assert "\n" not in line and "W+ 0,1,3,5" in line and "52.3%" in line and "80.5%" in line
+    assert "train.residual: false" in line
+    assert as_trained_warning({**trained, "spurious_transfer": 0.75}, bar) is None
+    assert as_trained_warning(trained, {**bar, "met": False}) is None  # bar_warning speaks then

@@ -16,6 +16,11 @@ The search reads one half of the bank and the chosen set is measured on the othe
 change and transfer are not the optimistic figures of a search. The single layers and groups are also
 measured with partners drawn from anyone, which shows where the label lives whatever the rule.
 The noise inputs are fixed (const) so that only the swapped layers differ.
+
+These figures read the generator's own images, G(w_mix) against G(w_partner). Training composes its mixes with the
+residual, G(w_mix) + (x - G(w_x)) (`train.residual`), and a detail that inversion renders badly (a glasses frame,
+lip colour) stays partly in the residual, so every mix adds the source's own back. `as_trained` measures the
+perturbation set on the mixes training makes, judged against the probe's reading of the real images.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from advmix.attacks import residuals
 from advmix.mixing import layer_groups, mix, partner_key, resolve_layers, synthesize
 from advmix.probes import predict
 
@@ -217,6 +223,35 @@ def perturbation_on_bank(G, probe, ws, labels: np.ndarray, spurious: str, layers
         out[name] = {"label_change": scores["label_change"], "spurious_transfer": scores[f"{spurious}_transfer"],
                      "pairs_differing_in_spurious": int((reading[spurious] != theirs_of[spurious][partners]).sum())}
     return {"partners": rule, **out.pop("rule"), "any_partner": out["any_partner"], "n": len(ws)}
+
+
+def as_trained(G, probe, ws, images, labels: np.ndarray, spurious: str, layers: list[int], rule: str, seed: int,
+               residual: bool, bank: tuple | None = None) -> dict[str, Any]:
+    """The perturbation set on the mixes training makes from inverted real images (`ws`, their uint8 `images` and
+    true `labels`): G(w_mix), plus x - G(w_x) when `residual`, clamped as the attacks clamp. The reference is the
+    probe's reading of the real images, the source's for the label and the partner's for each attribute. Partners
+    are drawn as perturbation_on_bank draws its rule's (the same seed, so the same pairs), from ws or from `bank` =
+    (codes, classes, uint8 images)."""
+    rng = np.random.default_rng(seed)
+    partners = pick_partners(labels, rule, rng, None if bank is None else bank[1])
+    bank_ws, bank_images = (ws, images) if bank is None else (bank[0], bank[2])
+
+    real = {k: v.argmax(1) for k, v in predict(probe, images).items()}
+    theirs = {k: v.argmax(1) for k, v in predict(probe, bank_images[partners]).items()}
+    with torch.no_grad():
+        mixed = synthesize(G, mix(ws, bank_ws[partners], 1.0, layers)).float()
+    if residual:
+        mixed = mixed + residuals(G, images, ws)
+    read_mixed = {k: v.argmax(1) for k, v in predict(probe, mixed.clamp(-1.0, 1.0)).items()}
+    transfers = {}
+    for head in read_mixed:
+        differs = real[head] != theirs[head]
+        moved = read_mixed[head][differs] == theirs[head][differs]
+        transfers[head] = float(moved.mean()) if differs.any() else float("nan")
+    return {"residual": residual, "label_change": float(np.mean(read_mixed["label"] != real["label"])),
+            "spurious_transfer": transfers[spurious],
+            "pairs_differing_in_spurious": int((real[spurious] != theirs[spurious]).sum()), "n": len(ws),
+            "transfers": {k: v for k, v in transfers.items() if k != "label"}}
 
 
 def heatmap(result: dict[str, Any]):

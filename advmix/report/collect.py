@@ -25,6 +25,7 @@ from advmix.paths import (
     GAN_MIXING,
     GAN_SAMPLES,
     INVERSION_FIGURE,
+    LAYERS_AS_TRAINED,
     LAYERS_FIGURE,
     LAYERS_METRICS,
     WORST_MIXES,
@@ -110,6 +111,7 @@ class Inputs:
     figures: dict[Path, bytes | None] = field(default_factory=dict)  # STAGE_FIGURES paths -> PNG bytes
     validation: dict[str, Any] | None = None
     layers: dict[str, Any] | None = None
+    layers_as_trained: dict[str, Any] | None = None  # the perturbation set on the mixes training makes
     gan: dict[str, Any] | None = None
     lock: dict[str, Any] | None = None  # dvc.lock's stages of this plan
 
@@ -148,7 +150,8 @@ def collect(root: Path, plan: Plan, allow_missing: bool = False) -> Inputs:
     lock = read_lock(root / DVC_LOCK)
     return Inputs(plan=plan, runs=runs, missing=missing, worst_mixes=read_worst_mixes(root / WORST_MIXES),
                   figures={path: read_png(root / path) for _, path, _ in STAGE_FIGURES}, validation=validation,
-                  layers=read_json(root / LAYERS_METRICS), gan=read_json(root / GAN_METRICS),
+                  layers=read_json(root / LAYERS_METRICS), layers_as_trained=read_json(root / LAYERS_AS_TRAINED),
+                  gan=read_json(root / GAN_METRICS),
                   lock=None if lock is None else {k: v for k, v in lock.items() if k in plan.stages})
 
 

@@ -141,19 +141,27 @@ def paired_gain(reference: list[Run], other: list[Run], worst: str = "worst_grou
 
 
 def perturbation_set(inputs: Inputs) -> dict[str, Any] | None:
-    """The mixing rows, what they do to held-out inverted real train faces (metrics/layers.json), and whether that
-    meets the bar of mixing.max_label_change and mixing.min_transfer; None without the analysis."""
+    """The mixing rows, what they do to held-out inverted real train faces (metrics/layers.json) and, where measured,
+    to the mixes training makes of them (metrics/layers_as_trained.json: with the residual under train.residual),
+    and whether that meets the bar of mixing.max_label_change and mixing.min_transfer: as trained where measured,
+    since those are the images the classifier sees; None without the analysis."""
     perturbation = (inputs.layers or {}).get("perturbation")
     real = perturbation.get("real") if isinstance(perturbation, dict) else None
     if not isinstance(real, dict):
         return None
     plan = inputs.plan
-    label_change, transfer = real["label_change"], real["spurious_transfer"]
+    trained = inputs.layers_as_trained
+    as_trained = None if trained is None else {
+        "residual": trained["residual"], "label_change": trained["label_change"],
+        "spurious_transfer": trained["spurious_transfer"],
+        "other_residual_transfer": trained["other_residual"]["spurious_transfer"]}
+    judged = as_trained or real
     return {"layers": perturbation["layers"], "spurious": perturbation["spurious"], "partners": real["partners"],
             "measured_on": perturbation.get("measured_on", "every pair"), "pairs": real["n"],
-            "label_change": label_change, "spurious_transfer": transfer,
-            "max_label_change": plan.max_label_change, "min_transfer": plan.min_transfer,
-            "meets_bar": bool(label_change <= plan.max_label_change and transfer >= plan.min_transfer)}
+            "label_change": real["label_change"], "spurious_transfer": real["spurious_transfer"],
+            "as_trained": as_trained, "max_label_change": plan.max_label_change, "min_transfer": plan.min_transfer,
+            "meets_bar": bool(judged["label_change"] <= plan.max_label_change
+                              and judged["spurious_transfer"] >= plan.min_transfer)}
 
 
 def rule_runs(runs: list[Run], rule: str) -> list[Run]:

@@ -1,12 +1,13 @@
 """analyze-layers: swap each W+ row (and each candidate set) between pairs of inverted train faces, measure how
-often the probe's label changes and how often the spurious attribute moves, and pick the `auto` mixing set."""
+often the probe's label changes and how often the spurious attribute moves, and pick the `auto` mixing set; then
+measure the chosen set on the mixes training makes (with `train.residual`), in metrics/layers_as_trained.json."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from advmix.inputs.data import dataset
+from advmix.inputs.data import dataset, pool_partners
 from advmix.inputs.gan import generator, partner_bank, split_latents
 from advmix.inputs.probe import probe
 from advmix.stages import Progress, no_progress
@@ -15,7 +16,8 @@ from advmix.stages import Progress, no_progress
 @dataclass
 class LayersAnalysed:
     result: dict[str, Any]  # metrics/layers.json
-    warning: str | None  # set when no set meets the bar, or the perturbation set swaps every row
+    as_trained: dict[str, Any]  # metrics/layers_as_trained.json
+    warning: str | None  # set when no set meets the bar, as trained or at all, or the set swaps every row
 
     def summary(self) -> str:
         pert = self.result["perturbation"]
@@ -23,7 +25,9 @@ class LayersAnalysed:
                 f"partners={pert['partners']}: label change {pert['label_change']:.3f}, {pert['spurious']} transfer "
                 f"{pert['spurious_transfer']:.3f} (any partner: {pert['any_partner']['label_change']:.3f} / "
                 f"{pert['any_partner']['spurious_transfer']:.3f}); on inverted real faces: label change "
-                f"{pert['real']['label_change']:.3f}, transfer {pert['real']['spurious_transfer']:.3f}")
+                f"{pert['real']['label_change']:.3f}, transfer {pert['real']['spurious_transfer']:.3f}; as trained "
+                f"(residual {'on' if self.as_trained['residual'] else 'off'}): label change "
+                f"{self.as_trained['label_change']:.3f}, transfer {self.as_trained['spurious_transfer']:.3f}")
 
 
 def run(p, progress: Progress = no_progress) -> LayersAnalysed:
@@ -33,7 +37,7 @@ def run(p, progress: Progress = no_progress) -> LayersAnalysed:
     from advmix import paths
     from advmix.figures import save_figure
     from advmix.files import atomic_write_json
-    from advmix.gan.layers import analyze, candidate_sets, heatmap, perturbation_on_bank, read
+    from advmix.gan.layers import analyze, as_trained, candidate_sets, heatmap, perturbation_on_bank, read
     from advmix.mixing import layer_groups
 
     ds = dataset(p)
@@ -51,6 +55,7 @@ def run(p, progress: Progress = no_progress) -> LayersAnalysed:
     if p.mixing.bank != "train":
         codes, classes = partner_bank(p, ds, G, bank)
         partners = (torch.from_numpy(codes), classes)
+        partner_images = pool_partners(ds).images
     greedy = G.n_latent * (G.n_latent + 1) // 2  # at most; the search usually stops after a few rows
     total = G.n_latent + len(layer_groups(G.size)) + len(candidate_sets(G.n_latent)) + greedy
     with progress("analyze-layers", total) as step:
@@ -72,12 +77,23 @@ def run(p, progress: Progress = no_progress) -> LayersAnalysed:
     result["perturbation"]["generated"] = perturbation_on_bank(
         G, probe_model, ws_gen, read(G, probe_model, ws_gen)["label"], ds.info["spurious"],
         result["perturbation"]["layers"], p.mixing.partners, p.seed)
-    atomic_write_json(paths.LAYERS_METRICS, result)
-    save_figure(heatmap(result), paths.LAYERS_FIGURE)
+    # the same set and pairs on the mixes training makes, with and without the residual
     pert = result["perturbation"]
+    held_images = train.images[rows[held]]
+    composed = {on: as_trained(G, probe_model, ws[held], held_images, labels[held], pert["spurious"], pert["layers"],
+                               p.mixing.partners, p.seed, on,
+                               bank=None if partners is None else (*partners, partner_images))
+                for on in (True, False)}
+    trained = {**composed[p.train.residual], "layers": pert["layers"], "spurious": pert["spurious"],
+               "partners": p.mixing.partners, "measured_on": "held-out half",
+               "other_residual": composed[not p.train.residual]}
+    atomic_write_json(paths.LAYERS_METRICS, result)
+    atomic_write_json(paths.LAYERS_AS_TRAINED, trained)
+    save_figure(heatmap(result), paths.LAYERS_FIGURE)
     warnings = [bar_warning(result["bar"], pert["spurious"]),
+                as_trained_warning(trained, result["bar"]),
                 whole_code_warning(pert["layers"], G.n_latent, pert["partners"])]
-    return LayersAnalysed(result, "; ".join(w for w in warnings if w) or None)
+    return LayersAnalysed(result, trained, "; ".join(w for w in warnings if w) or None)
 
 
 def bar_warning(bar: dict[str, Any], spurious: str) -> str | None:
@@ -89,6 +105,21 @@ def bar_warning(bar: dict[str, Any], spurious: str) -> str | None:
             f"{bar['min_transfer']:.0%}): the best, W+ {bar['auto']}, changes the label in {bar['label_change']:.1%} "
             f"of swaps and moves {spurious} in {bar['spurious_transfer']:.1%} of the pairs that differ in it "
             f"({bar['measured_on']}); AdvMix will rarely move {spurious}")
+
+
+def as_trained_warning(trained: dict[str, Any], bar: dict[str, Any]) -> str | None:
+    """One line when the set meets the bar on the generator's images but not on the mixes training makes."""
+    if not bar["met"] or (trained["label_change"] <= bar["max_label_change"]
+                          and trained["spurious_transfer"] >= bar["min_transfer"]):
+        return None
+    other = trained["other_residual"]
+    fix = ("inversion leaves part of it in the residual x - G(w_x), which every mix adds back; "
+           f"without the residual {other['spurious_transfer']:.1%} (label change {other['label_change']:.1%}): "
+           "consider train.residual: false" if trained["residual"] else "")
+    return (f"as training makes them (train.residual: {str(trained['residual']).lower()}), the mixes of W+ "
+            f"{','.join(map(str, trained['layers']))} change the label in {trained['label_change']:.1%} and move "
+            f"{trained['spurious']} in {trained['spurious_transfer']:.1%} of the pairs that differ in it, below the "
+            f"bar ({bar['max_label_change']:.0%}, {bar['min_transfer']:.0%}){'; ' + fix if fix else ''}")
 
 
 def whole_code_warning(layers: list[int], n_latent: int, partners: str) -> str | None:
