@@ -185,6 +185,9 @@ def test_pool_partners_leave_the_labelled_codes_and_feed_the_analysis_and_traini
     classes = json.loads((latents / "info.json").read_text())["pool_classes"]
     assert len(pool) == len(own["train"]) == len(classes) and set(classes) <= {0, 1}
     assert json.loads((tmp_path / "metrics" / "layers.json").read_text())["partner_bank"] == "pool"
+    trained = json.loads((tmp_path / "metrics" / "layers_as_trained.json").read_text())  # pool partners' images
+    assert trained["residual"] is True and trained["other_residual"]["residual"] is False
+    assert 0 <= trained["label_change"] <= 1 and trained["partners"] == "same_label"
     assert "advmix" in json.loads((tmp_path / "metrics" / "summary.json").read_text())["modes"]
     val_figure = json.loads((tmp_path / "metrics" / "eval" / "advmix-s0.json").read_text())
     assert 0 <= next(iter(val_figure.values()))["val_semantic_robust_acc"] <= 1  # partners from the pool, as trained
