@@ -42,7 +42,12 @@ def read(G, probe, ws, batch: int = 256) -> dict[str, np.ndarray]:
 
     with torch.no_grad():
         imgs = synthesize(G, ws, batch)
-    return {k: v.argmax(1) for k, v in predict(probe, imgs).items()}
+    return classes(probe, imgs)
+
+
+def classes(probe, images) -> dict[str, np.ndarray]:
+    """The probe's class index per head for uint8 images or a [-1, 1] tensor."""
+    return {k: v.argmax(1) for k, v in predict(probe, images).items()}
 
 
 def pick_partners(labels: np.ndarray, rule: str, rng: np.random.Generator, bank_labels: np.ndarray | None = None
@@ -162,16 +167,16 @@ def analyze(G, probe, ws, spurious: str, layers_spec, partners_rule: str, max_la
     search, held = slice(0, half), slice(half, len(ws))
     search_reading = {k: v[search] for k, v in reading.items()}
     if bank is None:
-        search_bank = held_bank = bank_labels = None
+        partner_bank = bank_labels = None
     else:
         bank_ws, bank_labels = bank
         bank_reading = read(G, probe, bank_ws)
-        search_bank = held_bank = (bank_ws, bank_reading)
+        partner_bank = (bank_ws, bank_reading)
     search_partner = pick_partners(labels[search], partners_rule, rng, bank_labels)
 
     def score(layers: list[int]) -> dict[str, float]:
         tick()
-        return swap_scores(G, probe, ws[search], search_reading, search_partner, layers, search_bank)
+        return swap_scores(G, probe, ws[search], search_reading, search_partner, layers, partner_bank)
 
     key = f"{spurious}_transfer"
     auto, candidates = search_layers(score, G.n_latent, key, max_label_change, min_transfer)
@@ -180,8 +185,8 @@ def analyze(G, probe, ws, spurious: str, layers_spec, partners_rule: str, max_la
     held_reading = {k: v[held] for k, v in reading.items()}
     rule_partner = pick_partners(labels[held], partners_rule, rng, bank_labels)
     held_any = pick_partners(labels[held], "any", rng, bank_labels)
-    rule_scores = swap_scores(G, probe, ws[held], held_reading, rule_partner, chosen, held_bank)
-    any_scores = swap_scores(G, probe, ws[held], held_reading, held_any, chosen, held_bank)
+    rule_scores = swap_scores(G, probe, ws[held], held_reading, rule_partner, chosen, partner_bank)
+    any_scores = swap_scores(G, probe, ws[held], held_reading, held_any, chosen, partner_bank)
     theirs = (held_reading if bank is None else bank_reading)[spurious][rule_partner]
     differs = held_reading[spurious] != theirs
     return {
@@ -226,32 +231,32 @@ def perturbation_on_bank(G, probe, ws, labels: np.ndarray, spurious: str, layers
 
 
 def as_trained(G, probe, ws, images, labels: np.ndarray, spurious: str, layers: list[int], rule: str, seed: int,
-               residual: bool, bank: tuple | None = None) -> dict[str, Any]:
+               bank: tuple | None = None) -> dict[bool, dict[str, Any]]:
     """The perturbation set on the mixes training makes from inverted real images (`ws`, their uint8 `images` and
-    true `labels`): G(w_mix), plus x - G(w_x) when `residual`, clamped as the attacks clamp. The reference is the
-    probe's reading of the real images, the source's for the label and the partner's for each attribute. Partners
-    are drawn as perturbation_on_bank draws its rule's (the same seed, so the same pairs), from ws or from `bank` =
-    (codes, classes, uint8 images)."""
+    true `labels`), keyed by `train.residual`: G(w_mix) plus x - G(w_x) (True) or alone (False), clamped as the
+    attacks clamp. The reference is the probe's reading of the real images, the source's for the label and the
+    partner's for each attribute. Partners are drawn as perturbation_on_bank draws its rule's (the same seed, so
+    the same pairs), from ws or from `bank` = (codes, classes, uint8 images)."""
     rng = np.random.default_rng(seed)
     partners = pick_partners(labels, rule, rng, None if bank is None else bank[1])
     bank_ws, bank_images = (ws, images) if bank is None else (bank[0], bank[2])
 
-    real = {k: v.argmax(1) for k, v in predict(probe, images).items()}
-    theirs = {k: v.argmax(1) for k, v in predict(probe, bank_images[partners]).items()}
+    real, theirs = classes(probe, images), classes(probe, bank_images[partners])
     with torch.no_grad():
-        mixed = synthesize(G, mix(ws, bank_ws[partners], 1.0, layers)).float()
-    if residual:
-        mixed = mixed + residuals(G, images, ws)
-    read_mixed = {k: v.argmax(1) for k, v in predict(probe, mixed.clamp(-1.0, 1.0)).items()}
-    transfers = {}
-    for head in read_mixed:
-        differs = real[head] != theirs[head]
-        moved = read_mixed[head][differs] == theirs[head][differs]
-        transfers[head] = float(moved.mean()) if differs.any() else float("nan")
-    return {"residual": residual, "label_change": float(np.mean(read_mixed["label"] != real["label"])),
-            "spurious_transfer": transfers[spurious],
-            "pairs_differing_in_spurious": int((real[spurious] != theirs[spurious]).sum()), "n": len(ws),
-            "transfers": {k: v for k, v in transfers.items() if k != "label"}}
+        generated = synthesize(G, mix(ws, bank_ws[partners], 1.0, layers)).float()
+    out = {}
+    for residual, mixed in ((True, generated + residuals(G, images, ws)), (False, generated)):
+        read_mixed = classes(probe, mixed.clamp(-1.0, 1.0))
+        transfers = {}
+        for head in read_mixed:
+            differs = real[head] != theirs[head]
+            moved = read_mixed[head][differs] == theirs[head][differs]
+            transfers[head] = float(moved.mean()) if differs.any() else float("nan")
+        out[residual] = {"residual": residual, "label_change": float(np.mean(read_mixed["label"] != real["label"])),
+                         "spurious_transfer": transfers[spurious],
+                         "pairs_differing_in_spurious": int((real[spurious] != theirs[spurious]).sum()),
+                         "n": len(ws), "transfers": {k: v for k, v in transfers.items() if k != "label"}}
+    return out
 
 
 def heatmap(result: dict[str, Any]):

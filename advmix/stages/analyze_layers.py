@@ -80,10 +80,8 @@ def run(p, progress: Progress = no_progress) -> LayersAnalysed:
     # the same set and pairs on the mixes training makes, with and without the residual
     pert = result["perturbation"]
     held_images = train.images[rows[held]]
-    composed = {on: as_trained(G, probe_model, ws[held], held_images, labels[held], pert["spurious"], pert["layers"],
-                               p.mixing.partners, p.seed, on,
-                               bank=None if partners is None else (*partners, partner_images))
-                for on in (True, False)}
+    composed = as_trained(G, probe_model, ws[held], held_images, labels[held], pert["spurious"], pert["layers"],
+                          p.mixing.partners, p.seed, bank=None if partners is None else (*partners, partner_images))
     trained = {**composed[p.train.residual], "layers": pert["layers"], "spurious": pert["spurious"],
                "partners": p.mixing.partners, "measured_on": "held-out half",
                "other_residual": composed[not p.train.residual]}
