@@ -142,6 +142,8 @@ _plain_stage("train-gan", "train_gan", "Train StyleGAN2 on the unlabelled pool o
 _plain_stage("train-encoder", "train_encoder", "Train the image-to-W+ encoder on generator samples, then on the pool.")
 _plain_stage("extract", "extract", "Invert every labelled split into W+ (the encoder, then per-image refinement): "
              "latents, metrics, a grid.")
+_plain_stage("invert-pool", "invert_pool", "Under mixing.bank: pool, invert the pool images that serve as mixing "
+             "partners into W+, with the probe's class of each.")
 _plain_stage("analyze-layers", "analyze_layers", "Swap each W+ layer between random pairs of inverted train faces; "
              "measure label change and nuisance transfer; pick `auto`.")
 

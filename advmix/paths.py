@@ -129,6 +129,8 @@ INVERSION_FIGURE = REPORTS / "inversion.png"
 
 
 LATENTS_INFO = LATENTS_DIR / "info.json"  # beside the codes: the rows, digests and generator they were made for
+POOL_LATENTS = DATA / "pool_latents" / "pool.npy"  # invert-pool: the pool partners' codes under mixing.bank: pool
+POOL_LATENTS_INFO = POOL_LATENTS.with_name("info.json")  # beside them, with each partner's class as the probe reads it
 
 
 def latents_file(split: str, root: Path = Path(".")) -> Path:

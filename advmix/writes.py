@@ -35,6 +35,7 @@ def stage_outputs(stage: str, p, mode: str | None = None, seed: int | None = Non
         "train-gan": [paths.GAN_DIR, paths.GAN_REPORTS, paths.GAN_METRICS, paths.GAN_STATE],
         "train-encoder": [paths.ENCODER, paths.ENCODER_METRICS],
         "extract": [paths.LATENTS_DIR, paths.INVERSION_FIGURE, paths.INVERSION_METRICS],
+        "invert-pool": [paths.POOL_LATENTS.parent],
         "analyze-layers": [paths.LAYERS_FIGURE, paths.LAYERS_METRICS, paths.LAYERS_AS_TRAINED],
         "worst-mixes": [paths.WORST_MIXES.parent],
         "report": [paths.SUMMARY_MD, paths.SUMMARY_HTML, paths.SUMMARY_DIR, paths.SUMMARY_METRICS],

@@ -27,7 +27,7 @@ import pytest
 from advmix.params import Params, parse_params
 
 UPSTREAM = ("check-params", "prepare", "validate", "pool", "probe", "train-gan", "train-encoder", "extract",
-            "analyze-layers")  # before training
+            "invert-pool", "analyze-layers")  # before training
 TINY_SIZES = {"train": 40, "val": 8, "test_iid": 8, "test_balanced": 16, "test_flipped": 8, "pool": 40}
 TINY_UPSTREAM = {  # prepare .. analyze-layers at their smallest, for tests of what comes after them
     "data": {"resolution": 16, "sizes": TINY_SIZES},

@@ -168,10 +168,11 @@ def test_a_bad_params_edit_stops_repro_before_dvc_removes_any_output(project, ke
 @pytest.mark.slow
 def test_another_spurious_attribute_or_rho_keeps_the_pool_probe_generator_and_encoder(tmp_path):
     """One generator for many tasks: a variant of the labelled splits reruns prepare, validate, pool (which writes
-    the same bytes), extract and what follows, but DVC skips the probe, the generator and the encoder."""
+    the same bytes), extract and what follows, but DVC skips the probe, the generator, the encoder and the pool
+    partners' inversion."""
     env = make_project(tmp_path, TINY_UPSTREAM)
     repro_in_process(tmp_path)
-    shared = {"pool", "probe", "train-gan", "train-encoder"}
+    shared = {"pool", "probe", "train-gan", "train-encoder", "invert-pool"}
     kept = {path: md5(tmp_path / path) for path in ("data/pool/images.npy", "data/pool/manifest.csv",
                                                     "models/probe.pt", "models/gan/generator.pt", "models/encoder.pt")}
     original = (tmp_path / "params.yaml").read_text()

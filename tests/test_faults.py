@@ -32,7 +32,7 @@ PARAMS = {
                  "worst_mixes": 4},
     "dfr": {"bases": []},  # the DFR refits are tests/test_train.py's
 }
-STAGES = [["prepare"], ["validate"], ["pool"], ["probe"], ["train-gan"], ["train-encoder"], ["extract"],
+STAGES = [["prepare"], ["validate"], ["pool"], ["probe"], ["train-gan"], ["train-encoder"], ["extract"], ["invert-pool"],
           ["analyze-layers"],
           ["train", "--mode", "nominal"], ["train", "--mode", "advmix"], ["evaluate", "--mode", "nominal"],
           ["evaluate", "--mode", "advmix"], ["worst-mixes"], ["report"]]
@@ -197,6 +197,15 @@ def test_a_classifier_is_evaluated_only_as_the_run_it_records(project):
     shutil.copy(project / "models" / "classifier-nominal-s0.pt", project / "models" / "classifier-advmix-s0.pt")
     fails(project, ["evaluate", "--mode", "advmix"], 1, "classifier-advmix-s0.pt", "mode nominal seed 0",
           "not advmix seed 0", "advmix train --mode advmix --seed 0")
+
+
+@pytest.mark.slow
+def test_pool_partners_that_were_not_inverted_are_named(project):
+    """mixing.bank: pool before invert-pool has run under it (the project ran under mixing.bank: train): every
+    reader of the partners names the file and the stage to run."""
+    pool = ["-S", "mixing.bank=pool", "-S", "mixing.partners=same_label"]
+    fails(project, ["analyze-layers", *pool], 1, "pool_latents", "advmix invert-pool")
+    fails(project, ["train", "--mode", "advmix", *pool], 1, "pool_latents", "advmix invert-pool")
 
 
 @pytest.mark.slow

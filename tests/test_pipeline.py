@@ -158,9 +158,9 @@ def test_colordigits_completes_every_stage_with_the_default_modes_and_dfr_bases(
 
 @pytest.mark.slow
 def test_pool_partners_leave_the_labelled_codes_and_feed_the_analysis_and_training(tmp_path):
-    """`mixing.bank: pool`: extract also inverts as many pool images as train has, after the labelled splits (their
-    codes stay what the train bank gives), with each one's class as the probe reads it; analyze-layers and the
-    mixing modes draw their same-label partners from them, and the pipeline completes."""
+    """`mixing.bank: pool`: invert-pool inverts as many pool images as train has, with each one's class as the probe
+    reads it, and leaves the labelled splits' codes alone; analyze-layers and the mixing modes draw their same-label
+    partners from them, and the pipeline completes."""
     tiny_eval = {"robust_images": 8, "val_robust_images": 8, "partners_k": 2, "steps": 1, "linf_steps": 1,
                  "worst_mixes": 4}
     params = {**TINY_UPSTREAM, "probe": {"epochs": 30, "width": 8},  # a probe that reads both classes in the pool
@@ -170,10 +170,10 @@ def test_pool_partners_leave_the_labelled_codes_and_feed_the_analysis_and_traini
     for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "start"]):  # dvclive in `advmix train` needs a commit
         subprocess.run(cmd, cwd=tmp_path, env=env, check=True)
     repro_in_process(tmp_path, ("check-params", "prepare", "validate", "pool", "probe", "train-gan", "train-encoder",
-                                "extract"))
-    latents = tmp_path / "data" / "latents"
+                                "extract", "invert-pool"))
+    latents, partners = tmp_path / "data" / "latents", tmp_path / "data" / "pool_latents"
     own = {split: np.load(latents / f"{split}.npy") for split in ("train", "test_balanced")}
-    assert not (latents / "pool.npy").exists()
+    assert not (latents / "pool.npy").exists() and not (partners / "pool.npy").exists()  # mixing.bank: train
 
     tree = yaml.safe_load((tmp_path / "params.yaml").read_text())
     tree["mixing"].update(bank="pool", partners="same_label")
@@ -181,8 +181,8 @@ def test_pool_partners_leave_the_labelled_codes_and_feed_the_analysis_and_traini
     repro_in_process(tmp_path, None)
     for split, codes in own.items():
         assert np.array_equal(np.load(latents / f"{split}.npy"), codes), split
-    pool = np.load(latents / "pool.npy")
-    classes = json.loads((latents / "info.json").read_text())["pool_classes"]
+    pool = np.load(partners / "pool.npy")
+    classes = json.loads((partners / "info.json").read_text())["pool_classes"]
     assert len(pool) == len(own["train"]) == len(classes) and set(classes) <= {0, 1}
     assert json.loads((tmp_path / "metrics" / "layers.json").read_text())["partner_bank"] == "pool"
     trained = json.loads((tmp_path / "metrics" / "layers_as_trained.json").read_text())  # pool partners' images

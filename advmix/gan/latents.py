@@ -64,7 +64,8 @@ def save_latents(folder: str | os.PathLike[str], latents: dict[str, np.ndarray],
 
 
 def load_latents(path: str | os.PathLike[str], manifest_split: pd.DataFrame, n_latent: int | None = None,
-                 style_dim: int | None = None, generator_sha1: str | None = None) -> np.ndarray:
+                 style_dim: int | None = None, generator_sha1: str | None = None,
+                 hint: str = "(run `advmix extract` to rewrite data/latents)") -> np.ndarray:
     """Read a split's W+ codes and check them against that split's manifest (and G's W+ shape, when given).
 
     Raises LatentsError naming the file and what is wrong: the shape; NaN or Inf; or what info.json (written beside
@@ -72,7 +73,6 @@ def load_latents(path: str | os.PathLike[str], manifest_split: pd.DataFrame, n_l
     another generator than `generator_sha1` (the file the caller will mix with).
     """
     path = Path(path)
-    hint = "(run `advmix extract` to rewrite data/latents)"
     if not path.is_file():
         raise LatentsError(f"{path}: latents file not found {hint}")
     try:

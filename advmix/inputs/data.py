@@ -7,7 +7,6 @@ import json
 from advmix import paths
 from advmix.data import DatasetError, load_dataset
 from advmix.data.store import dataset_digest
-from advmix.params import POOL
 from advmix.stages import StageError
 
 
@@ -49,9 +48,9 @@ def pool():
         raise StageError(f"{exc}; rerun `advmix pool`") from None
 
 
-def pool_partners(ds):
-    """The pool images that `extract` inverts as mixing partners under `mixing.bank: pool`: the first pool rows of
-    the prepared dataset, as many as the train split has."""
-    part = ds.split(POOL)
-    return part.rows(slice(0, min(len(part), len(ds.split("train")))))
+def pool_partners(p):
+    """The pool images that `invert-pool` inverts as mixing partners under `mixing.bank: pool`: the first rows of
+    data/pool, as many as data.sizes.train (not the labelled splits, so that a variant of them reuses the codes)."""
+    part = pool()
+    return part.rows(slice(0, min(len(part), p.data.sizes.train)))
 

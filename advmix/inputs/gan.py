@@ -12,7 +12,6 @@ from advmix.gan import checkpoints
 from advmix.gan.latents import LatentsError, file_digest, load_latents
 from advmix.inputs.data import pool_partners
 from advmix.mixing import resolve_layers
-from advmix.params import POOL
 from advmix.stages import StageError
 
 
@@ -55,23 +54,24 @@ def split_latents(ds, split: str, G):
 
 def partner_bank(p, ds, G, own):
     """(codes, classes) of the mixing partners: the train split's `own` codes and labels, or, under `mixing.bank:
-    pool`, the inverted pool images with the classes the probe read from their images at extract (no pool label is read)."""
+    pool`, the pool images that invert-pool inverted, with the classes the probe read from their images (no pool
+    label is read)."""
 
     if p.mixing.bank == "train":
         return own, ds.split("train").manifest["label"].to_numpy()
-    part = pool_partners(ds)
-    if not len(part):
-        raise StageError(f"mixing.bank: pool, but {paths.dataset_dir(p.data.name)} has no pool rows; set "
-                         "data.sizes.pool above 0, or mixing.bank: train")
-    codes = split_latents(part, POOL, G)
-    classes = json.loads(paths.LATENTS_INFO.read_text()).get("pool_classes")
+    rerun = "(run `advmix invert-pool` with mixing.bank: pool)"
+    try:
+        codes = load_latents(paths.POOL_LATENTS, pool_partners(p).manifest, G.n_latent, G.style_dim,
+                             generator_sha1=file_digest(paths.GENERATOR), hint=rerun)
+        classes = json.loads(paths.POOL_LATENTS_INFO.read_text()).get("pool_classes")
+    except (LatentsError, FileNotFoundError, ValueError) as exc:
+        raise StageError(str(exc)) from None
     if classes is None or len(classes) != len(codes):
-        raise StageError(f"{paths.LATENTS_INFO}: no probe classes for the {len(codes)} pool codes; rerun "
-                         "`advmix extract` with mixing.bank: pool")
+        raise StageError(f"{paths.POOL_LATENTS_INFO}: no probe classes for the {len(codes)} pool codes {rerun}")
     classes = np.asarray(classes, dtype=np.int64)
     unread = sorted(set(ds.split("train").manifest["label"].tolist()) - set(classes.tolist()))
     if unread:
-        raise StageError(f"{paths.LATENTS_INFO}: the probe reads none of the {len(codes)} pool partners as class(es) "
+        raise StageError(f"{paths.POOL_LATENTS_INFO}: the probe reads none of the {len(codes)} pool partners as class(es) "
                          f"{unread}, so those classes have no same-label partner; a stronger probe (probe.epochs, see "
                          f"{paths.PROBE_METRICS}) or a larger pool helps, or use mixing.bank: train")
     return codes, classes

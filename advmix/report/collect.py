@@ -131,8 +131,8 @@ class Inputs:
 
 # The stages before the report. Not the report itself: DVC writes its dvc.lock entry after it renders, so the page
 # would show the previous run's entry.
-UPSTREAM_STAGES = ("prepare", "validate", "pool", "probe", "train-gan", "train-encoder", "extract", "analyze-layers",
-                   "worst-mixes")
+UPSTREAM_STAGES = ("prepare", "validate", "pool", "probe", "train-gan", "train-encoder", "extract", "invert-pool",
+                   "analyze-layers", "worst-mixes")
 
 
 def collect(root: Path, plan: Plan, allow_missing: bool = False) -> Inputs:

@@ -55,7 +55,7 @@ def run(p, progress: Progress = no_progress) -> LayersAnalysed:
     if p.mixing.bank != "train":
         codes, classes = partner_bank(p, ds, G, bank)
         partners = (torch.from_numpy(codes), classes)
-        partner_images = pool_partners(ds).images
+        partner_images = pool_partners(p).images
     greedy = G.n_latent * (G.n_latent + 1) // 2  # at most; the search usually stops after a few rows
     total = G.n_latent + len(layer_groups(G.size)) + len(candidate_sets(G.n_latent)) + greedy
     with progress("analyze-layers", total) as step:

@@ -1,5 +1,6 @@
 """extract: every labelled split inverted into W+ (the encoder of `train-encoder`, then per-image refinement); the
-latents, metrics and a comparison grid. Under `mixing.bank: pool`, also the pool images that serve as partners.
+latents, metrics and a comparison grid. The pool images that serve as partners under `mixing.bank: pool` are
+`invert-pool`'s.
 
 Writes data/latents/<split>.npy (row order = the split's manifest order) + info.json, metrics/inversion.json
 (reconstruction and probe agreement, refined and encoder-only) and reports/inversion.png.
@@ -11,7 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from advmix.inputs.data import dataset, pool_partners
+from advmix.inputs.data import dataset
+from advmix.inputs.encoder import encoder
 from advmix.inputs.gan import generator
 from advmix.inputs.probe import probe
 from advmix.stages import Progress, StageError, no_progress
@@ -45,8 +47,7 @@ def run(p, progress: Progress = no_progress) -> Extracted:
     from advmix.files import atomic_write_json
     from advmix.gan import invert, latents
     from advmix.images import to_tensor
-    from advmix.params import POOL, SPLITS
-    from advmix.probes import predict
+    from advmix.params import SPLITS
 
     ds = dataset(p)
     G, _ = generator(ds)
@@ -54,23 +55,12 @@ def run(p, progress: Progress = no_progress) -> Extracted:
     splits = {name: part for name in SPLITS if len(part := ds.split(name))}
     if "train" not in splits:
         raise StageError("the dataset has no train split: its codes are what every mix starts from")
-    if p.mixing.bank == POOL:  # the partners: inverted last, so the labelled splits' codes do not depend on it
-        splits[POOL] = pool_partners(ds)
-        if not len(splits[POOL]):
-            raise StageError(f"mixing.bank: pool, but {paths.dataset_dir(p.data.name)} has no pool rows; set "
-                             "data.sizes.pool above 0, or mixing.bank: train")
-    try:
-        enc = invert.load_encoder(paths.ENCODER)
-    except (FileNotFoundError, ValueError) as exc:  # each message names the file and says what to do
-        raise StageError(str(exc)) from None
     t0 = time.time()
     with progress("extract", sum(len(s) for s in splits.values())) as step:
-        out = invert.invert_splits(G, enc, probe_model, {k: s.images for k, s in splits.items()}, p.extract, p.seed,
+        out = invert.invert_splits(G, encoder(), probe_model, {k: s.images for k, s in splits.items()}, p.extract, p.seed,
                                    progress=step)
     extra = {"n_latent": G.n_latent, "style_dim": G.style_dim, "mode": p.extract.mode,
              "generator": str(paths.GENERATOR), "generator_sha1": latents.file_digest(paths.GENERATOR)}
-    if POOL in splits:  # each partner's class as the probe reads its image: no pool label is read
-        extra["pool_classes"] = predict(probe_model, splits[POOL].images)["label"].argmax(1).tolist()
     latents.save_latents(paths.LATENTS_DIR, out.latents, {k: s.manifest for k, s in splits.items()}, extra=extra)
     metrics = out.metrics | {"torch_threads": torch.get_num_threads()}  # the codes depend on it
     atomic_write_json(paths.INVERSION_METRICS, metrics)
