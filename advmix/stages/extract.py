@@ -55,9 +55,10 @@ def run(p, progress: Progress = no_progress) -> Extracted:
     splits = {name: part for name in SPLITS if len(part := ds.split(name))}
     if "train" not in splits:
         raise StageError("the dataset has no train split: its codes are what every mix starts from")
+    enc = encoder()
     t0 = time.time()
     with progress("extract", sum(len(s) for s in splits.values())) as step:
-        out = invert.invert_splits(G, encoder(), probe_model, {k: s.images for k, s in splits.items()}, p.extract, p.seed,
+        out = invert.invert_splits(G, enc, probe_model, {k: s.images for k, s in splits.items()}, p.extract, p.seed,
                                    progress=step)
     extra = {"n_latent": G.n_latent, "style_dim": G.style_dim, "mode": p.extract.mode,
              "generator": str(paths.GENERATOR), "generator_sha1": latents.file_digest(paths.GENERATOR)}

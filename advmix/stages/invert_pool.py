@@ -53,10 +53,10 @@ def run(p, progress: Progress = no_progress) -> PoolInverted:
         raise StageError(f"mixing.bank: pool, but {paths.POOL_DIR} has no rows; set data.sizes.pool above 0, or "
                          "mixing.bank: train")
     G, _ = generator(partners)
-    probe_model = probe()
+    probe_model, enc = probe(), encoder()
     t0 = time.time()
     with progress("invert-pool", len(partners)) as step:
-        out = invert.invert_splits(G, encoder(), probe_model, {POOL: partners.images}, p.extract, p.seed,
+        out = invert.invert_splits(G, enc, probe_model, {POOL: partners.images}, p.extract, p.seed,
                                    progress=step)
     extra = {"bank": POOL, "n_latent": G.n_latent, "style_dim": G.style_dim, "mode": p.extract.mode,
              "generator": str(paths.GENERATOR), "generator_sha1": latents.file_digest(paths.GENERATOR),
