@@ -113,7 +113,8 @@ def as_trained_warning(trained: dict[str, Any], bar: dict[str, Any]) -> str | No
     other = trained["other_residual"]
     fix = ("inversion leaves part of it in the residual x - G(w_x), which every mix adds back; "
            f"without the residual {other['spurious_transfer']:.1%} (label change {other['label_change']:.1%}): "
-           "consider train.residual: false" if trained["residual"] else "")
+           "train.residual: false moves it more, but then the generator redraws the label's detail too, which "
+           "can cost more than it gains (docs/results.md)" if trained["residual"] else "")
     return (f"as training makes them (train.residual: {str(trained['residual']).lower()}), the mixes of W+ "
             f"{','.join(map(str, trained['layers']))} change the label in {trained['label_change']:.1%} and move "
             f"{trained['spurious']} in {trained['spurious_transfer']:.1%} of the pairs that differ in it, below the "
