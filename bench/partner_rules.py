@@ -27,7 +27,7 @@ def main() -> None:
     import torch
 
     from advmix.attacks import residuals
-    from advmix.gan.layers import as_trained, classes, pick_partners, read, swap_scores
+    from advmix.gan.layers import as_trained, change_scores, classes, pick_partners, read, swap_scores
     from advmix.inputs.data import dataset
     from advmix.inputs.gan import generator, split_latents
     from advmix.inputs.probe import probe
@@ -55,6 +55,10 @@ def main() -> None:
     if args.as_trained or args.footprint:
         images = ds.split("train").images[rows]
         real = classes(reader, images)
+    if args.footprint:  # x - G(w_x) and G(w_x), the same for every row set and tau
+        residual = residuals(G, images, ws)
+        with torch.no_grad():
+            own = synthesize(G, ws).float()
 
     def scores(out: dict) -> dict[str, float]:
         """as_trained's figures in swap_scores' keys."""
@@ -65,13 +69,9 @@ def main() -> None:
         residual kept only where the mix leaves the reconstruction alone."""
         with torch.no_grad():
             generated = synthesize(G, mix(ws, ws[partners], 1.0, layers)).float()
-            own = synthesize(G, ws).float()
         keep = (1 - (generated - own).abs().amax(1, keepdim=True) / tau).clamp(0, 1)
-        mixed = classes(reader, (generated + keep * residuals(G, images, ws)).clamp(-1, 1))
-        theirs = {h: v[partners] for h, v in real.items()}
-        moved = {h: float((mixed[h] == theirs[h])[real[h] != theirs[h]].mean()) for h in heads}
-        return {"label_change": float((mixed["label"] != real["label"]).mean()), "kept": float(keep.mean()),
-                **{f"{h}_transfer": v for h, v in moved.items()}}
+        mixed = classes(reader, (generated + keep * residual).clamp(-1, 1))
+        return {**change_scores(mixed, real, {h: v[partners] for h, v in real.items()}), "kept": float(keep.mean())}
 
     print(f"{len(ws)} inverted train faces; the probe agrees with their label on {(reading['label'] == labels).mean():.3f}")
     if args.as_trained or args.footprint:

@@ -72,14 +72,20 @@ def swap_scores(G, probe, ws, reading: dict[str, np.ndarray], partners: np.ndarr
     of ws, or of `bank` = (its codes, their probe reading)."""
     bank_ws, bank_reading = (ws, reading) if bank is None else bank
     mixed = read(G, probe, mix(ws, bank_ws[partners], 1.0, layers))
-    out = {"label_change": float(np.mean(mixed["label"] != reading["label"]))}
-    for head, values in reading.items():
-        if head == "label":
-            continue
-        theirs = bank_reading[head][partners]
-        differs = values != theirs
-        moved = mixed[head][differs] == theirs[differs]
-        out[f"{head}_transfer"] = float(moved.mean()) if differs.any() else float("nan")
+    return change_scores(mixed, reading, {k: v[partners] for k, v in bank_reading.items()})
+
+
+def change_scores(mixed: dict[str, np.ndarray], source: dict[str, np.ndarray], theirs: dict[str, np.ndarray]
+                  ) -> dict[str, float]:
+    """From the probe's readings of the mixes, their sources and their partners: the share of mixes whose label
+    differs from the source's, and per attribute the share of the pairs that differ in it where the mix reads as
+    the partner (`<head>_transfer`; NaN when no pair differs)."""
+    out = {"label_change": float(np.mean(mixed["label"] != source["label"]))}
+    for head, values in source.items():
+        if head != "label":
+            differs = values != theirs[head]
+            moved = mixed[head][differs] == theirs[head][differs]
+            out[f"{head}_transfer"] = float(moved.mean()) if differs.any() else float("nan")
     return out
 
 
@@ -246,16 +252,12 @@ def as_trained(G, probe, ws, images, labels: np.ndarray, spurious: str, layers: 
         generated = synthesize(G, mix(ws, bank_ws[partners], 1.0, layers)).float()
     out = {}
     for residual, mixed in ((True, generated + residuals(G, images, ws)), (False, generated)):
-        read_mixed = classes(probe, mixed.clamp(-1.0, 1.0))
-        transfers = {}
-        for head in read_mixed:
-            differs = real[head] != theirs[head]
-            moved = read_mixed[head][differs] == theirs[head][differs]
-            transfers[head] = float(moved.mean()) if differs.any() else float("nan")
-        out[residual] = {"residual": residual, "label_change": float(np.mean(read_mixed["label"] != real["label"])),
+        scores = change_scores(classes(probe, mixed.clamp(-1.0, 1.0)), real, theirs)
+        transfers = {k.removesuffix("_transfer"): v for k, v in scores.items() if k != "label_change"}
+        out[residual] = {"residual": residual, "label_change": scores["label_change"],
                          "spurious_transfer": transfers[spurious],
                          "pairs_differing_in_spurious": int((real[spurious] != theirs[spurious]).sum()),
-                         "n": len(ws), "transfers": {k: v for k, v in transfers.items() if k != "label"}}
+                         "n": len(ws), "transfers": transfers}
     return out
 
 
