@@ -20,8 +20,6 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import torch
-
     from advmix.data.store import mirror_invariant
     from advmix.gan.training import GanConfig, quality_metrics, train_gan
     from advmix.inputs.data import pool
@@ -43,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = time.time() - t0
     quality = quality_metrics(run.G_ema, load_probe(), images, p.gan.eval_samples, p.seed)
     row = {"overrides": args.sets, "iterations": p.gan.iterations, "seconds": round(seconds, 1),
-           "s_per_iteration": round(seconds / p.gan.iterations, 3), "torch_threads": threads or torch.get_num_threads(),
+           "s_per_iteration": round(seconds / p.gan.iterations, 3), "torch_threads": threads,
            "probe_frechet_distance": round(quality["probe_frechet_distance"], 1),
            "probe_frechet_distance_real_halves": round(quality["probe_frechet_distance_real_halves"], 1),
            "attribute_tv_mean": round(quality["attribute_tv_mean"], 4),
